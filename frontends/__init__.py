@@ -1,0 +1,1 @@
+"""Frontends (imported as `rshop_ir.frontends`); the Keras API itself is `recurrentshop`."""

@@ -1,0 +1,1 @@
+"""Code generators and runtimes (imported as `rshop_ir.kernels`)."""
