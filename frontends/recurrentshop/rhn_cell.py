@@ -16,7 +16,9 @@ class RHNCell(ExtendedRNNCell):
         t_l  = recurrent_activation(R_t^l s_{l-1} + b_t^l  [+ x_t W_t at l = 1])
         s_l  = s_{l-1} + t_l * (hh_l - s_{l-1})     # = t hh + (1 - t) s
 
-    with s_0 the previous state; the output and the new state are s_L.
+    with s_0 the previous state; the output and the new state are s_L. The Dense
+    layers are named `{cell name}_candidate_recurrent_{l}`, `..._gate_recurrent_{l}`,
+    `..._candidate_input` and `..._gate_input`.
 
     Args:
         units: int, output size.
@@ -41,9 +43,10 @@ class RHNCell(ExtendedRNNCell):
             )
         self.recurrence_depth = recurrence_depth
 
-    def _dense(self, use_bias, recurrent):
+    def _dense(self, use_bias, recurrent, name):
         return layers.Dense(
             self.units,
+            name=f"{self.name}_{name}",
             use_bias=use_bias,
             kernel_initializer=self.recurrent_initializer if recurrent else self.kernel_initializer,
             bias_initializer=self.bias_initializer,
@@ -60,11 +63,13 @@ class RHNCell(ExtendedRNNCell):
         s_prev = keras.Input((self.units,))
         state = s_prev
         for depth in range(self.recurrence_depth):
-            candidate = self._dense(self.use_bias, recurrent=True)(state)
-            gate = self._dense(self.use_bias, recurrent=True)(state)
+            candidate = self._dense(self.use_bias, True, f"candidate_recurrent_{depth}")(state)
+            gate = self._dense(self.use_bias, True, f"gate_recurrent_{depth}")(state)
             if depth == 0:
-                candidate = layers.add([candidate, self._dense(False, recurrent=False)(x)])
-                gate = layers.add([gate, self._dense(False, recurrent=False)(x)])
+                candidate = layers.add(
+                    [candidate, self._dense(False, False, "candidate_input")(x)]
+                )
+                gate = layers.add([gate, self._dense(False, False, "gate_input")(x)])
             candidate = layers.Activation(self.activation)(candidate)
             gate = layers.Activation(self.recurrent_activation)(gate)
             state = layers.add([state, layers.multiply([gate, layers.subtract([candidate, state])])])
