@@ -169,6 +169,13 @@ class RecurrentModel(keras.layers.Layer):
                 "final_states (alias output_states). Pass one final state per "
                 "initial state, in the same order."
             )
+        if not initial_states and readout_input is None:
+            raise ValueError(
+                "The step model has no recurrent state: received no initial_states and "
+                "no readout_input. Pass initial_states=[...] and final_states=[...] "
+                "(keras.Input tensors of the states at t-1 and their values at t), or a "
+                "readout_input."
+            )
         for index, (initial, final) in enumerate(zip(initial_states, final_states)):
             if tuple(initial.shape[1:]) != tuple(final.shape[1:]):
                 raise ValueError(
@@ -195,7 +202,9 @@ class RecurrentModel(keras.layers.Layer):
                 f"{_shape_text(readout_input.shape)}, output is {_shape_text(output.shape)}."
             )
         inputs = [input, *initial_states] + ([readout_input] if readout_input is not None else [])
-        step_model = keras.Model(inputs=inputs, outputs=[output, *final_states])
+        step_model = keras.Model(
+            inputs=inputs, outputs=[output, *final_states], name=f"{self.name}_step"
+        )
         self._set_step_model(step_model, len(initial_states), readout_input is not None)
 
     def _set_step_model(self, step_model, num_states, readout):
@@ -266,6 +275,8 @@ class RecurrentModel(keras.layers.Layer):
         input_shape = tuple(input_shape)
         self._ensure_step_model(input_shape)
         self._check_input_shape(input_shape)
+        if self.unroll and not self.decode and input_shape[1] is None:
+            raise ValueError(self._unknown_length_message())
         if self.stateful and self.state_variables is None:
             batch_size = input_shape[0]
             if batch_size is None:
@@ -338,6 +349,7 @@ class RecurrentModel(keras.layers.Layer):
         mask=None,
         training=None,
     ):
+        self._check_input_shape(tuple(inputs.shape))
         batch_size = ops.shape(inputs)[0]
         if self.decode:
             num_steps = self.output_length
@@ -345,11 +357,7 @@ class RecurrentModel(keras.layers.Layer):
         else:
             num_steps = inputs.shape[1]
         if self.unroll and num_steps is None:
-            raise ValueError(
-                f"Layer {self.name!r} has unroll=True but the number of time steps is "
-                "unknown. Give the input a fixed length, e.g. keras.Input((7, 5)), or "
-                "pass unroll=False."
-            )
+            raise ValueError(self._unknown_length_message())
         states = self._initial_states(batch_size, initial_state, initial_readout)
         teacher_forcing = bool(training) and self.teacher_force
         if teacher_forcing and ground_truth is None:
@@ -406,15 +414,24 @@ class RecurrentModel(keras.layers.Layer):
             return [output, *final_states[:num_states]]
         return output
 
+    def _unknown_length_message(self):
+        return (
+            f"Layer {self.name!r} has unroll=True but the number of time steps is "
+            "unknown. Give the input a fixed length, e.g. keras.Input((7, 5)), or "
+            "pass unroll=False."
+        )
+
+    def _check_initial_state_count(self, initial_state):
+        if initial_state is not None and len(as_list(initial_state)) != self.num_states:
+            raise ValueError(
+                f"Layer {self.name!r} has {self.num_states} state(s); received "
+                f"{len(as_list(initial_state))} initial_state tensor(s)."
+            )
+
     def _initial_states(self, batch_size, initial_state, initial_readout):
         if initial_state is not None:
-            states = as_list(initial_state)
-            if len(states) != self.num_states:
-                raise ValueError(
-                    f"Layer {self.name!r} has {self.num_states} state(s); received "
-                    f"{len(states)} initial_state tensor(s)."
-                )
-            states = [ops.convert_to_tensor(s, self.compute_dtype) for s in states]
+            self._check_initial_state_count(initial_state)
+            states = [ops.convert_to_tensor(s, self.compute_dtype) for s in as_list(initial_state)]
             if self.readout:
                 states.append(self._readout_start(batch_size, initial_readout))
             return states
@@ -462,6 +479,11 @@ class RecurrentModel(keras.layers.Layer):
         if self.return_states:
             return [output_shape] + [(batch_size, *shape) for shape in self.state_shapes]
         return output_shape
+
+    def compute_output_spec(self, inputs, initial_state=None, *args, **kwargs):
+        self._ensure_step_model(tuple(inputs.shape))
+        self._check_initial_state_count(initial_state)
+        return super().compute_output_spec(inputs, initial_state, *args, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
         output_mask = mask if (self.return_sequences and not self.decode) else None
