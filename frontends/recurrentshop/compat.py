@@ -2,8 +2,10 @@
 
 Keras 3 keeps its backend-generic RNN loop (`keras.src.backend.rnn`) private; it is the
 same machinery that `keras.layers.RNN` runs, so our reference backend is exactly as fast
-and behaves exactly like Keras's RNNs (masking, go_backwards, unroll). If a Keras release
-moves it, only this file changes.
+and behaves exactly like Keras's RNNs (masking, go_backwards, unroll). The Keras -> IR
+tracer walks functional graphs with Keras's own traversal (`Functional._run_through_graph`)
+so that call arguments are matched to graph values exactly as Keras does. If a Keras
+release moves either, only this file changes.
 """
 
 from keras.src.backend import rnn as _keras_backend_rnn
@@ -44,4 +46,25 @@ def backend_rnn(
     )
 
 
-__all__ = ["backend_rnn", "no_automatic_dependency_tracking"]
+def run_functional_graph(model, inputs, call_function):
+    """Walks a functional `model` in Keras's topological order.
+
+    `call_function(operation, *args, **kwargs)` is called for every node with the
+    node's call arguments, KerasTensors replaced by the values computed so far (graph
+    inputs map to `inputs`, in `model.inputs` order). Returns the outputs in the
+    structure of `model.outputs`.
+    """
+    return model._run_through_graph(inputs, call_fn=call_function)
+
+
+def sequential_functional(model):
+    """The functional graph behind a built `keras.Sequential`, or None."""
+    return getattr(model, "_functional", None)
+
+
+__all__ = [
+    "backend_rnn",
+    "no_automatic_dependency_tracking",
+    "run_functional_graph",
+    "sequential_functional",
+]

@@ -1,0 +1,245 @@
+"""Tracing rules for Keras's core layers: Dense, Activation, merges, Dropout, norms,
+Embedding, Masking, reshaping layers, TimeDistributed, Lambda, nested models."""
+
+import keras
+from keras import layers
+
+from rshop_ir.frontends.keras_trace.activations import emit_activation
+from rshop_ir.frontends.keras_trace.context import unsupported
+from rshop_ir.frontends.keras_trace.walk import layer_rule, trace_functional, trace_layer_call
+
+
+def _single(layer, args):
+    value = args[0]
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise unsupported(layer, f"expected one input, received {len(value)}")
+        value = value[0]
+    return value
+
+
+def _axis(axis, ndim):
+    return axis + ndim if axis < 0 else axis
+
+
+@layer_rule(keras.Model)
+def trace_model(context, model, args, kwargs):
+    inputs = keras.tree.flatten(args[0]) if len(args) == 1 else keras.tree.flatten(args)
+    outputs = trace_functional(context, model, inputs)
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+@layer_rule(layers.InputLayer)
+def trace_input_layer(context, layer, args, kwargs):
+    return _single(layer, args)
+
+
+@layer_rule(layers.Dense, passes_mask=True)
+def trace_dense(context, layer, args, kwargs):
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        raise unsupported(layer, "LoRA or quantised Dense layers")
+    value = context.apply("matmul", _single(layer, args), context.param_for(layer.kernel))
+    if layer.use_bias:
+        value = context.apply("bias_add", value, context.param_for(layer.bias))
+    return emit_activation(context, layer.activation, value, layer)
+
+
+@layer_rule(layers.Activation, passes_mask=True)
+def trace_activation(context, layer, args, kwargs):
+    return emit_activation(context, layer.activation, _single(layer, args), layer)
+
+
+@layer_rule(layers.ReLU, passes_mask=True)
+def trace_relu(context, layer, args, kwargs):
+    if layer.max_value is not None or layer.threshold != 0:
+        raise unsupported(layer, "ReLU with max_value or threshold")
+    value = _single(layer, args)
+    if layer.negative_slope:
+        return context.apply("leaky_relu", value, negative_slope=float(layer.negative_slope))
+    return context.apply("relu", value)
+
+
+@layer_rule(layers.LeakyReLU, passes_mask=True)
+def trace_leaky_relu(context, layer, args, kwargs):
+    return context.apply("leaky_relu", _single(layer, args),
+                         negative_slope=float(layer.negative_slope))
+
+
+@layer_rule(layers.Softmax, passes_mask=True)
+def trace_softmax(context, layer, args, kwargs):
+    if kwargs.get("mask") is not None:
+        raise unsupported(layer, "Softmax with a mask")
+    axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
+    if not isinstance(axis, int):
+        raise unsupported(layer, "Softmax over several axes")
+    return context.apply("softmax", _single(layer, args), axis=axis)
+
+
+@layer_rule(layers.Dropout, layers.SpatialDropout1D, layers.GaussianNoise,
+            layers.GaussianDropout, layers.AlphaDropout, passes_mask=True)
+def trace_dropout(context, layer, args, kwargs):
+    rate = float(getattr(layer, "rate", 0.0) or 0.0)
+    return context.apply("dropout", _single(layer, args), rate=rate)
+
+
+_MERGES = {layers.Add: "add", layers.Multiply: "mul", layers.Maximum: "maximum",
+           layers.Minimum: "minimum"}
+
+
+@layer_rule(layers.Add, layers.Multiply, layers.Maximum, layers.Minimum, layers.Average,
+            layers.Subtract, passes_mask=True)
+def trace_merge(context, layer, args, kwargs):
+    values = list(args[0])
+    if isinstance(layer, layers.Subtract):
+        return context.apply("sub", values[0], values[1])
+    op = "add" if isinstance(layer, layers.Average) else _MERGES[type(layer)]
+    result = values[0]
+    for value in values[1:]:
+        result = context.apply(op, result, value)
+    if isinstance(layer, layers.Average):
+        result = context.apply("mul", result, 1.0 / len(values))
+    return result
+
+
+@layer_rule(layers.Concatenate, passes_mask=True)
+def trace_concatenate(context, layer, args, kwargs):
+    values = list(args[0])
+    return context.apply("concatenate", *values, axis=_axis(layer.axis, values[0].ndim))
+
+
+_LETTERS = "cdefghijklmnopqrstuvwxyz"
+
+
+@layer_rule(layers.Dot)
+def trace_dot(context, layer, args, kwargs):
+    """`Dot` is Keras's batch_dot: contract one axis of each input, keep the batch."""
+    if layer.normalize:
+        raise unsupported(layer, "Dot(normalize=True)")
+    first, second = args[0]
+    axes = layer.axes if isinstance(layer.axes, (list, tuple)) else (layer.axes, layer.axes)
+    axes = (_axis(axes[0], first.ndim), _axis(axes[1], second.ndim))
+    letters = iter(_LETTERS)
+    first_labels = ["b"] + [next(letters) for _ in range(first.ndim - 1)]
+    second_labels = ["b"] + [next(letters) for _ in range(second.ndim - 1)]
+    second_labels[axes[1]] = first_labels[axes[0]]
+    contracted = first_labels[axes[0]]
+    output = [label for label in first_labels if label != contracted]
+    output += [label for label in second_labels[1:] if label != contracted]
+    equation = f"{''.join(first_labels)},{''.join(second_labels)}->{''.join(output)}"
+    result = context.apply("einsum", first, second, equation=equation)
+    if result.ndim == 1:
+        result = context.apply("expand_dims", result, axis=1)
+    return result
+
+
+@layer_rule(layers.LayerNormalization, passes_mask=True)
+def trace_layer_norm(context, layer, args, kwargs):
+    if getattr(layer, "rms_scaling", False):
+        raise unsupported(layer, "LayerNormalization(rms_scaling=True)")
+    value = _single(layer, args)
+    axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
+    if isinstance(axis, tuple):
+        if len(axis) != 1:
+            raise unsupported(layer, "LayerNormalization over several axes")
+        axis = axis[0]
+    if _axis(axis, value.ndim) != value.ndim - 1:
+        raise unsupported(layer, "LayerNormalization over an axis other than the last")
+    gamma = context.param_for(layer.gamma) if layer.scale else 1.0
+    beta = context.param_for(layer.beta) if layer.center else 0.0
+    return context.apply("layer_norm", value, gamma, beta, axis=-1,
+                         epsilon=float(layer.epsilon))
+
+
+@layer_rule(layers.Embedding)
+def trace_embedding(context, layer, args, kwargs):
+    ids = _single(layer, args)
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        raise unsupported(layer, "LoRA or quantised Embedding layers")
+    if not ids.dtype.startswith("int"):
+        ids = context.apply("cast", ids, dtype="int32")
+    output = context.apply("gather", context.param_for(layer.embeddings), ids, axis=0)
+    if layer.mask_zero:
+        context.set_mask(output, context.apply("not_equal", ids, 0))
+    return output
+
+
+@layer_rule(layers.Masking)
+def trace_masking(context, layer, args, kwargs):
+    value = _single(layer, args)
+    differs = context.apply("not_equal", value, float(layer.mask_value))
+    mask = context.apply("reduce_max", differs, axes=(value.ndim - 1,), keepdims=False)
+    keep = context.apply("cast", context.apply("expand_dims", mask, axis=value.ndim - 1),
+                         dtype=value.dtype)
+    output = context.apply("mul", value, keep)
+    context.set_mask(output, mask)
+    return output
+
+
+@layer_rule(layers.Reshape, passes_mask=True)
+def trace_reshape(context, layer, args, kwargs):
+    value = _single(layer, args)
+    target = tuple(layer.target_shape)
+    if -1 in target:
+        known = 1
+        for dim in value.shape[1:]:
+            known *= dim
+        for dim in target:
+            if dim != -1:
+                known //= dim
+        target = tuple(known if dim == -1 else dim for dim in target)
+    return context.apply("reshape", value, shape=(value.shape[0], *target))
+
+
+@layer_rule(layers.Flatten)
+def trace_flatten(context, layer, args, kwargs):
+    value = _single(layer, args)
+    size = 1
+    for dim in value.shape[1:]:
+        if isinstance(dim, str):
+            raise unsupported(layer, "Flatten over a symbolic (time) dimension")
+        size *= dim
+    return context.apply("reshape", value, shape=(value.shape[0], size))
+
+
+@layer_rule(layers.RepeatVector)
+def trace_repeat_vector(context, layer, args, kwargs):
+    value = context.apply("expand_dims", _single(layer, args), axis=1)
+    return context.apply("repeat", value, repeats=int(layer.n), axis=1)
+
+
+@layer_rule(layers.Permute)
+def trace_permute(context, layer, args, kwargs):
+    return context.apply("transpose", _single(layer, args), perm=(0, *layer.dims))
+
+
+_PER_POSITION_LAYERS = (layers.Dense, layers.Activation, layers.Dropout, layers.ReLU,
+                        layers.LeakyReLU, layers.LayerNormalization, layers.Softmax)
+
+
+@layer_rule(layers.TimeDistributed, passes_mask=True)
+def trace_time_distributed(context, layer, args, kwargs):
+    """Per-position layers (Dense, activations, ...) act on the last axis, so they run
+    on the whole (B, T, ...) tensor at once."""
+    inner = layer.layer
+    if not isinstance(inner, _PER_POSITION_LAYERS):
+        raise unsupported(layer, f"TimeDistributed({type(inner).__name__}) is only "
+                                 "supported for per-position layers such as Dense")
+    return trace_layer_call(context, inner, args, {})
+
+
+@layer_rule(layers.Lambda, passes_mask=True)
+def trace_lambda(context, layer, args, kwargs):
+    """Re-trace the function on symbolic inputs: keras.ops calls become graph nodes."""
+    values = keras.tree.flatten(args[0])
+    placeholders = [keras.Input(batch_shape=tuple(None if isinstance(d, str) else d
+                                                  for d in value.shape),
+                                dtype=value.dtype) for value in values]
+    structure = placeholders[0] if not isinstance(args[0], (list, tuple)) else placeholders
+    try:
+        symbolic = layer.call(structure)
+        model = keras.Model(placeholders, symbolic)
+    except Exception as error:  # the function used something other than keras.ops
+        raise unsupported(layer, f"its function cannot be traced with keras.ops "
+                                 f"({type(error).__name__}: {error})") from None
+    outputs = trace_functional(context, model, values)
+    return outputs[0] if len(outputs) == 1 else outputs

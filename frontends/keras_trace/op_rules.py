@@ -1,0 +1,229 @@
+"""Tracing rules for raw `keras.ops` nodes of functional graphs (`x * 2.0`, `x[:, :4]`,
+`ops.tanh(x)`, ...). Each rule reads the operation's attributes (axis, dtype, ...) and
+its call arguments, in which Python numbers stay numbers (they become IR literals)."""
+
+from rshop_ir.errors import UnsupportedError
+from rshop_ir.frontends.keras_trace.walk import op_rule
+
+_BINARY = {
+    "Add": "add", "Subtract": "sub", "Multiply": "mul", "TrueDivide": "div",
+    "Divide": "div", "Power": "pow", "Maximum": "maximum", "Minimum": "minimum",
+    "Greater": "greater", "GreaterEqual": "greater_equal", "Less": "less",
+    "LessEqual": "less_equal", "Equal": "equal", "NotEqual": "not_equal",
+    "LogicalAnd": "logical_and", "LogicalOr": "logical_or",
+}
+_UNARY = {
+    "Negative": "neg", "Absolute": "abs", "Abs": "abs", "Square": "square", "Sqrt": "sqrt",
+    "Rsqrt": "rsqrt", "Exp": "exp", "Log": "log", "Log1p": "log1p", "Expm1": "expm1",
+    "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Relu6": "relu6", "Elu": "elu",
+    "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign", "Silu": "silu",
+    "Swish": "silu", "HardSigmoid": "hard_sigmoid", "HardSilu": "hard_silu",
+    "Sign": "sign", "Floor": "floor", "Ceil": "ceil", "Sin": "sin", "Cos": "cos",
+    "Erf": "erf", "LogicalNot": "logical_not", "Reciprocal": "reciprocal",
+}
+_REDUCTIONS = {"Sum": "reduce_sum", "Mean": "reduce_mean", "Max": "reduce_max",
+               "Min": "reduce_min", "Prod": "reduce_prod"}
+
+
+def _fail(operation, what):
+    return UnsupportedError(
+        f"Operation {operation.name!r} ({type(operation).__name__}) cannot be compiled: "
+        f"{what}."
+    )
+
+
+def _axis(axis, ndim):
+    return axis + ndim if axis < 0 else axis
+
+
+@op_rule(*_BINARY)
+def trace_binary(context, operation, args, kwargs):
+    first, second = args[0], args[1]
+    return context.apply(_BINARY[type(operation).__name__], first, second)
+
+
+@op_rule(*_UNARY)
+def trace_unary(context, operation, args, kwargs):
+    return context.apply(_UNARY[type(operation).__name__], args[0])
+
+
+@op_rule("LeakyRelu")
+def trace_leaky_relu(context, operation, args, kwargs):
+    slope = getattr(operation, "negative_slope", 0.2)
+    return context.apply("leaky_relu", args[0], negative_slope=float(slope))
+
+
+@op_rule("Gelu")
+def trace_gelu(context, operation, args, kwargs):
+    return context.apply("gelu", args[0], approximate=bool(getattr(operation, "approximate",
+                                                                    True)))
+
+
+@op_rule("Softmax", "LogSoftmax")
+def trace_softmax(context, operation, args, kwargs):
+    axis = operation.axis
+    if not isinstance(axis, int):
+        raise _fail(operation, "softmax over several axes")
+    op = "softmax" if type(operation).__name__ == "Softmax" else "log_softmax"
+    return context.apply(op, args[0], axis=axis)
+
+
+@op_rule(*_REDUCTIONS)
+def trace_reduction(context, operation, args, kwargs):
+    value = args[0]
+    axis = operation.axis
+    if axis is None:
+        axes = tuple(range(1, value.ndim))
+        if value.ndim and value.shape[0] == "B":
+            raise _fail(operation, "a reduction over the batch axis")
+    else:
+        axes = tuple(_axis(a, value.ndim) for a in (axis if isinstance(axis, (list, tuple))
+                                                     else [axis]))
+    if getattr(operation, "initial", None) is not None:
+        raise _fail(operation, "a reduction with `initial`")
+    return context.apply(_REDUCTIONS[type(operation).__name__], value, axes=axes,
+                         keepdims=bool(operation.keepdims))
+
+
+@op_rule("Matmul")
+def trace_matmul(context, operation, args, kwargs):
+    return context.apply("matmul", args[0], args[1])
+
+
+@op_rule("Einsum")
+def trace_einsum(context, operation, args, kwargs):
+    return context.apply("einsum", *args, equation=operation.subscripts)
+
+
+@op_rule("Concatenate")
+def trace_concatenate(context, operation, args, kwargs):
+    values = list(args[0])
+    return context.apply("concatenate", *values, axis=_axis(operation.axis, values[0].ndim))
+
+
+@op_rule("Stack")
+def trace_stack(context, operation, args, kwargs):
+    values = list(args[0])
+    axis = _axis(operation.axis, values[0].ndim + 1)
+    expanded = [context.apply("expand_dims", value, axis=axis) for value in values]
+    return context.apply("concatenate", *expanded, axis=axis)
+
+
+@op_rule("Split")
+def trace_split(context, operation, args, kwargs):
+    value = args[0]
+    sections = operation.indices_or_sections
+    axis = _axis(operation.axis, value.ndim)
+    size = value.shape[axis]
+    if not isinstance(sections, int) or isinstance(size, str) or size % sections:
+        raise _fail(operation, "split into unequal or index-given parts")
+    step = size // sections
+    return [context.apply("slice", value, axis=axis, start=k * step, stop=(k + 1) * step)
+            for k in range(sections)]
+
+
+@op_rule("Reshape")
+def trace_reshape(context, operation, args, kwargs):
+    value = args[0]
+    shape = tuple(operation.newshape)
+    if shape and shape[0] in (-1, None) and value.shape and value.shape[0] == "B":
+        rest = shape[1:]
+        if -1 in rest:
+            raise _fail(operation, "a reshape with two unknown dims")
+        shape = ("B", *rest)
+    elif -1 in shape:
+        raise _fail(operation, "a reshape with an unknown dim outside the batch axis")
+    return context.apply("reshape", value, shape=shape)
+
+
+@op_rule("ExpandDims")
+def trace_expand_dims(context, operation, args, kwargs):
+    value = args[0]
+    axis = operation.axis
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            raise _fail(operation, "expand_dims over several axes")
+        axis = axis[0]
+    return context.apply("expand_dims", value, axis=_axis(axis, value.ndim + 1))
+
+
+@op_rule("Squeeze")
+def trace_squeeze(context, operation, args, kwargs):
+    value = args[0]
+    axis = operation.axis
+    if axis is None:
+        axis = tuple(i for i, d in enumerate(value.shape) if d == 1)
+    axes = axis if isinstance(axis, (list, tuple)) else (axis,)
+    return context.apply("squeeze", value, axis=tuple(_axis(a, value.ndim) for a in axes))
+
+
+@op_rule("Transpose")
+def trace_transpose(context, operation, args, kwargs):
+    value = args[0]
+    perm = operation.axes
+    if perm is None:
+        perm = tuple(reversed(range(value.ndim)))
+    return context.apply("transpose", value, perm=tuple(perm))
+
+
+@op_rule("Cast")
+def trace_cast(context, operation, args, kwargs):
+    return context.apply("cast", args[0], dtype=str(operation.dtype))
+
+
+@op_rule("Clip")
+def trace_clip(context, operation, args, kwargs):
+    return context.apply("clip", args[0], min_value=float(operation.x_min),
+                         max_value=float(operation.x_max))
+
+
+@op_rule("Where")
+def trace_where(context, operation, args, kwargs):
+    if len(args) != 3:
+        raise _fail(operation, "where() with one argument")
+    return context.apply("where", *args)
+
+
+@op_rule("GetItem")
+def trace_get_item(context, operation, args, kwargs):
+    """`x[key]` with ints, slices of step 1, `...` and `None`."""
+    value, key = args
+    if not isinstance(key, tuple):
+        key = (key,)
+    if sum(item is Ellipsis for item in key) > 1:
+        raise _fail(operation, "indexing with several `...`")
+    explicit = sum(item is not None and item is not Ellipsis for item in key)
+    if Ellipsis in key:
+        position = key.index(Ellipsis)
+        key = key[:position] + (slice(None),) * (value.ndim - explicit) + key[position + 1:]
+    key = key + (slice(None),) * (value.ndim - sum(item is not None for item in key))
+    axis = 0
+    squeeze_axes = []
+    for item in key:
+        if item is None:
+            value = context.apply("expand_dims", value, axis=axis)
+            axis += 1
+            continue
+        size = value.shape[axis]
+        if isinstance(item, int):
+            if isinstance(size, str):
+                raise _fail(operation, "an integer index into a symbolic dim")
+            start = item + size if item < 0 else item
+            value = context.apply("slice", value, axis=axis, start=start, stop=start + 1)
+            squeeze_axes.append(axis)
+        elif isinstance(item, slice):
+            if item.step not in (None, 1):
+                raise _fail(operation, "a slice with a step")
+            if item.start is None and item.stop is None:
+                axis += 1
+                continue
+            if isinstance(size, str):
+                raise _fail(operation, "slicing a symbolic dim")
+            start, stop, _ = item.indices(size)
+            value = context.apply("slice", value, axis=axis, start=start, stop=stop)
+        else:
+            raise _fail(operation, f"an index of type {type(item).__name__}")
+        axis += 1
+    if squeeze_axes:
+        value = context.apply("squeeze", value, axis=tuple(squeeze_axes))
+    return value

@@ -1,0 +1,208 @@
+"""Tracing rules for recurrent layers: each becomes one `scan` whose body is the step.
+
+Covers our `RecurrentModel` / `RecurrentSequential` (the step model is traced), Keras's
+`RNN` layers (`SimpleRNN`, `GRU`, `LSTM`, `RNN(cell)`; the cell rule is the step) and
+`Bidirectional`. Inference semantics: teacher forcing feeds the model's own output, and
+dropout is the identity.
+"""
+
+import keras
+
+from recurrentshop.recurrent_model import RecurrentModel
+from rshop_ir.frontends.keras_trace.context import unsupported
+from rshop_ir.frontends.keras_trace.walk import layer_rule, trace_functional, trace_layer_call
+
+
+class StepSignature:
+    """What one step of a recurrent layer reads and returns."""
+
+    def __init__(self, step_shape, state_shapes, output_shape, readout, decode, length):
+        self.step_shape = tuple(step_shape)
+        self.state_shapes = [tuple(s) for s in state_shapes]
+        self.output_shape = tuple(output_shape)
+        self.readout = readout
+        self.decode = decode
+        self.length = length
+
+
+def default_state(context, shape, value=0.0):
+    """A state filled with `value`, batch dimension symbolic."""
+    return context.apply("fill", shape=("B", *shape), value=float(value),
+                         dtype=context.float_dtype)
+
+
+def emit_scan(context, layer, signature, x, step_function, initial_states, initial_readout,
+              mask, go_backwards, return_sequences):
+    """Traces the step in a child context and emits the scan; returns (y, finals)."""
+    body = context.child()
+    dtype = context.float_dtype
+    if signature.decode:
+        sequences = []
+    else:
+        sequences = [x]
+        step_x = body.builder.input(dtype, ("B", *signature.step_shape), name="x_t")
+    states = [body.builder.input(dtype, ("B", *shape), name=f"state/{k}")
+              for k, shape in enumerate(signature.state_shapes)]
+    readout = None
+    if signature.readout:
+        readout = body.builder.input(dtype, ("B", *signature.output_shape), name="readout")
+    if signature.decode:
+        step_x = body.constant_input(x, name="x")
+    output, new_states = step_function(body, step_x, states, readout)
+    if len(new_states) != len(states):
+        raise unsupported(layer, f"the step returns {len(new_states)} states for "
+                                 f"{len(states)} inputs")
+    body_program = body.builder.build([output, *new_states])
+    results = context.builder.scan(
+        body_program,
+        sequences=sequences,
+        states=initial_states,
+        readout=initial_readout if signature.readout else None,
+        constants=body.outer_constants,
+        mask=mask,
+        go_backwards=bool(go_backwards),
+        return_sequences=bool(return_sequences),
+        length=signature.length if signature.decode else None,
+    )
+    return results[0], list(results[1:])
+
+
+def _initial_values(context, layer, signature, initial_state, initial_readout, fills):
+    if initial_state is not None:
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [
+            initial_state]
+        if len(states) != len(signature.state_shapes):
+            raise unsupported(layer, f"{len(states)} initial states for "
+                                     f"{len(signature.state_shapes)} states")
+    else:
+        states = [default_state(context, shape, value)
+                  for shape, value in zip(signature.state_shapes, fills)]
+    readout = None
+    if signature.readout:
+        readout = (initial_readout if initial_readout is not None
+                   else default_state(context, signature.output_shape))
+    return states, readout
+
+
+def state_fill_values(layer):
+    """The constant each state starts from; random initializers cannot be compiled."""
+    values = []
+    for initializer in layer._state_initializers:
+        name = type(initializer).__name__
+        if name == "Zeros":
+            values.append(0.0)
+        elif name == "Ones":
+            values.append(1.0)
+        elif name == "Constant":
+            values.append(float(initializer.value))
+        else:
+            raise unsupported(layer, f"state_initializer {name} (only constant initial "
+                                     "states can be compiled)")
+    return values
+
+
+def recurrent_model_signature(layer):
+    return StepSignature(layer.step_input_shape, layer.state_shapes,
+                         layer.output_shape_per_step, layer.readout, layer.decode,
+                         layer.output_length)
+
+
+@layer_rule(RecurrentModel)
+def trace_recurrent_model(context, layer, args, kwargs, initial_state=None,
+                          initial_readout=None):
+    if layer.stateful:
+        raise unsupported(layer, "stateful=True inside a traced model")
+    x = args[0]
+    initial_state = kwargs.get("initial_state", initial_state)
+    initial_readout = kwargs.get("initial_readout", initial_readout)
+    signature = recurrent_model_signature(layer)
+    states, readout = _initial_values(context, layer, signature, initial_state,
+                                      initial_readout, state_fill_values(layer))
+    mask = None if layer.decode else (kwargs.get("mask") or context.mask_of(x))
+
+    def step(body, step_x, step_states, step_readout):
+        inputs = [step_x, *step_states] + ([step_readout] if layer.readout else [])
+        outputs = trace_functional(body, layer.model, inputs)
+        return outputs[0], outputs[1:]
+
+    output, finals = emit_scan(context, layer, signature, x, step, states, readout, mask,
+                               layer.go_backwards, layer.return_sequences)
+    if layer.return_sequences and mask is not None:
+        context.set_mask(output, mask)
+    if layer.return_states:
+        return [output, *finals]
+    return output
+
+
+def _keras_state_sizes(cell):
+    size = cell.state_size
+    sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+    flat = []
+    for item in sizes:
+        flat += list(item) if isinstance(item, (list, tuple)) else [item]
+    return [(int(s),) for s in flat]
+
+
+@layer_rule(keras.layers.RNN)
+def trace_keras_rnn(context, layer, args, kwargs, initial_state=None):
+    if layer.stateful:
+        raise unsupported(layer, "stateful=True inside a traced model")
+    x = args[0]
+    initial_state = kwargs.get("initial_state", initial_state)
+    cell = layer.cell
+    state_shapes = _keras_state_sizes(cell)
+    output_size = getattr(cell, "output_size", None) or state_shapes[0][0]
+    signature = StepSignature(tuple(x.shape[2:]), state_shapes, (int(output_size),),
+                              False, False, None)
+    states, _ = _initial_values(context, layer, signature, initial_state, None,
+                                [0.0] * len(state_shapes))
+    mask = kwargs.get("mask") or context.mask_of(x)
+    if mask is not None and layer.zero_output_for_mask:
+        raise unsupported(layer, "zero_output_for_mask=True")
+
+    def step(body, step_x, step_states, _readout):
+        output, new_states = trace_layer_call(body, cell, (step_x, step_states), {})
+        new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [
+            new_states]
+        return output, keras.tree.flatten(new_states)
+
+    output, finals = emit_scan(context, layer, signature, x, step, states, None, mask,
+                               layer.go_backwards, layer.return_sequences)
+    if layer.return_sequences and mask is not None:
+        context.set_mask(output, mask)
+    if layer.return_state:
+        return [output, *finals]
+    return output
+
+
+@layer_rule(keras.layers.Bidirectional)
+def trace_bidirectional(context, layer, args, kwargs):
+    if layer.return_state or layer.stateful:
+        raise unsupported(layer, "Bidirectional with return_state or stateful")
+    if kwargs.get("initial_state") is not None:
+        raise unsupported(layer, "Bidirectional with an initial_state")
+    x = args[0]
+    mask = kwargs.get("mask") or context.mask_of(x)
+    inner_kwargs = {"mask": mask} if mask is not None else {}
+    for sub_layer in (layer.forward_layer, layer.backward_layer):
+        if getattr(sub_layer, "zero_output_for_mask", False) and mask is not None:
+            raise unsupported(layer, "masked Bidirectional with return_sequences "
+                                     "(Keras zeroes masked outputs there)")
+    forward = trace_layer_call(context, layer.forward_layer, (x,), dict(inner_kwargs))
+    backward = trace_layer_call(context, layer.backward_layer, (x,), dict(inner_kwargs))
+    if layer.return_sequences:
+        backward = context.apply("reverse", backward, axis=1)
+    mode = layer.merge_mode
+    if mode == "concat":
+        output = context.apply("concatenate", forward, backward, axis=forward.ndim - 1)
+    elif mode == "sum":
+        output = context.apply("add", forward, backward)
+    elif mode == "mul":
+        output = context.apply("mul", forward, backward)
+    elif mode == "ave":
+        output = context.apply("mul", context.apply("add", forward, backward), 0.5)
+    else:
+        raise unsupported(layer, f"merge_mode={mode!r}")
+    if layer.return_sequences and mask is not None:
+        context.set_mask(output, mask)
+    return output
