@@ -85,6 +85,19 @@ def trace_reduction(context, operation, args, kwargs):
                          keepdims=bool(operation.keepdims))
 
 
+@op_rule("Any", "All")
+def trace_any_all(context, operation, args, kwargs):
+    """Boolean reductions (Keras computes masks with them): max / min over bools."""
+    value = args[0]
+    if value.dtype != "bool":
+        value = context.apply("not_equal", value, 0)
+    axis = operation.axis
+    axes = tuple(range(value.ndim)) if axis is None else tuple(
+        _axis(a, value.ndim) for a in (axis if isinstance(axis, (list, tuple)) else [axis]))
+    op = "reduce_max" if type(operation).__name__ == "Any" else "reduce_min"
+    return context.apply(op, value, axes=axes, keepdims=bool(operation.keepdims))
+
+
 @op_rule("Matmul")
 def trace_matmul(context, operation, args, kwargs):
     return context.apply("matmul", args[0], args[1])

@@ -1,0 +1,99 @@
+"""The tracer's error paths name the layer; traced programs run without Keras."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+import rshop_ir
+import zoo
+from recurrentshop import LSTMCell, RecurrentModel
+
+
+def _step_rnn(make_output, name="custom_step", **kwargs):
+    x_t, h = keras.Input((4,)), keras.Input((3,))
+    output = make_output(x_t, h)
+    return RecurrentModel(input=x_t, initial_states=[h], output=output, final_states=[output],
+                          name=name, **kwargs)
+
+
+def _built(layer, features=4):
+    layer(np.zeros((2, 5, features), "float32"))
+    return layer
+
+
+UNSUPPORTED = [
+    ("conv_in_step", lambda: _built(_step_rnn(
+        lambda x, h: layers.Flatten()(layers.Conv1D(3, 2, name="step_conv")(
+            layers.Reshape((4, 1))(x)))[:, :3] + h)), "step_conv"),
+    ("tf_lambda", lambda: _built(_step_rnn(
+        lambda x, h: layers.Lambda(lambda v: tf.math.cumsum(v, axis=-1)[:, :3],
+                                   output_shape=(3,), name="tf_lambda")(x))), "tf_lambda"),
+    ("mish_activation", lambda: _built(_step_rnn(
+        lambda x, h: layers.Dense(3, activation="mish", name="mish_dense")(x))),
+     "mish_dense"),
+    ("random_state_initializer", lambda: _built(_step_rnn(
+        lambda x, h: layers.Dense(3)(x), name="random_init_rnn",
+        state_initializer="random_normal")), "random_init_rnn"),
+    ("normalized_dot", lambda: _built(_step_rnn(
+        lambda x, h: layers.Dot(axes=1, normalize=True, name="cosine")(
+            [layers.Dense(3)(x), h]) * h)), "cosine"),
+]
+
+
+@pytest.mark.parametrize("name,make,layer_name", UNSUPPORTED, ids=[u[0] for u in UNSUPPORTED])
+def test_unsupported_layers_are_named(name, make, layer_name):
+    layer = make()
+    with pytest.raises(rshop_ir.UnsupportedError, match=layer_name):
+        rshop_ir.trace(layer)
+    assert issubclass(rshop_ir.UnsupportedError, NotImplementedError)
+
+
+def test_stateful_layer_is_unsupported_and_named():
+    layer = LSTMCell(3, input_dim=4).get_layer(stateful=True, name="kept_state")
+    inputs = keras.Input(batch_shape=(2, 5, 4))
+    layer(inputs)
+    with pytest.raises(rshop_ir.UnsupportedError, match="kept_state"):
+        rshop_ir.trace(layer)
+
+
+def test_trace_rejects_non_keras_objects():
+    with pytest.raises(TypeError, match="expects a Keras layer or model"):
+        rshop_ir.trace(np.zeros(3))
+
+
+def test_saved_program_runs_in_a_process_without_keras(tmp_path):
+    case = zoo.attention_decoder(np.random.default_rng(5))
+    program = rshop_ir.optimize(rshop_ir.trace(case.target))
+    rshop_ir.save(program, tmp_path / "model")
+    np.save(tmp_path / "x.npy", case.inputs[0])
+    np.save(tmp_path / "expected.npy", case.reference())
+    script = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("keras", "tensorflow"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        import rshop_ir
+        program = rshop_ir.load({str(tmp_path / "model")!r})
+        got = rshop_ir.interpret(program, np.load({str(tmp_path / "x.npy")!r}))
+        expected = np.load({str(tmp_path / "expected.npy")!r})
+        print(float(np.abs(got - expected).max()))
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("keras", "tensorflow")))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    error, modules = result.stdout.strip().splitlines()
+    assert float(error) < 1e-5
+    assert modules == "[]"
+    text = json.loads((tmp_path / "model" / "program.json").read_text())
+    assert "scan" in json.dumps(text)

@@ -1,0 +1,79 @@
+"""Hypothesis: random step models built from Keras layers and keras.ops, traced,
+optimised and interpreted, give Keras's numbers."""
+
+import keras
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from keras import layers, ops
+
+import rshop_ir
+from recurrentshop import RecurrentModel
+
+WIDTH = 3
+ACTIVATIONS = ["linear", "tanh", "sigmoid", "relu", "softsign", "elu", "selu", "softplus",
+               "gelu", "silu", "hard_sigmoid", "leaky_relu", "relu6", "exponential"]
+UNARY = [ops.tanh, ops.sigmoid, ops.abs, ops.square, ops.negative, ops.relu, ops.softplus]
+MERGES = [layers.add, layers.multiply, layers.subtract, layers.maximum, layers.minimum,
+          layers.average]
+
+step_instruction = st.one_of(
+    st.tuples(st.just("dense"), st.sampled_from(ACTIVATIONS), st.booleans()),
+    st.tuples(st.just("merge"), st.integers(0, len(MERGES) - 1)),
+    st.tuples(st.just("unary"), st.integers(0, len(UNARY) - 1)),
+    st.tuples(st.just("scalar"), st.sampled_from(["mul", "add", "div"]),
+              st.floats(0.25, 2.0)),
+    st.tuples(st.just("layer_norm")),
+    st.tuples(st.just("concat_dense")),
+    st.tuples(st.just("softmax")),
+)
+
+
+def build_step(instructions, picks):
+    x_t, h = keras.Input((4,)), keras.Input((WIDTH,))
+    values = [layers.Dense(WIDTH)(x_t), h]
+    for instruction, (first, second) in zip(instructions, picks):
+        a = values[first % len(values)]
+        b = values[second % len(values)]
+        kind = instruction[0]
+        if kind == "dense":
+            value = layers.Dense(WIDTH, activation=instruction[1], use_bias=instruction[2])(a)
+            if instruction[1] == "exponential":
+                value = ops.clip(value, -5.0, 5.0)
+        elif kind == "merge":
+            value = MERGES[instruction[1]]([a, b])
+        elif kind == "unary":
+            value = UNARY[instruction[1]](a)
+        elif kind == "scalar":
+            constant = instruction[2]
+            value = {"mul": a * constant, "add": a + constant, "div": a / constant}[
+                instruction[1]]
+        elif kind == "layer_norm":
+            value = layers.LayerNormalization()(a)
+        elif kind == "concat_dense":
+            value = layers.Dense(WIDTH)(layers.concatenate([a, b]))
+        else:
+            value = layers.Softmax()(a)
+        values.append(value)
+    # Every value feeds the output, so no instruction is dead code.
+    output = layers.Activation("tanh")(layers.add([*values[2:], layers.Dense(WIDTH)(h)]))
+    return RecurrentModel(input=x_t, initial_states=[h], output=output, final_states=[output],
+                          return_sequences=True)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(instructions=st.lists(step_instruction, min_size=1, max_size=6),
+       picks=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=6,
+                      max_size=6),
+       seed=st.integers(0, 2 ** 16))
+def test_random_step_graphs_match_keras(instructions, picks, seed):
+    rng = np.random.default_rng(seed)
+    rnn = build_step(instructions, picks)
+    x = rng.standard_normal((2, 5, 4)).astype("float32")
+    expected = np.asarray(rnn(x, training=False))
+    program = rshop_ir.trace(rnn)
+    optimized = rshop_ir.optimize(program)
+    np.testing.assert_allclose(rshop_ir.interpret(program, x), expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(rshop_ir.interpret(optimized, x), expected, atol=1e-5,
+                               rtol=1e-5)
