@@ -6,7 +6,12 @@ from keras import layers
 
 from rshop_ir.frontends.keras_trace.activations import emit_activation
 from rshop_ir.frontends.keras_trace.context import unsupported
-from rshop_ir.frontends.keras_trace.walk import layer_rule, trace_functional, trace_layer_call
+from rshop_ir.frontends.keras_trace.walk import (
+    layer_rule,
+    retrace_layer_call,
+    trace_functional,
+    trace_layer_call,
+)
 
 
 def _single(layer, args):
@@ -230,16 +235,4 @@ def trace_time_distributed(context, layer, args, kwargs):
 @layer_rule(layers.Lambda, passes_mask=True)
 def trace_lambda(context, layer, args, kwargs):
     """Re-trace the function on symbolic inputs: keras.ops calls become graph nodes."""
-    values = keras.tree.flatten(args[0])
-    placeholders = [keras.Input(batch_shape=tuple(None if isinstance(d, str) else d
-                                                  for d in value.shape),
-                                dtype=value.dtype) for value in values]
-    structure = placeholders[0] if not isinstance(args[0], (list, tuple)) else placeholders
-    try:
-        symbolic = layer.call(structure)
-        model = keras.Model(placeholders, symbolic)
-    except Exception as error:  # the function used something other than keras.ops
-        raise unsupported(layer, f"its function cannot be traced with keras.ops "
-                                 f"({type(error).__name__}: {error})") from None
-    outputs = trace_functional(context, model, values)
-    return outputs[0] if len(outputs) == 1 else outputs
+    return retrace_layer_call(context, layer, (args[0],))

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from recurrentshop import compat
 from recurrentshop.recurrent_model import RecurrentModel
 from rshop_ir.bound import BoundProgram
 from rshop_ir.errors import UnsupportedError
@@ -99,13 +100,10 @@ def _layer_signature(layer):
                          "tracing.")
     from rshop_ir.frontends.keras_trace.recurrent_rules import _keras_state_sizes
 
-    kernel = getattr(cell, "kernel", None)
-    if kernel is None and hasattr(layer, "input"):
-        step_shape = tuple(layer.input.shape[2:])
-    elif kernel is not None:
-        step_shape = (int(kernel.shape[0]),)
-    else:
-        raise unsupported(layer, "its step input shape is unknown")
+    built_shape = compat.built_input_shape(layer)
+    if built_shape is None:
+        raise unsupported(layer, "its step input shape is unknown (call it once first)")
+    step_shape = tuple(built_shape[2:])
     return step_shape, _keras_state_sizes(cell), None, False
 
 

@@ -7,9 +7,11 @@ traversal; masks are propagated beside the values, as Keras does with `_keras_ma
 """
 
 import keras
+import numpy as np
 
 from recurrentshop import compat
 from rshop_ir.errors import UnsupportedError
+from rshop_ir.ir import Var
 from rshop_ir.frontends.keras_trace.context import unsupported
 
 # class -> rule(context, layer, args, kwargs) -> outputs. Filled by the rule modules.
@@ -48,12 +50,17 @@ def find_layer_rule(layer):
 
 
 def trace_layer_call(context, layer, args, kwargs):
-    """The IR outputs of `layer(*args, **kwargs)`."""
+    """The IR outputs of `layer(*args, **kwargs)`.
+
+    A layer without a rule of its own (a user's Keras cell, a `Lambda`, a custom
+    layer) is re-traced: its `call` runs on symbolic inputs, which turns the keras.ops
+    it uses into graph nodes, and that graph is walked.
+    """
     rule = find_layer_rule(layer)
     if rule is not None:
         return rule(context, layer, args, kwargs)
     if isinstance(layer, keras.layers.Layer):
-        raise unsupported(layer, "no tracing rule for this layer type")
+        return retrace_layer_call(context, layer, args)
     name = type(layer).__name__
     if name in OP_RULES:
         return OP_RULES[name](context, layer, args, kwargs)
@@ -61,6 +68,50 @@ def trace_layer_call(context, layer, args, kwargs):
         f"Operation {getattr(layer, 'name', name)!r} ({name}) cannot be compiled: no "
         "tracing rule for this keras.ops operation."
     )
+
+
+def retrace_layer_call(context, layer, args):
+    """Trace `layer.call(*args)` by calling it on KerasTensors standing for `args`."""
+    values = keras.tree.flatten(args)
+    placeholders = [
+        keras.Input(batch_shape=tuple(None if isinstance(d, str) else d for d in value.shape),
+                    dtype=value.dtype)
+        for value in values
+    ]
+    symbolic_args = keras.tree.pack_sequence_as(args, placeholders)
+    try:
+        kwargs = {"training": False} if getattr(layer, "_call_has_training_arg", False) else {}
+        symbolic = layer.call(*symbolic_args, **kwargs)
+        graph = keras.Model(placeholders, keras.tree.flatten(symbolic))
+    except UnsupportedError:
+        raise
+    except Exception as error:  # the call used something other than keras.ops
+        raise unsupported(layer, "its call() cannot be traced through keras.ops "
+                                 f"({type(error).__name__}: {error})") from None
+    try:
+        outputs = trace_functional(context, graph, values)
+    except UnsupportedError as error:
+        raise unsupported(layer, str(error)) from None
+    return keras.tree.pack_sequence_as(symbolic, outputs)
+
+
+def _ir_argument(context, item):
+    """Keras variables used by keras.ops nodes become params; concrete arrays in the
+    graph (e.g. `ops.ones((4, 3))`) become constants."""
+    if isinstance(item, keras.Variable):
+        return context.param_for(item)
+    if hasattr(item, "shape") and hasattr(item, "dtype") and not isinstance(
+            item, (Var, keras.KerasTensor)):
+        array = np.asarray(item)
+        if array.ndim == 0:
+            return array.item()
+        return context.apply("constant", value=tuple(array.ravel().tolist()),
+                             dtype=array.dtype.name, shape=array.shape)
+    return item
+
+
+def _parameters_for_variables(context, structure):
+    return keras.tree.map_structure(lambda item: _ir_argument(context, item), structure)
 
 
 def trace_functional(context, model, inputs):
@@ -77,6 +128,8 @@ def trace_functional(context, model, inputs):
 
     def call(operation, *args, **kwargs):
         kwargs.pop("training", None)
+        args = _parameters_for_variables(context, args)
+        kwargs = _parameters_for_variables(context, kwargs)
         outputs = trace_layer_call(context, operation, args, kwargs)
         _propagate_mask(context, operation, args, kwargs, outputs)
         return outputs

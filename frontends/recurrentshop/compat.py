@@ -57,6 +57,14 @@ def run_functional_graph(model, inputs, call_function):
     return model._run_through_graph(inputs, call_fn=call_function)
 
 
+def built_input_shape(layer):
+    """The first input shape a built layer was built with, or None."""
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    for shape in shapes.values():
+        return tuple(shape) if shape is not None else None
+    return None
+
+
 def sequential_functional(model):
     """The functional graph behind a built `keras.Sequential`, or None."""
     return getattr(model, "_functional", None)
@@ -64,6 +72,7 @@ def sequential_functional(model):
 
 __all__ = [
     "backend_rnn",
+    "built_input_shape",
     "no_automatic_dependency_tracking",
     "run_functional_graph",
     "sequential_functional",
