@@ -67,6 +67,15 @@ def emit_scan(context, layer, signature, x, step_function, initial_states, initi
     return results[0], list(results[1:])
 
 
+def _layer_outputs(context, layer, output, finals, mask, return_states):
+    """A recurrent layer's result; the mask follows a returned sequence, as in Keras."""
+    if layer.return_sequences and mask is not None:
+        context.set_mask(output, mask)
+    if return_states:
+        return [output, *finals]
+    return output
+
+
 def _initial_values(context, layer, signature, initial_state, initial_readout, fills):
     if initial_state is not None:
         states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [
@@ -127,11 +136,7 @@ def trace_recurrent_model(context, layer, args, kwargs, initial_state=None,
 
     output, finals = emit_scan(context, layer, signature, x, step, states, readout, mask,
                                layer.go_backwards, layer.return_sequences)
-    if layer.return_sequences and mask is not None:
-        context.set_mask(output, mask)
-    if layer.return_states:
-        return [output, *finals]
-    return output
+    return _layer_outputs(context, layer, output, finals, mask, layer.return_states)
 
 
 def _keras_state_sizes(cell):
@@ -168,11 +173,7 @@ def trace_keras_rnn(context, layer, args, kwargs, initial_state=None):
 
     output, finals = emit_scan(context, layer, signature, x, step, states, None, mask,
                                layer.go_backwards, layer.return_sequences)
-    if layer.return_sequences and mask is not None:
-        context.set_mask(output, mask)
-    if layer.return_state:
-        return [output, *finals]
-    return output
+    return _layer_outputs(context, layer, output, finals, mask, layer.return_state)
 
 
 @layer_rule(keras.layers.Bidirectional)

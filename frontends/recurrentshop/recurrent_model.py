@@ -516,6 +516,13 @@ class RecurrentModel(keras.layers.Layer):
             "step_model": keras.saving.serialize_keras_object(self.model),
             "num_states": self.num_states,
             "readout": self.readout,
+            **self._loop_config(),
+        }
+        return {**base_config, **config}
+
+    def _loop_config(self):
+        """The config entries of the time loop, shared with `RecurrentSequential`."""
+        return {
             "teacher_force": self.teacher_force,
             "decode": self.decode,
             "output_length": self.output_length,
@@ -527,7 +534,6 @@ class RecurrentModel(keras.layers.Layer):
             "unroll": self.unroll,
             "backend": self.backend,
         }
-        return {**base_config, **config}
 
     def _serialized_state_initializer(self):
         initializer = self.state_initializer

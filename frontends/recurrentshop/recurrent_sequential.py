@@ -216,16 +216,7 @@ class RecurrentSequential(RecurrentModel):
                 "state_sync": self.state_sync,
                 "readout": self.readout_mode or False,
                 "readout_activation": keras.activations.serialize(self.readout_activation),
-                "teacher_force": self.teacher_force,
-                "decode": self.decode,
-                "output_length": self.output_length,
-                "return_states": self.return_states,
-                "state_initializer": self._serialized_state_initializer(),
-                "return_sequences": self.return_sequences,
-                "go_backwards": self.go_backwards,
-                "stateful": self.stateful,
-                "unroll": self.unroll,
-                "backend": self.backend,
+                **self._loop_config(),
             }
         )
         return config
