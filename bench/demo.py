@@ -1,77 +1,69 @@
-"""`make demo`: build two recurrent layers with the reference backend, run them, time them.
+"""`make demo`: the main job, a quick benchmark of the compiler against the Keras reference.
 
-    python -m bench.demo
+    python -m bench.demo            (what `make demo` runs)
 
-Builds the seed README's simple RNN (a hand-written step model in `RecurrentModel`) and
-an LSTM stack (`RecurrentSequential` of two `LSTMCell`s), runs both on random data and
-prints a small table. The compiled backends are not built yet, so only the Keras
-reference backend is timed.
+An LSTM (standard cell) and an MGU (a custom step model no library ships) at two sizes,
+S1 = (1, 100, 32, 64) and S3 = (32, 100, 128, 256) as (batch, time, input, hidden), on
+the Keras reference (recurrentshop on Keras's time loop), the compiled Numba CPU kernels
+(`rshop_ir.compile`), and every installed peer (keras.layers.LSTM, ONNX Runtime,
+PyTorch, JAX) where it has an equivalent. Every output is checked against the reference
+before it is timed. Prints the table, a summary, and where the JSON and the plot went
+(bench_results/). Runs in about a minute on 2 cores. For more, see `python -m bench -h`.
 """
 
 import os
+import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from .cli import RESULTS_FOLDER, build_parser, run
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
-
-from recurrentshop import LSTMCell, RecurrentModel, RecurrentSequential  # noqa: E402
-
-BATCH, TIME, FEATURES = 32, 50, 5
-
-
-def seed_rnn():
-    """The seed README's RNN: h_t = tanh(x_t W + b + h_{t-1} U)."""
-    x_t = keras.Input((FEATURES,))
-    h_tm1 = keras.Input((10,))
-    h_t = layers.add([layers.Dense(10)(x_t), layers.Dense(10, use_bias=False)(h_tm1)])
-    h_t = layers.Activation("tanh")(h_t)
-    rnn = RecurrentModel(input=x_t, initial_states=[h_tm1], output=h_t, output_states=[h_t])
-    x = keras.Input((TIME, FEATURES))
-    return keras.Model(x, rnn(x), name="seed_rnn")
+DEMO_ARGUMENTS = [
+    "--models", "lstm", "mgu",
+    "--sizes", "S1", "S3",
+    "--backends", "keras-reference", "numba-cpu", "keras-builtin", "onnxruntime", "torch",
+    "jax",
+    "--repeat", "5",
+    "--warmup", "1",
+    "--json", os.path.join(RESULTS_FOLDER, "demo.json"),
+    "--plot", os.path.join(RESULTS_FOLDER, "demo.png"),
+]
 
 
-def lstm_stack():
-    """Two stacked LSTM cells in one step, all outputs returned."""
-    stack = RecurrentSequential(return_sequences=True)
-    stack.add(LSTMCell(32))
-    stack.add(LSTMCell(16))
-    x = keras.Input((TIME, FEATURES))
-    return keras.Model(x, stack(x), name="lstm_stack")
+def summary(rows):
+    """Lines: the compiled backend's speedups, or why it did not run."""
+    lines = []
+    for row in rows:
+        if row["backend"] != "numba-cpu":
+            continue
+        where = f"{row['model']:<5} {row['size']['name']}"
+        if row["status"] != "ok":
+            lines.append(f"{where}: numba-cpu {row['status']}: {row['note']}")
+            continue
+        peer = ""
+        if row["speedup_vs_best_peer"] is not None and row["best_peer"] != "numba-cpu":
+            peer = (f", {row['speedup_vs_best_peer']:.2f}x vs the fastest peer "
+                    f"({row['best_peer']})")
+        lines.append(f"{where}: numba-cpu {row['ms_per_call']:.3f} ms/call = "
+                     f"{row['speedup_vs_reference']:.1f}x the Keras reference{peer}; "
+                     f"compile + first call {row['first_call_s']:.1f} s")
+    return lines
 
 
-def ms_per_call(model, data, repeats=10):
-    model.predict_on_batch(data)  # trace and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.predict_on_batch(data)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
-
-
-def main():
-    keras.utils.set_random_seed(0)
-    data = np.random.default_rng(0).random((BATCH, TIME, FEATURES)).astype("float32")
-    rows = []
-    for model in (seed_rnn(), lstm_stack()):
-        output = model.predict_on_batch(data)
-        print(f"{model.name}: input {data.shape} -> output {output.shape}")
-        rows.append((model.name, data.shape, output.shape, ms_per_call(model, data)))
-
+def main(argv=None):
+    start = time.perf_counter()
+    extra = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(DEMO_ARGUMENTS + extra)
+    document = run(args, "python -m bench.demo " + " ".join(extra))
     print()
-    print("backend: keras (reference). The compiled backends (numba-cpu, numba-cuda) "
-          "are in progress.")
-    header = ("model", "input shape", "output shape", "ms/call (keras)")
-    table = [header] + [(name, str(tuple(i)), str(tuple(o)), f"{ms:.2f}")
-                        for name, i, o, ms in rows]
-    widths = [max(len(row[k]) for row in table) for k in range(len(header))]
-    for index, row in enumerate(table):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
+    lines = summary(document["results"])
+    if not any(row["backend"] == "numba-cpu" and row["status"] == "ok"
+               for row in document["results"]):
+        lines.append("The compiled backend did not run here (see above); the table "
+                     "shows the reference and the peers only.")
+    for line in lines:
+        print(line)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s. More: python -m bench -h")
+    return document
 
 
 if __name__ == "__main__":

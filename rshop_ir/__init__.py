@@ -41,3 +41,8 @@ __all__ = [
     "UnsupportedError", "Var", "get_op", "interpret", "load", "optimize", "register",
     "run_prologue", "save", "trace", "verify",
 ]
+
+# The public compile entry point (rshop_ir/compile.py; kernels in rshop_ir.kernels).
+from rshop_ir.compile import compile  # noqa: E402,F401  (shadows the submodule name)
+
+__all__.append("compile")

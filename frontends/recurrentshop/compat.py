@@ -65,6 +65,26 @@ def built_input_shape(layer):
     return None
 
 
+def functional_nodes(model):
+    """The call nodes of a functional model in execution order (inputs excluded).
+
+    Each node has `.operation` (the layer or op), `.input_tensors`, `.outputs` and
+    `.arguments` (see `fill_node_arguments`).
+    """
+    nodes = []
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                nodes.append(node)
+    return nodes
+
+
+def fill_node_arguments(node, values_by_id):
+    """A node's `(args, kwargs)` with each KerasTensor replaced by
+    `values_by_id[id(tensor)]`."""
+    return node.arguments.fill_in(values_by_id)
+
+
 def sequential_functional(model):
     """The functional graph behind a built `keras.Sequential`, or None."""
     return getattr(model, "_functional", None)
@@ -73,6 +93,8 @@ def sequential_functional(model):
 __all__ = [
     "backend_rnn",
     "built_input_shape",
+    "fill_node_arguments",
+    "functional_nodes",
     "no_automatic_dependency_tracking",
     "run_functional_graph",
     "sequential_functional",

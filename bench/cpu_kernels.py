@@ -1,0 +1,244 @@
+"""Numba CPU kernel vs the Keras reference and keras.layers.LSTM (LSTM, float32).
+
+    python -m bench.cpu_kernels [--repeats N] [--sizes S1,S2] [--skip-memory]
+
+For each size (batch, time, input, hidden) the same weights go into
+`LSTMCell(H, input_dim=I).get_layer(return_sequences=True)` (the reference, under
+`model.predict_on_batch`), `keras.layers.LSTM(H, return_sequences=True)` (also
+`predict_on_batch`) and `rshop_ir.compile(reference_layer)`. Outputs are checked
+(max-abs <= 1e-4) before timing; times are medians over interleaved repeats. Also
+reported: numpy sgemm GFLOP/s at S4's GEMM shapes vs the kernel's achieved GFLOP/s,
+the first compile time and the fresh-process disk-cache load time (subprocesses with
+an empty / warm RSHOP_CACHE_DIR), and peak RSS growth of a call at T=100 vs T=100,000.
+ONNX Runtime's LSTM op is timed too when `onnxruntime` and `onnx` are importable.
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+SIZES = {  # (batch, time, input features, hidden units)
+    "S1": (1, 100, 32, 64),
+    "S2": (1, 100, 128, 256),
+    "S3": (32, 100, 128, 256),
+    "S4": (256, 50, 256, 512),
+}
+TARGET_SPEEDUP = {"S1": 15.0, "S2": 5.0, "S3": 1.5, "S4": 1.5}
+
+
+def _median_times(functions, repeats):
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def _onnx_lstm(weights, input_size, units):
+    """An ONNX LSTM session with Keras weights (gate order i,f,c,o -> ONNX i,o,f,c)."""
+    try:
+        import onnx
+        import onnxruntime
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    kernel, recurrent_kernel, bias = weights
+
+    def reorder(matrix):  # columns i,f,c,o -> rows i,o,f,c (ONNX: [4H, in])
+        i, f, c, o = np.split(matrix, 4, axis=-1)
+        return np.concatenate([i, o, f, c], axis=-1).T
+
+    w = reorder(kernel)[None].astype(np.float32)
+    r = reorder(recurrent_kernel)[None].astype(np.float32)
+    b = np.concatenate([reorder(bias[None])[:, 0], np.zeros(4 * units)])[None].astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["X", "W", "R", "Bias"], ["Y"], hidden_size=units)],
+        "lstm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, None, input_size])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.ravel()),
+         helper.make_tensor("R", TensorProto.FLOAT, r.shape, r.ravel()),
+         helper.make_tensor("Bias", TensorProto.FLOAT, b.shape, b.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+
+    def run(x):  # ONNX is time-major: (T, B, I) -> Y (T, 1, B, H)
+        y = session.run(None, {"X": np.ascontiguousarray(x.transpose(1, 0, 2))})[0]
+        return y[:, 0].transpose(1, 0, 2)
+    return run
+
+
+def bench_size(label, size, repeats):
+    import keras
+
+    import rshop_ir
+    from recurrentshop import LSTMCell
+
+    batch, steps, input_size, units = size
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, steps, input_size)).astype(np.float32)
+    inputs = keras.Input((steps, input_size))
+    reference_layer = LSTMCell(units, input_dim=input_size).get_layer(return_sequences=True)
+    reference = keras.Model(inputs, reference_layer(inputs))
+    scale = 1.0 / np.sqrt(input_size + units)   # unit-scale pre-activations
+    weights = [scale * rng.standard_normal(w.shape).astype(np.float32)
+               for w in reference_layer.get_weights()]
+    reference_layer.set_weights(weights)
+    keras_lstm = keras.layers.LSTM(units, return_sequences=True)
+    keras_model = keras.Model(inputs, keras_lstm(inputs))
+    keras_lstm.set_weights(weights)
+    compiled = rshop_ir.compile(reference_layer)
+
+    expected = np.asarray(reference.predict_on_batch(x))
+    candidates = {"compiled": lambda: compiled(x),
+                  "keras.layers.LSTM": lambda: np.asarray(keras_model.predict_on_batch(x))}
+    onnx_run = _onnx_lstm(weights, input_size, units)
+    if onnx_run is not None:
+        candidates["onnxruntime"] = lambda: onnx_run(x)
+    for name, function in candidates.items():
+        error = float(np.max(np.abs(function() - expected)))
+        if error > 1e-4:
+            raise AssertionError(f"{label}: {name} differs from the reference by {error}")
+    functions = {"reference": lambda: reference.predict_on_batch(x), **candidates}
+    times = _median_times(functions, repeats)
+    flops = 2.0 * batch * steps * (input_size + units) * 4 * units
+    return times, flops / times["compiled"] / 1e9, onnx_run is not None
+
+
+def sgemm_rate(repeats=5):
+    batch, steps, input_size, units = SIZES["S4"]
+    rng = np.random.default_rng(0)
+    rates = {}
+    for name, (m, k, n) in {"input GEMM (B*T x I x 4H)": (batch * steps, input_size, 4 * units),
+                            "recurrent GEMM (B x H x 4H)": (batch, units, 4 * units)}.items():
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        out = np.empty((m, n), np.float32)
+        np.dot(a, b, out=out)
+        seconds = _median_times({"gemm": lambda: np.dot(a, b, out=out)}, repeats * 4)["gemm"]
+        rates[name] = 2.0 * m * k * n / seconds / 1e9
+    return rates
+
+
+COMPILE_SCRIPT = textwrap.dedent("""
+    import time, numpy as np
+    import rshop_ir
+    from rshop_ir import examples
+    from rshop_ir.bound import BoundProgram
+    program = examples.lstm_program(32, 64, return_sequences=True)
+    bound = BoundProgram(program, examples.random_weights(program))
+    x = np.ones((1, 100, 32), np.float32)
+    start = time.perf_counter()
+    compiled = rshop_ir.compile(bound)
+    compiled(x)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled(x)
+    print("SECONDS", first - (time.perf_counter() - start))
+""")
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import resource, sys, numpy as np
+    import rshop_ir
+    from rshop_ir import examples
+    from rshop_ir.bound import BoundProgram
+    steps = int(sys.argv[1])
+    program = examples.lstm_program(32, 64)
+    compiled = rshop_ir.compile(BoundProgram(program, examples.random_weights(program)))
+    compiled(np.ones((1, 10, 32), np.float32))        # compile / load first
+    x = np.ones((1, steps, 32), np.float32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    compiled(x)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("GROWTH_MB", (after - before) / 1024.0)
+""")
+
+
+def _subprocess_value(script, env, *arguments):
+    output = subprocess.run([sys.executable, "-c", script, *arguments], env=env,
+                            capture_output=True, text=True, timeout=600)
+    for line in output.stdout.splitlines():
+        if line.split()[:1] and line.split()[0] in ("SECONDS", "GROWTH_MB"):
+            return float(line.split()[1])
+    raise RuntimeError(output.stderr[-2000:])
+
+
+def compile_times():
+    with tempfile.TemporaryDirectory() as directory:
+        env = {**os.environ, "RSHOP_CACHE_DIR": directory}
+        first = _subprocess_value(COMPILE_SCRIPT, env)
+        cached = _subprocess_value(COMPILE_SCRIPT, env)
+    return first, cached
+
+
+def memory_growth():
+    with tempfile.TemporaryDirectory() as directory:
+        env = {**os.environ, "RSHOP_CACHE_DIR": directory}
+        return {steps: _subprocess_value(MEMORY_SCRIPT, env, str(steps))
+                for steps in (100, 100_000)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args(argv)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
+          f"python {platform.python_version()}")
+    print(f"command: python -m bench.cpu_kernels {' '.join(argv or sys.argv[1:])}")
+    rows = []
+    has_onnx = False
+    for label in args.sizes.split(","):
+        times, gflops, has_onnx = bench_size(label, SIZES[label], args.repeats)
+        rows.append((label, SIZES[label], times, gflops))
+    header = (f"{'size':4} {'(B,T,I,H)':20} {'reference ms':>13} {'keras.LSTM ms':>14} "
+              f"{'compiled ms':>12} {'vs ref':>8} {'vs LSTM':>8} {'target':>7} {'GFLOP/s':>8}")
+    if has_onnx:
+        header += f" {'onnx ms':>8} {'c/onnx':>7}"
+    print(header)
+    for label, size, times, gflops in rows:
+        speedup = times["reference"] / times["compiled"]
+        line = (f"{label:4} {str(size):20} {times['reference'] * 1e3:13.2f} "
+                f"{times['keras.layers.LSTM'] * 1e3:14.2f} {times['compiled'] * 1e3:12.3f} "
+                f"{speedup:7.1f}x {times['keras.layers.LSTM'] / times['compiled']:7.1f}x "
+                f"{'ok' if speedup >= TARGET_SPEEDUP[label] else 'MISS':>7} {gflops:8.1f}")
+        if "onnxruntime" in times:
+            line += (f" {times['onnxruntime'] * 1e3:8.2f} "
+                     f"{times['compiled'] / times['onnxruntime']:7.2f}")
+        print(line)
+    if not has_onnx:
+        print("onnxruntime: not installed (optional peer, `pip install onnx onnxruntime`)")
+    if "S4" in args.sizes:
+        rates = sgemm_rate()
+        s4 = [row for row in rows if row[0] == "S4"][0]
+        for name, rate in rates.items():
+            print(f"numpy sgemm at S4 {name}: {rate:.1f} GFLOP/s")
+        best = max(rates.values())
+        print(f"kernel at S4: {s4[3]:.1f} GFLOP/s = {100 * s4[3] / best:.0f}% of the best "
+              f"sgemm rate (target >= 70%)")
+    first, cached = compile_times()
+    print(f"first compile of an LSTM (1,100,32,64), fresh process, empty cache: {first:.2f} s "
+          f"(target <= 3 s)")
+    print(f"fresh process, warm disk cache (compile() + first call minus a call): "
+          f"{cached:.2f} s (target <= 0.5 s)")
+    if not args.skip_memory:
+        growth = memory_growth()
+        for steps, megabytes in growth.items():
+            print(f"peak RSS growth of one call, T={steps}: {megabytes:.1f} MB "
+                  f"(includes nothing but the call; input allocated before)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The thread count of the BLAS that Numba's `np.dot` calls (SciPy's OpenBLAS).
+
+Measured on 2 shared cores: a per-step recurrent GEMM of a few MFLOP is 3-30x SLOWER
+with OpenBLAS's threads (they spin and wake each step, and fight any other pool) than
+single-threaded. So a kernel call runs BLAS single-threaded unless its per-step GEMMs
+are big enough to pay (`THREADED_MIN_STEP_FLOPS`) AND the cores are idle (1-minute
+load average below the core count minus one), then with OpenBLAS's own default.
+The kernels themselves are never `parallel=True`, so there is one pool at a time.
+If SciPy's OpenBLAS cannot be found (another BLAS), nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from contextlib import contextmanager
+
+THREADED_MIN_STEP_FLOPS = 64e6
+
+_API = None
+
+
+def _api():
+    global _API
+    if _API is None:
+        _API = ()
+        try:
+            import scipy
+            import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+
+            root = os.path.dirname(os.path.dirname(scipy.__file__))
+            for path in sorted(glob.glob(os.path.join(root, "scipy.libs",
+                                                      "libscipy_openblas*.so*"))):
+                library = ctypes.CDLL(path)
+                getter = getattr(library, "scipy_openblas_get_num_threads", None)
+                setter = getattr(library, "scipy_openblas_set_num_threads", None)
+                if getter is not None and setter is not None:
+                    setter.argtypes = [ctypes.c_int]
+                    _API = (getter, setter, int(getter()))
+                    break
+        except (ImportError, OSError):
+            _API = ()
+    return _API
+
+
+def _cores_idle() -> bool:
+    """Threads pay only on idle cores: under load (others' processes) threaded
+    OpenBLAS was 3x SLOWER at S4 (1.4 s vs 0.45 s single-threaded, 2 cores)."""
+    try:
+        return os.getloadavg()[0] <= (os.cpu_count() or 1) - 1
+    except OSError:
+        return False
+
+
+@contextmanager
+def blas_threads_for(step_flops: float):
+    """Run the block with 1 BLAS thread, or the default count for big step GEMMs."""
+    api = _api()
+    if not api:
+        yield
+        return
+    getter, setter, default = api
+    wanted = default if step_flops >= THREADED_MIN_STEP_FLOPS and _cores_idle() else 1
+    previous = getter()
+    if previous != wanted:
+        setter(wanted)
+    try:
+        yield
+    finally:
+        if previous != wanted:
+            setter(previous)

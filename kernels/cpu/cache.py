@@ -1,0 +1,90 @@
+"""Loading generated modules, with an in-memory and an on-disk cache.
+
+Numba's `cache=True` only works for functions defined in a real module file (exec'd
+source has no file to key the cache on), so each generated module is written to
+`<cache dir>/rshop_<key>.py` and imported from there; Numba then keeps its compiled
+machine code in `<cache dir>/__pycache__/`. A fresh process generating the same source
+finds the file and the machine code and compiles nothing.
+
+The key hashes the generator version and the generated source (which is a function of
+the program text, the shapes and the dtypes; batch and time sizes are runtime
+arguments), plus the bytes of any constant arrays the module reads from its globals.
+Weight values never enter it: weights are arguments.
+
+Cache directory: `$RSHOP_CACHE_DIR`, else `$XDG_CACHE_HOME/rshop_ir/cpu`, else
+`~/.cache/rshop_ir/cpu`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from rshop_ir.kernels.cpu.codegen import GENERATOR_VERSION
+
+_MODULES = {}        # key -> module (the in-memory cache)
+STATS = {"memory_hits": 0, "modules_loaded": 0, "files_written": 0}
+
+
+def cache_dir() -> str:
+    explicit = os.environ.get("RSHOP_CACHE_DIR")
+    if explicit:
+        return os.path.join(explicit, "cpu")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rshop_ir", "cpu")
+
+
+def module_key(source: str, globals_dict: dict) -> str:
+    digest = hashlib.sha256()
+    digest.update(GENERATOR_VERSION.encode())
+    digest.update(source.encode())
+    for name in sorted(globals_dict):
+        value = np.ascontiguousarray(globals_dict[name])
+        digest.update(name.encode())
+        digest.update(str((value.dtype.str, value.shape)).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:24]
+
+
+def load_module(source: str, globals_dict: dict):
+    """The module for `source` (from memory, or written/imported from the cache dir)."""
+    key = module_key(source, globals_dict)
+    directory = cache_dir()
+    cached = _MODULES.get((directory, key))
+    if cached is not None:
+        STATS["memory_hits"] += 1
+        return cached
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"rshop_{key}.py")
+    if not _same_text(path, source):
+        handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(source)
+        os.replace(temporary, path)
+        STATS["files_written"] += 1
+    name = f"rshop_ir_generated_{key}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    module.__dict__.update(globals_dict)   # objects are passed in, never repr-ed
+    STATS["modules_loaded"] += 1
+    _MODULES[(directory, key)] = module
+    return module
+
+
+def _same_text(path: str, source: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return stream.read() == source
+    except OSError:
+        return False
+
+
+def clear_memory_cache() -> None:
+    _MODULES.clear()

@@ -1,0 +1,875 @@
+"""The Numba CPU renderer: an optimised program -> the source of one Python module.
+
+The module holds one `@njit` function per scan (`scan_0`, ...) running the WHOLE time
+loop, and `run`, the program around the scans (embedding gathers, dense layers,
+softmax, ...). Planning (which eqns a scan absorbs, how a body value is stored, the
+scalar expression of every element-wise op) comes from kernels/lowering.py and
+kernels/scalar_ops.py, shared with other renderers; this file only writes Numba code.
+
+Inside a scan function, per chunk of up to `chunk` steps: the absorbed input projection
+is ONE GEMM (`np.dot`, BLAS) over the chunk's rows in time-major order (B rows per
+step), then the element-wise eqns that followed it; then per step the recurrent
+matmul(s) (`np.dot` at batch >= 8 or contraction >= 128, a hand loop below, where
+BLAS call overhead dominates) and each fused region as ONE loop nest, then the states,
+readout and output are committed (keeping the old rows where the mask is False) by
+swapping double buffers. Weights and prologue results are ARGUMENTS of `run`, never
+constants of the source, so new weights need no recompilation.
+
+    kernel = generate(optimized_program)
+    print(kernel.source)     # the module text; kernel.globals: objects it reads
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rshop_ir.errors import UnsupportedError
+from rshop_ir.ir import Literal, Program, Var
+from rshop_ir.shapes import normalize_axes, normalize_axis
+from rshop_ir.kernels import lowering
+from rshop_ir.kernels.scalar_ops import ScalarContext
+from rshop_ir.kernels.cpu import mathlib
+from rshop_ir.kernels.cpu.source import Namespace, SourceWriter
+from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
+
+GENERATOR_VERSION = "numba-cpu/1"
+JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
+BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
+BLAS_MIN_CONTRACTION = 128  # ... or a contraction (hidden) size >= 128
+
+_MATH_MODULE_NAMES = sorted({impl.split(".")[0] for pair in mathlib.FUNCTIONS.values()
+                             for impl in pair if "." not in impl and impl != "abs"})
+_FLOAT_FUNCTIONS = {"tanh", "sigmoid", "exp", "expm1", "log", "log1p", "sqrt", "sin",
+                    "cos", "erf", "softplus"}
+
+
+@dataclass
+class KernelSource:
+    """The generated module: text, the objects it reads from its globals, and how
+    `run` takes its arguments."""
+
+    source: str
+    globals: dict
+    entry: str
+    input_names: tuple           # program inputs, in order
+    weight_slots: tuple          # ("param", name) or ("prologue", index), in order
+    projection_row_bytes: int    # extra bytes per (step x batch row) of chunk buffers
+    step_flops_per_row: float = 0.0   # per step and batch row: the body's 2-D matmuls
+    scan_functions: tuple = field(default_factory=tuple)
+
+
+def dtype_expression(dtype: str) -> str:
+    return "np.bool_" if dtype == "bool" else f"np.{dtype}"
+
+
+class CpuScalarContext(ScalarContext):
+    def const(self, value, dtype: str) -> str:
+        if dtype == "bool":
+            return "True" if value else "False"
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            return f"np.{dtype}({int(value)})"
+        value = float(value)
+        if math.isnan(value):
+            text = "np.nan"
+        elif math.isinf(value):
+            text = "np.inf" if value > 0 else "-np.inf"
+        else:
+            text = repr(value)
+        return f"np.{dtype}({text})"
+
+    def cast(self, expression: str, dtype: str) -> str:
+        if dtype == "bool":
+            return f"({expression} != 0)"
+        return f"np.{dtype}({expression})"
+
+    def call(self, function: str, dtype: str, *args: str) -> str:
+        if function not in mathlib.FUNCTIONS:
+            raise UnsupportedError(f"The Numba CPU renderer has no math function "
+                                   f"{function!r}.")
+        float32_impl, other_impl = mathlib.FUNCTIONS[function]
+        impl = float32_impl if dtype == "float32" else other_impl
+        if function in _FLOAT_FUNCTIONS and dtype in ("float32", "float64"):
+            args = [f"np.{dtype}({arg})" for arg in args]
+        return f"{impl}({', '.join(args)})"
+
+
+class _Function:
+    """The state of one generated function: its names, lines and value table."""
+
+    def __init__(self, names: Namespace):
+        self.names = names
+        self.body = SourceWriter()
+        self.preamble = None         # SourceWriter for buffers allocated before the loop
+        self.values = {}
+
+    def alloc(self, var: Var, shape_text: str, hint: str = "buf") -> str:
+        name = self.names.fresh(hint)
+        target = self.preamble if (self.preamble is not None and "T" not in var.shape) \
+            else self.body
+        target.line(f"{name} = np.empty({shape_text}, {dtype_expression(var.dtype)})")
+        return name
+
+
+class CpuGenerator:
+    def __init__(self, program: Program):
+        self.program = program
+        reserved = {"np", "math", "njit", "B", "T", "chunk", *_MATH_MODULE_NAMES}
+        self.names = Namespace(reserved=reserved)
+        self.ctx = CpuScalarContext()
+        self.globals = {}
+        self.functions = []          # SourceWriters of module-level functions
+        self.scan_functions = []
+        self.projection_row_bytes = 0
+        self.step_flops_per_row = 0.0
+
+    # ---- module --------------------------------------------------------------------
+
+    def generate(self) -> KernelSource:
+        plan = lowering.plan_program(self.program)
+        run_writer, weight_slots = self._render_run(plan)
+        header = SourceWriter()
+        header.line(f'"""Generated by rshop_ir.kernels.cpu ({GENERATOR_VERSION}); '
+                    f'do not edit."""')
+        header.line("import math")
+        header.line("import numpy as np")
+        header.line("from numba import njit")
+        header.line("from rshop_ir.kernels.cpu.mathlib import (")
+        for name in _MATH_MODULE_NAMES:
+            header.line(f"    {name},")
+        header.line(")")
+        if self.globals:
+            header.line("")
+            header.line("# Set by the loader before the first call: "
+                        + ", ".join(sorted(self.globals)))
+        chunks = [header.text()]
+        for writer in self.functions + [run_writer]:
+            chunks.append("\n\n" + writer.text())
+        return KernelSource("".join(chunks), dict(self.globals), "run",
+                            tuple(self.program.input_names), tuple(weight_slots),
+                            self.projection_row_bytes, self.step_flops_per_row,
+                            tuple(self.scan_functions))
+
+    def _render_run(self, plan):
+        function = _Function(self.names.child())
+        program = self.program
+        read = {atom for eqn in program.eqns for atom in eqn.inputs if isinstance(atom, Var)}
+        read |= {atom for atom in program.outputs if isinstance(atom, Var)}
+        arguments = ["B", "T", "chunk"]
+        for var, name in zip(program.inputs, program.input_names):
+            arguments.append(self._bind_array(function, var, f"in_{name}"))
+        weight_slots = []
+        for name, var in program.params:
+            if var in read:
+                weight_slots.append(("param", name))
+                arguments.append(self._bind_array(function, var, f"w_{name}"))
+        if program.prologue is not None:
+            for index, var in enumerate(program.prologue.outputs):
+                if isinstance(var, Var) and var in read:
+                    weight_slots.append(("prologue", index))
+                    arguments.append(self._bind_array(function, var, f"pre_{index}"))
+        for kind, item in plan.steps:
+            if kind == "scan":
+                self._emit_scan_call(function, item)
+            else:
+                self._emit_eqn(function, item)
+        results = [self._output_array(function, atom) for atom in program.outputs]
+        function.body.line(f"return ({', '.join(results)},)")
+        writer = SourceWriter()
+        writer.line(JIT_DECORATOR)
+        with writer.block(f"def run({', '.join(arguments)}):"):
+            writer.extend(function.body)
+        return writer, weight_slots
+
+    def _bind_array(self, function, var: Var, hint: str) -> str:
+        name = function.names.fresh(hint)
+        function.values[var] = ArrayValue(name, var.ndim, contiguous=True)
+        return name
+
+    def _output_array(self, function, atom) -> str:
+        if isinstance(atom, Literal):
+            raise UnsupportedError("A program output that is a literal constant is not "
+                                   "supported by the Numba CPU generator.")
+        value = function.values[atom]
+        if isinstance(value, ArrayValue) and value.contiguous:
+            return value.name
+        return f"np.ascontiguousarray({value.array()})"
+
+    # ---- shapes ----------------------------------------------------------------------
+
+    @staticmethod
+    def shape_text(shape) -> str:
+        dims = [str(dim) for dim in shape]
+        return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+    def _array(self, function, atom, contiguous: bool = False) -> str:
+        """A whole-array expression for `atom` (made C-contiguous if asked)."""
+        if isinstance(atom, Literal):
+            raise UnsupportedError(f"A literal operand is not supported here ({atom}).")
+        value = function.values[atom]
+        if contiguous and not value.contiguous:
+            name = function.names.fresh("contiguous")
+            function.body.line(f"{name} = np.ascontiguousarray({value.array()})")
+            return name
+        return value.array()
+
+    def _element(self, function, atom, indices, out_shape) -> str:
+        if isinstance(atom, Literal):
+            return self.ctx.const(atom.value, atom.dtype)
+        return function.values[atom].element(
+            lowering.broadcast_index(atom.shape, out_shape, indices))
+
+    def _loops(self, function, shape, hint="i") -> list:
+        """Open one `for` per dim of `shape`; the caller closes them with _close."""
+        indices = []
+        for dim in shape:
+            index = function.names.fresh(hint)
+            function.body.line(f"for {index} in range({dim}):")
+            function.body.depth += 1
+            indices.append(index)
+        return indices
+
+    @staticmethod
+    def _close(function, count: int) -> None:
+        function.body.depth -= count
+
+    # ---- eqns --------------------------------------------------------------------------
+
+    def _emit_eqn(self, function, eqn) -> None:
+        if lowering.is_elementwise(eqn):
+            self._emit_elementwise(function, eqn)
+            return
+        handler = getattr(self, f"_op_{eqn.op}", None)
+        if handler is None:
+            raise UnsupportedError(f"The Numba CPU kernel generator does not support the "
+                                   f"op {eqn.op!r} yet.")
+        handler(function, eqn)
+
+    def _emit_elementwise(self, function, eqn, out_name=None) -> None:
+        if len(eqn.outputs) != 1:
+            raise UnsupportedError(f"A {eqn.op!r} with {len(eqn.outputs)} outputs.")
+        out = eqn.outputs[0]
+        body = lowering.elementwise_as_body(eqn)
+        operands = lowering.elementwise_operands(eqn)
+        if out_name is None:
+            out_name = function.alloc(out, self.shape_text(out.shape), "v")
+        indices = self._loops(function, out.shape)
+        inputs = [self._element(function, atom, indices, out.shape) for atom in operands]
+        statements, results = lowering.scalar_statements(
+            body, inputs, self.ctx, function.names.fresh)
+        for name, expression in statements:
+            function.body.line(f"{name} = {expression}")
+        target = ArrayValue(out_name, out.ndim).element(indices)
+        function.body.line(f"{target} = {results[0]}")
+        self._close(function, len(indices))
+        function.values[out] = ArrayValue(out_name, out.ndim)
+
+    def _define(self, function, var: Var, expression: str, contiguous=True, hint="v"):
+        name = function.names.fresh(hint)
+        function.body.line(f"{name} = {expression}")
+        function.values[var] = ArrayValue(name, var.ndim, contiguous)
+        return name
+
+    def _op_slice(self, function, eqn) -> None:
+        (x,), (out,) = eqn.inputs, eqn.outputs
+        axis = normalize_axis(eqn.params["axis"], x.ndim)
+        dim = x.shape[axis]
+        start, stop = eqn.params["start"], eqn.params["stop"]
+        if isinstance(dim, int):
+            start, stop, _ = slice(start, stop).indices(dim)
+        if axis == x.ndim - 1 and isinstance(dim, int):
+            function.values[out] = LastAxisView(function.values[x], start, max(stop - start, 0))
+            return
+        index = [":"] * x.ndim
+        index[axis] = f"{start}:{stop}"
+        self._define(function, out, f"{self._array(function, x)}[{', '.join(index)}]",
+                     contiguous=False)
+
+    def _reshaped(self, function, eqn) -> None:
+        (x,), (out,) = eqn.inputs[:1], eqn.outputs
+        source = self._array(function, x, contiguous=True)
+        self._define(function, out, f"{source}.reshape({self.shape_text(out.shape)})")
+
+    _op_reshape = _reshaped
+    _op_expand_dims = _reshaped
+    _op_squeeze = _reshaped
+
+    def _op_transpose(self, function, eqn) -> None:
+        perm = tuple(eqn.params["perm"])
+        source = self._array(function, eqn.inputs[0])
+        self._define(function, eqn.outputs[0],
+                     f"np.ascontiguousarray({source}.transpose({perm!r}))")
+
+    def _op_reverse(self, function, eqn) -> None:
+        x = eqn.inputs[0]
+        axis = normalize_axis(eqn.params["axis"], x.ndim)
+        index = [":"] * x.ndim
+        index[axis] = "::-1"
+        source = self._array(function, x)
+        self._define(function, eqn.outputs[0],
+                     f"np.ascontiguousarray({source}[{', '.join(index)}])")
+
+    def _op_concatenate(self, function, eqn) -> None:
+        out = eqn.outputs[0]
+        axis = normalize_axis(eqn.params["axis"], out.ndim)
+        parts = [self._array(function, atom, contiguous=True) for atom in eqn.inputs]
+        self._define(function, out, f"np.concatenate(({', '.join(parts)},), axis={axis})")
+
+    def _op_broadcast_to(self, function, eqn) -> None:
+        out = eqn.outputs[0]
+        name = function.alloc(out, self.shape_text(out.shape), "v")
+        indices = self._loops(function, out.shape)
+        element = self._element(function, eqn.inputs[0], indices, out.shape)
+        function.body.line(f"{name}[{', '.join(indices) or '()'}] = {element}")
+        self._close(function, len(indices))
+        function.values[out] = ArrayValue(name, out.ndim)
+
+    def _copy_with_index(self, function, eqn, index_of) -> None:
+        """out[idx] = x[index_of(idx)]: a loop nest over the output."""
+        x, out = eqn.inputs[0], eqn.outputs[0]
+        name = function.alloc(out, self.shape_text(out.shape), "v")
+        indices = self._loops(function, out.shape)
+        element = function.values[x].element(index_of(indices))
+        function.body.line(f"{name}[{', '.join(indices) or '()'}] = {element}")
+        self._close(function, len(indices))
+        function.values[out] = ArrayValue(name, out.ndim)
+
+    def _op_repeat(self, function, eqn) -> None:
+        x = eqn.inputs[0]
+        axis = normalize_axis(eqn.params["axis"], x.ndim)
+        repeats = int(eqn.params["repeats"])
+        self._copy_with_index(function, eqn, lambda idx: [
+            f"{i} // {repeats}" if position == axis else i for position, i in enumerate(idx)])
+
+    def _op_tile(self, function, eqn) -> None:
+        x = eqn.inputs[0]
+        self._copy_with_index(function, eqn, lambda idx: [
+            f"{i} % {dim}" if count != 1 else i
+            for i, dim, count in zip(idx, x.shape, eqn.params["repeats"])])
+
+    def _op_fill(self, function, eqn) -> None:
+        out = eqn.outputs[0]
+        value = self.ctx.const(eqn.params["value"], out.dtype)
+        self._define(function, out, f"np.full({self.shape_text(out.shape)}, {value})")
+
+    def _op_constant(self, function, eqn) -> None:
+        out = eqn.outputs[0]
+        array = np.asarray(eqn.params["value"], dtype=out.dtype).reshape(out.shape)
+        name = self.names.fresh("CONSTANT")
+        self.globals[name] = np.ascontiguousarray(array)
+        function.values[out] = ArrayValue(name, out.ndim)
+
+    def _op_gather(self, function, eqn) -> None:
+        table, ids = eqn.inputs
+        out = eqn.outputs[0]
+        if normalize_axis(eqn.params["axis"], table.ndim) != 0:
+            raise UnsupportedError("The Numba CPU generator supports gather on axis 0 "
+                                   "(embedding lookups) only.")
+        names = function.names
+        table_array = self._array(function, table, contiguous=True)
+        ids_array = self._array(function, ids, contiguous=True)
+        flat_ids, rows, result, index, row = (names.fresh(h) for h in
+                                              ("ids_flat", "table_rows", "gathered", "n",
+                                               "row"))
+        width = int(np.prod([d for d in table.shape[1:]], dtype=np.int64)) \
+            if table.ndim > 1 else 1
+        body = function.body
+        body.line(f"{flat_ids} = {ids_array}.reshape({ids_array}.size)")
+        body.line(f"{rows} = {table_array}.reshape(({table_array}.shape[0], {width}))")
+        body.line(f"{result} = np.empty(({flat_ids}.size, {width}), {rows}.dtype)")
+        with body.block(f"for {index} in range({flat_ids}.size):"):
+            body.line(f"{row} = {flat_ids}[{index}]")
+            body.line(f"if {row} < 0 or {row} >= {rows}.shape[0]:")
+            body.line("    raise IndexError('gather: an index is out of range of the "
+                      "table (an embedding id >= input_dim?)')")
+            body.line(f"{result}[{index}, :] = {rows}[{row}, :]")
+        self._define(function, out, f"{result}.reshape({self.shape_text(out.shape)})")
+
+    def _rows_view(self, function, x: Var, axes) -> tuple:
+        """x with `axes` moved last, as a 2-D (rows, reduced) C array; returns
+        (name, reduced size expression, kept shape)."""
+        others = [axis for axis in range(x.ndim) if axis not in axes]
+        perm = tuple(others + list(axes))
+        source = self._array(function, x)
+        if perm != tuple(range(x.ndim)):
+            source = f"{source}.transpose({perm!r})"
+        name = function.names.fresh("rows")
+        reduced = " * ".join(str(x.shape[axis]) for axis in axes) or "1"
+        kept = [x.shape[axis] for axis in others]
+        kept_size = " * ".join(str(d) for d in kept) or "1"
+        function.body.line(f"{name} = np.ascontiguousarray({source})"
+                           f".reshape(({kept_size}, {reduced}))")
+        return name, reduced, kept
+
+    def _reduction(self, function, eqn, kind: str) -> None:
+        x, out = eqn.inputs[0], eqn.outputs[0]
+        if kind in ("argmax", "argmin"):
+            axes = (normalize_axis(eqn.params["axis"], x.ndim),)
+        else:
+            axes = normalize_axes(eqn.params["axes"], x.ndim)
+        rows, reduced, _ = self._rows_view(function, x, axes)
+        names = function.names
+        result, row, k, accumulator, value = (names.fresh(h) for h in
+                                              ("reduced", "r", "k", "acc", "x"))
+        body = function.body
+        out_dtype = dtype_expression("int64" if kind.startswith("arg") else out.dtype)
+        body.line(f"{result} = np.empty({rows}.shape[0], {out_dtype})")
+        with body.block(f"for {row} in range({rows}.shape[0]):"):
+            if kind.startswith("arg"):
+                best = names.fresh("best")
+                better = ">" if kind == "argmax" else "<"
+                body.line(f"{accumulator} = 0")
+                body.line(f"{best} = {rows}[{row}, 0]")
+                with body.block(f"for {k} in range(1, {reduced}):"):
+                    body.line(f"{value} = {rows}[{row}, {k}]")
+                    body.line(f"if {best} != {best}:")
+                    body.line("    break")
+                    with body.block(f"if {value} {better} {best} or {value} != {value}:"):
+                        body.line(f"{best} = {value}")
+                        body.line(f"{accumulator} = {k}")
+            else:
+                start = {"reduce_sum": "0", "reduce_mean": "0", "reduce_prod": "1"}
+                combine = {"reduce_sum": "{a} + {x}", "reduce_mean": "{a} + {x}",
+                           "reduce_prod": "{a} * {x}",
+                           "reduce_max": "maximum_any({a}, {x})",
+                           "reduce_min": "minimum_any({a}, {x})"}[kind]
+                if kind in start:
+                    body.line(f"{accumulator} = {self.ctx.const(start[kind], out.dtype)}")
+                    first = "0"
+                else:
+                    body.line(f"{accumulator} = {rows}[{row}, 0]")
+                    first = "1"
+                with body.block(f"for {k} in range({first}, {reduced}):"):
+                    body.line(f"{accumulator} = " + combine.format(
+                        a=accumulator, x=f"{rows}[{row}, {k}]"))
+                if kind == "reduce_mean":
+                    body.line(f"{accumulator} = {accumulator} / {reduced}")
+            body.line(f"{result}[{row}] = {accumulator}")
+        self._define(function, out, f"{result}.astype({dtype_expression(out.dtype)})"
+                     f".reshape({self.shape_text(out.shape) if out.ndim else '()'})")
+
+    def _op_reduce_sum(self, function, eqn):
+        self._reduction(function, eqn, "reduce_sum")
+
+    def _op_reduce_mean(self, function, eqn):
+        self._reduction(function, eqn, "reduce_mean")
+
+    def _op_reduce_max(self, function, eqn):
+        self._reduction(function, eqn, "reduce_max")
+
+    def _op_reduce_min(self, function, eqn):
+        self._reduction(function, eqn, "reduce_min")
+
+    def _op_reduce_prod(self, function, eqn):
+        self._reduction(function, eqn, "reduce_prod")
+
+    def _op_argmax(self, function, eqn):
+        self._reduction(function, eqn, "argmax")
+
+    def _op_argmin(self, function, eqn):
+        self._reduction(function, eqn, "argmin")
+
+    def _softmax(self, function, eqn, log: bool) -> None:
+        x, out = eqn.inputs[0], eqn.outputs[0]
+        axis = normalize_axis(eqn.params["axis"], x.ndim)
+        rows, reduced, _ = self._rows_view(function, x, (axis,))
+        names = function.names
+        result, row, k, top, total = (names.fresh(h) for h in
+                                      ("softmax", "r", "k", "top", "total"))
+        body = function.body
+        body.line(f"{result} = np.empty_like({rows})")
+        with body.block(f"for {row} in range({rows}.shape[0]):"):
+            body.line(f"{top} = {rows}[{row}, 0]")
+            with body.block(f"for {k} in range(1, {reduced}):"):
+                body.line(f"{top} = maximum_any({top}, {rows}[{row}, {k}])")
+            body.line(f"{total} = {self.ctx.const(0, out.dtype)}")
+            with body.block(f"for {k} in range({reduced}):"):
+                body.line(f"{result}[{row}, {k}] = math.exp({rows}[{row}, {k}] - {top})")
+                body.line(f"{total} += {result}[{row}, {k}]")
+            with body.block(f"for {k} in range({reduced}):"):
+                if log:
+                    body.line(f"{result}[{row}, {k}] = {rows}[{row}, {k}] - {top} "
+                              f"- math.log({total})")
+                else:
+                    body.line(f"{result}[{row}, {k}] = {result}[{row}, {k}] / {total}")
+        moved = [d for i, d in enumerate(x.shape) if i != axis] + [x.shape[axis]]
+        restored = f"{result}.reshape({self.shape_text(moved)})"
+        if axis != x.ndim - 1:
+            perm = list(range(x.ndim - 1))
+            perm.insert(axis, x.ndim - 1)
+            restored = f"np.ascontiguousarray({restored}.transpose({tuple(perm)!r}))"
+        self._define(function, out, restored)
+
+    def _op_softmax(self, function, eqn):
+        self._softmax(function, eqn, log=False)
+
+    def _op_log_softmax(self, function, eqn):
+        self._softmax(function, eqn, log=True)
+
+    def _op_layer_norm(self, function, eqn) -> None:
+        x, gamma, beta = eqn.inputs
+        out = eqn.outputs[0]
+        axes = normalize_axes(eqn.params["axis"], x.ndim)
+        if list(axes) != list(range(x.ndim - len(axes), x.ndim)):
+            raise UnsupportedError("layer_norm over non-trailing axes is not supported by "
+                                   "the Numba CPU generator.")
+        rows, reduced, _ = self._rows_view(function, x, axes)
+        names = function.names
+        normal, row, k, mean, variance, scale = (names.fresh(h) for h in (
+            "normalized", "r", "k", "mean", "variance", "scale"))
+        epsilon = self.ctx.const(eqn.params["epsilon"], out.dtype)
+        body = function.body
+        body.line(f"{normal} = np.empty_like({rows})")
+        with body.block(f"for {row} in range({rows}.shape[0]):"):
+            body.line(f"{mean} = {self.ctx.const(0, out.dtype)}")
+            with body.block(f"for {k} in range({reduced}):"):
+                body.line(f"{mean} += {rows}[{row}, {k}]")
+            body.line(f"{mean} = {mean} / {reduced}")
+            body.line(f"{variance} = {self.ctx.const(0, out.dtype)}")
+            with body.block(f"for {k} in range({reduced}):"):
+                body.line(f"{variance} += ({rows}[{row}, {k}] - {mean}) ** 2")
+            body.line(f"{variance} = {variance} / {reduced}")
+            body.line(f"{scale} = math.sqrt({variance} + {epsilon})")
+            with body.block(f"for {k} in range({reduced}):"):
+                body.line(f"{normal}[{row}, {k}] = ({rows}[{row}, {k}] - {mean}) / {scale}")
+        normalized_var = Var(out.dtype, x.shape)
+        self._define(function, normalized_var,
+                     f"{normal}.reshape({self.shape_text(x.shape)})")
+        name = function.alloc(out, self.shape_text(out.shape), "layer_norm")
+        indices = self._loops(function, out.shape)
+        terms = [self._element(function, atom, indices, out.shape)
+                 for atom in (normalized_var, gamma, beta)]
+        function.body.line(f"{name}[{', '.join(indices)}] = {terms[0]} * {terms[1]} "
+                           f"+ {terms[2]}")
+        self._close(function, len(indices))
+        function.values[out] = ArrayValue(name, out.ndim)
+
+    def _op_einsum(self, function, eqn) -> None:
+        from rshop_ir.ops.linalg import parse_einsum
+
+        input_labels, output_labels = parse_einsum(eqn.params["equation"])
+        out = eqn.outputs[0]
+        sizes = {}
+        for labels, atom in zip(input_labels, eqn.inputs):
+            for label, dim in zip(labels, atom.shape):
+                sizes.setdefault(label, dim)
+        contracted = sorted({label for labels in input_labels for label in labels}
+                            - set(output_labels))
+        name = function.alloc(out, self.shape_text(out.shape), "einsum")
+        names = function.names
+        index = {label: names.fresh(f"i_{label}") for label in output_labels + "".join(
+            contracted)}
+        accumulator = names.fresh("acc")
+        body = function.body
+        for label in output_labels:
+            body.line(f"for {index[label]} in range({sizes[label]}):")
+            body.depth += 1
+        body.line(f"{accumulator} = {self.ctx.const(0, out.dtype)}")
+        for label in contracted:
+            body.line(f"for {index[label]} in range({sizes[label]}):")
+            body.depth += 1
+        factors = [function.values[atom].element([index[label] for label in labels])
+                   for labels, atom in zip(input_labels, eqn.inputs)]
+        body.line(f"{accumulator} += {' * '.join(factors)}")
+        body.depth -= len(contracted)
+        target = ", ".join(index[label] for label in output_labels) or "()"
+        body.line(f"{name}[{target}] = {accumulator}")
+        body.depth -= len(output_labels)
+        function.values[out] = ArrayValue(name, out.ndim)
+
+    def _op_matmul(self, function, eqn) -> None:
+        a, b = eqn.inputs
+        out = eqn.outputs[0]
+        if isinstance(a, Literal) or isinstance(b, Literal):
+            raise UnsupportedError("matmul of a literal.")
+        is_float = out.dtype in ("float32", "float64") and a.dtype == b.dtype == out.dtype
+        if a.ndim == 2 and b.ndim == 2:
+            name = function.alloc(out, self.shape_text(out.shape), "product")
+            a_value, b_value = function.values[a], function.values[b]
+            blas_ready = is_float and a_value.contiguous and b_value.contiguous
+            contraction = a.shape[1]
+            if function.preamble is not None and all(
+                    isinstance(d, int) for d in (contraction, out.shape[1])):
+                self.step_flops_per_row = max(self.step_flops_per_row,
+                                              2.0 * contraction * out.shape[1])
+            if blas_ready and function.preamble is None:
+                function.body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
+            elif blas_ready and isinstance(contraction, int) \
+                    and contraction >= BLAS_MIN_CONTRACTION:
+                function.body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
+            elif blas_ready:
+                with function.body.block(f"if B >= {BLAS_MIN_BATCH}:"):
+                    function.body.line(f"np.dot({a_value.array()}, {b_value.array()}, "
+                                       f"{name})")
+                with function.body.block("else:"):
+                    self._hand_matmul(function, a_value, b_value, name, out, contraction)
+            else:
+                self._hand_matmul(function, a_value, b_value, name, out, contraction)
+            function.values[out] = ArrayValue(name, 2)
+            return
+        if not is_float:
+            raise UnsupportedError(f"matmul of {a.dtype} x {b.dtype} beyond 2-D is not "
+                                   f"supported by the Numba CPU generator.")
+        a_array = self._array(function, a, contiguous=True)
+        b_array = self._array(function, b, contiguous=True)
+        name = function.alloc(out, self.shape_text(out.shape), "product")
+        if b.ndim == 2:
+            rows = " * ".join(str(d) for d in a.shape[:-1])
+            function.body.line(f"np.dot({a_array}.reshape(({rows}, {a.shape[-1]})), "
+                               f"{b_array}, {name}.reshape(({rows}, {b.shape[-1]})))")
+        elif a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2]:
+            batch = " * ".join(str(d) for d in a.shape[:-2])
+            left, right, result, index = (function.names.fresh(h) for h in
+                                          ("left", "right", "result", "n"))
+            body = function.body
+            body.line(f"{left} = {a_array}.reshape(({batch}, {a.shape[-2]}, {a.shape[-1]}))")
+            body.line(f"{right} = {b_array}.reshape(({batch}, {b.shape[-2]}, {b.shape[-1]}))")
+            body.line(f"{result} = {name}.reshape(({batch}, {out.shape[-2]}, "
+                      f"{out.shape[-1]}))")
+            with body.block(f"for {index} in range({batch}):"):
+                body.line(f"np.dot({left}[{index}], {right}[{index}], {result}[{index}])")
+        else:
+            raise UnsupportedError(f"matmul of {a.type} and {b.type} (broadcast batch "
+                                   f"dims) is not supported by the Numba CPU generator.")
+        function.values[out] = ArrayValue(name, out.ndim)
+
+    def _hand_matmul(self, function, a_value, b_value, name, out, contraction) -> None:
+        names, body = function.names, function.body
+        i, j, k, a_ik = (names.fresh(h) for h in ("i", "j", "k", "a_ik"))
+        rows, columns = out.shape
+        with body.block(f"for {i} in range({rows}):"):
+            with body.block(f"for {j} in range({columns}):"):
+                body.line(f"{name}[{i}, {j}] = {self.ctx.const(0, out.dtype)}")
+            with body.block(f"for {k} in range({contraction}):"):
+                body.line(f"{a_ik} = {a_value.element([i, k])}")
+                with body.block(f"for {j} in range({columns}):"):
+                    body.line(f"{name}[{i}, {j}] += {a_ik} * {b_value.element([k, j])}")
+
+    # ---- scans -------------------------------------------------------------------------
+
+    def _emit_scan_call(self, function, plan) -> None:
+        scan_name, arguments = self._render_scan(plan)
+        call_arguments = ["B", "T", "chunk"]
+        for atom in arguments:
+            call_arguments.append(self._array(function, atom, contiguous=True))
+        outputs = [function.names.fresh("scan_out") for _ in plan.eqn.outputs]
+        function.body.line(f"{', '.join(outputs)}, = {scan_name}({', '.join(call_arguments)})")
+        for var, name in zip(plan.eqn.outputs, outputs):
+            function.values[var] = ArrayValue(name, var.ndim)
+
+    def _render_scan(self, plan) -> tuple:
+        """Write one module-level function for a scan; returns (name, outer args)."""
+        scan_name = self.names.fresh(f"scan_{len(self.scan_functions)}")
+        self.scan_functions.append(scan_name)
+        params = plan.params
+        body_program = plan.body
+        function = _Function(self.names.child())
+        names = function.names
+        outer_arguments = []
+        argument_names = []
+
+        def argument(atom, hint):
+            if isinstance(atom, Literal):
+                raise UnsupportedError("A literal scan input is not supported.")
+            if atom in outer_arguments:
+                return argument_names[outer_arguments.index(atom)]
+            outer_arguments.append(atom)
+            argument_names.append(names.fresh(hint))
+            return argument_names[-1]
+
+        preamble, loop = SourceWriter(), SourceWriter()
+        groups, inner = plan.groups, plan.body_groups
+        row_bytes = 0
+        projections = []
+        sequences = []           # (inner var, kind, data)
+        for index, (outer, body_var) in enumerate(zip(groups["sequences"],
+                                                      inner["sequences"])):
+            projection = plan.projections.get(index)
+            if projection is None:
+                sequences.append((body_var, "direct", argument(outer, f"seq_{index}")))
+                continue
+            source = argument(projection.source, f"x_{index}")
+            weight = argument(projection.weight, f"kernel_{index}")
+            chain_operands = {}
+            for eqn in projection.chain:
+                for atom in lowering.elementwise_operands(eqn):
+                    if isinstance(atom, Var) and atom.shape == projection.output.shape:
+                        continue
+                    if isinstance(atom, Var):
+                        chain_operands[atom] = argument(atom, "chain")
+            in_size, out_size = projection.weight.shape
+            itemsize = np.dtype(projection.output.dtype).itemsize
+            row_bytes += (in_size + out_size) * itemsize
+            projections.append((index, projection, source, weight, chain_operands))
+            sequences.append((body_var, "projection", index))
+        states = [argument(atom, f"state0_{k}") for k, atom in enumerate(groups["states"])]
+        readout = argument(groups["readout"][0], "readout0") if groups["readout"] else None
+        constants = [argument(atom, f"constant_{k}")
+                     for k, atom in enumerate(groups["constants"])]
+        mask = argument(groups["mask"][0], "mask") if groups["mask"] else None
+        self.projection_row_bytes = max(self.projection_row_bytes, row_bytes)
+
+        # --- preamble: step count, states, outputs, buffers
+        if groups["sequences"]:
+            first = sequences[0]
+            source_name = first[2] if first[1] == "direct" else projections[0][2]
+            preamble.line(f"steps = {source_name}.shape[1]")
+        else:
+            preamble.line(f"steps = {int(params['length'])}")
+        for position, (body_var, kind, data) in enumerate(sequences):
+            if kind == "projection":
+                continue
+        y_var = body_program.outputs[0]
+        if not all(isinstance(atom, Var) for atom in body_program.outputs):
+            raise UnsupportedError("A scan body returning a literal is not supported by "
+                                   "the Numba CPU generator.")
+        state_buffers = []
+        for k, (name, state_var) in enumerate(zip(states, inner["states"])):
+            current, following = names.fresh(f"state_{k}"), names.fresh(f"next_state_{k}")
+            preamble.line(f"{current} = {name}.copy()")
+            preamble.line(f"{following} = np.empty_like({current})")
+            state_buffers.append((current, following))
+            function.values[state_var] = ArrayValue(current, state_var.ndim)
+        y_shape = self.shape_text(y_var.shape)
+        y_dtype = dtype_expression(y_var.dtype)
+        preamble.line(f"y_last = np.zeros({y_shape}, {y_dtype})")
+        preamble.line("y_next = np.empty_like(y_last)")
+        if params["return_sequences"]:
+            all_shape = self.shape_text((y_var.shape[0], "steps", *y_var.shape[1:]))
+            preamble.line(f"y_all = np.zeros({all_shape}, {y_dtype})")
+        readout_buffers = None
+        if readout is not None:
+            readout_buffers = (names.fresh("readout"), names.fresh("next_readout"))
+            preamble.line(f"{readout_buffers[0]} = {readout}.copy()")
+            preamble.line(f"{readout_buffers[1]} = np.empty_like({readout_buffers[0]})")
+            function.values[inner["readout"][0]] = ArrayValue(readout_buffers[0],
+                                                              inner["readout"][0].ndim)
+        for name, constant_var in zip(constants, inner["constants"]):
+            function.values[constant_var] = ArrayValue(name, constant_var.ndim)
+        chunk_buffers = {}
+        if projections:
+            preamble.line("chunk_steps = max(1, min(chunk, steps))")
+        for index, projection, source, weight, _ in projections:
+            in_size, out_size = projection.weight.shape
+            dtype = dtype_expression(projection.output.dtype)
+            staged, projected = names.fresh(f"staged_{index}"), names.fresh(f"projected_{index}")
+            preamble.line(f"{staged} = np.empty((chunk_steps * B, {in_size}), {dtype})")
+            preamble.line(f"{projected} = np.empty((chunk_steps * B, {out_size}), {dtype})")
+            chunk_buffers[index] = (staged, projected)
+
+        # --- the loop over chunks, then over steps
+        backwards = bool(params["go_backwards"])
+        function.preamble = preamble
+        function.body = loop
+        step_chunk = "chunk_steps" if projections else "max(1, steps)"
+        with loop.block(f"for chunk_start in range(0, steps, {step_chunk}):"):
+            loop.line(f"chunk_stop = min(chunk_start + {step_chunk}, steps)")
+            loop.line("rows = (chunk_stop - chunk_start) * B")
+            loop.line("time_low = steps - chunk_stop" if backwards else
+                      "time_low = chunk_start")
+            for index, projection, source, weight, chain_operands in projections:
+                staged, projected = chunk_buffers[index]
+                with loop.block("for step in range(chunk_stop - chunk_start):"):
+                    with loop.block("for b in range(B):"):
+                        loop.line(f"{staged}[step * B + b, :] = {source}[b, time_low + step, :]")
+                loop.line(f"np.dot({staged}[:rows], {weight}, {projected}[:rows])")
+                if projection.chain:
+                    self._render_chain(function, projection, projected, chain_operands)
+            with loop.block("for step in range(chunk_start, chunk_stop):"):
+                loop.line("t = steps - 1 - step" if backwards else "t = step")
+                loop.line("row = (t - time_low) * B")
+                for body_var, kind, data in sequences:
+                    if kind == "direct":
+                        function.values[body_var] = SequenceStep(data, "t", body_var.ndim + 1)
+                    else:
+                        function.values[body_var] = ChunkRows(chunk_buffers[data][1], "row")
+                for eqn in body_program.eqns:
+                    if eqn.op == "scan":
+                        self._emit_nested_scan(function, eqn)
+                    else:
+                        self._emit_eqn(function, eqn)
+                self._render_commit(function, plan, state_buffers, readout_buffers, mask)
+        # --- results
+        results = ["y_all" if params["return_sequences"] else "y_last"]
+        results += [current for current, _ in state_buffers]
+
+        writer = SourceWriter()
+        writer.line(JIT_DECORATOR)
+        signature = ", ".join(["B", "T", "chunk", *argument_names])
+        with writer.block(f"def {scan_name}({signature}):"):
+            writer.line(f'"""scan {plan.layout}; go_backwards={backwards}, '
+                        f'return_sequences={bool(params["return_sequences"])}."""')
+            writer.extend(preamble)
+            writer.extend(loop)
+            writer.line(f"return ({', '.join(results)},)")
+        self.functions.append(writer)
+        return scan_name, outer_arguments
+
+    def _emit_nested_scan(self, function, eqn) -> None:
+        plan = lowering.plan_scan(eqn)
+        self._emit_scan_call(function, plan)
+
+    def _render_chain(self, function, projection, projected, chain_operands) -> None:
+        """The element-wise eqns after the projection GEMM, in place, one loop nest."""
+        loop = function.body
+        out_size = projection.weight.shape[1]
+        with loop.block("for r in range(rows):"):
+            with loop.block(f"for j in range({out_size}):"):
+                current = f"{projected}[r, j]"
+                value_shape = ("R", out_size)
+                for eqn in projection.chain:
+                    body = lowering.elementwise_as_body(eqn)
+                    inputs = []
+                    for atom in lowering.elementwise_operands(eqn):
+                        if isinstance(atom, Var) and atom.shape == projection.output.shape:
+                            inputs.append(current)
+                        elif isinstance(atom, Literal):
+                            inputs.append(self.ctx.const(atom.value, atom.dtype))
+                        else:
+                            index = lowering.broadcast_index(atom.shape, value_shape, ["r", "j"])
+                            inputs.append(ArrayValue(chain_operands[atom], atom.ndim)
+                                          .element(index))
+                    statements, results = lowering.scalar_statements(
+                        body, inputs, self.ctx, function.names.fresh)
+                    for name, expression in statements:
+                        loop.line(f"{name} = {expression}")
+                    current = results[0]
+                loop.line(f"{projected}[r, j] = {current}")
+
+    def _render_commit(self, function, plan, state_buffers, readout_buffers, mask) -> None:
+        """Copy [y, *new states] (and the readout) into the next buffers, keeping the
+        previous rows where the mask is False, then swap and store y."""
+        body_program = plan.body
+        loop = function.body
+        outputs = body_program.outputs
+        y_var = outputs[0]
+        targets = [("y_next", "y_last", y_var)]
+        targets += [(following, current, new_state) for (current, following), new_state
+                    in zip(state_buffers, outputs[1:])]
+        if readout_buffers is not None:
+            targets.append((readout_buffers[1], readout_buffers[0], y_var))
+        with loop.block("for b in range(B):"):
+            if mask is not None:
+                loop.line(f"keep = {mask}[b, t]")
+            for following, current, source_var in targets:
+                inner_shape = source_var.shape[1:]
+                indices = self._loops(function, inner_shape, "k")
+                element = function.values[source_var].element(["b", *indices])
+                target = f"{following}[{', '.join(['b', *indices])}]"
+                if mask is not None:
+                    previous = f"{current}[{', '.join(['b', *indices])}]"
+                    loop.line(f"{target} = {element} if keep else {previous}")
+                else:
+                    loop.line(f"{target} = {element}")
+                self._close(function, len(indices))
+        for following, current, _ in targets:
+            loop.line(f"{current}, {following} = {following}, {current}")
+        if plan.params["return_sequences"]:
+            loop.line("y_all[:, step] = y_last")
+
+
+def generate(program: Program) -> KernelSource:
+    """The Numba CPU module for an optimised program (see the module docstring)."""
+    return CpuGenerator(program).generate()

@@ -1,0 +1,198 @@
+"""Kernel planning shared by every renderer (Numba CPU now, CUDA later).
+
+From an OPTIMISED program (passes/pipeline.py) this decides, without writing any code:
+
+* which top-level eqns each scan absorbs: the hoisted input projection
+  `p = matmul x W` (x of shape (B, T, I), W a 2-D weight) and the element-wise eqns
+  that follow it over the whole sequence (e.g. `bias_add p b`), when the scan is their
+  only reader. A kernel computes them chunk by chunk inside its time loop, so the
+  projection of a 100k-step sequence is never held at once (`ScanPlan.projections`);
+* how the scan's inputs split into sequences, states, readout, constants and mask
+  (`ScanPlan.groups`, `ScanPlan.body_groups`);
+* how a body value is stored (`body_storage`): a per-step buffer, a view of a slice
+  along the last axis of another value (no copy), or a per-step array;
+* broadcasting of operands inside an element-wise loop nest (`broadcast_index`), and
+  the scalar statements of a fused region from the one op -> scalar-expression table
+  (`scalar_statements`, reading kernels/scalar_ops.py).
+
+    plan = plan_program(optimized)     # ProgramPlan: top-level steps, scans absorbed
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from rshop_ir.ir import Literal, Program, Var
+from rshop_ir.ops import ScanLayout, get_op
+from rshop_ir.kernels.scalar_ops import scalar_expression
+
+
+@dataclass
+class Projection:
+    """A scan sequence computed in chunks inside the kernel: `chain(source @ weight)`.
+
+    source: the (B, T, I) value the GEMM reads; weight: the (I, N) matrix; chain: the
+    element-wise eqns applied after it (each reading the previous result once, other
+    operands weight-like: no symbolic dims); output: the Var the scan reads.
+    """
+
+    source: Var
+    weight: Var
+    matmul: object
+    chain: list
+    output: Var
+
+
+@dataclass
+class ScanPlan:
+    eqn: object
+    layout: ScanLayout
+    groups: dict            # outer inputs by group ("sequences", "states", ...)
+    body_groups: dict       # body inputs by group
+    projections: dict = field(default_factory=dict)   # sequence index -> Projection
+
+    @property
+    def params(self):
+        return self.eqn.params
+
+    @property
+    def body(self) -> Program:
+        return self.eqn.params["body"]
+
+
+@dataclass
+class ProgramPlan:
+    program: Program
+    steps: list             # ("eqn", eqn) or ("scan", ScanPlan), in execution order
+
+
+def plan_program(program: Program) -> ProgramPlan:
+    uses = _count_uses(program)
+    producers = {var: eqn for eqn in program.eqns for var in eqn.outputs}
+    absorbed = set()
+    scans = {}
+    for eqn in program.eqns:
+        if eqn.op == "scan":
+            plan = plan_scan(eqn)
+            for index, sequence in enumerate(plan.groups["sequences"]):
+                projection = _projection(sequence, producers, uses)
+                if projection is not None and id(projection.matmul) not in absorbed:
+                    plan.projections[index] = projection
+                    absorbed.update(id(member) for member in
+                                    [projection.matmul, *projection.chain])
+            scans[id(eqn)] = plan
+    steps = []
+    for eqn in program.eqns:
+        if id(eqn) in absorbed:
+            continue
+        steps.append(("scan", scans[id(eqn)]) if eqn.op == "scan" else ("eqn", eqn))
+    return ProgramPlan(program, steps)
+
+
+def plan_scan(eqn) -> ScanPlan:
+    layout = ScanLayout.from_params(eqn.params)
+    body = eqn.params["body"]
+    return ScanPlan(eqn, layout, layout.split(eqn.inputs), layout.split(body.inputs))
+
+
+def _count_uses(program: Program) -> Counter:
+    uses = Counter()
+    for eqn in program.eqns:
+        uses.update(atom for atom in eqn.inputs if isinstance(atom, Var))
+    uses.update(atom for atom in program.outputs if isinstance(atom, Var))
+    return uses
+
+
+def _weight_like(atom) -> bool:
+    return isinstance(atom, Literal) or not any(isinstance(d, str) for d in atom.shape)
+
+
+def _projection(sequence, producers, uses):
+    """The absorbable `chain(matmul(x, W))` producing `sequence`, or None."""
+    chain = []
+    value = sequence
+    while True:
+        if not isinstance(value, Var) or uses[value] != 1 or value not in producers:
+            return None
+        eqn = producers[value]
+        if len(eqn.outputs) != 1:
+            return None
+        if eqn.op == "matmul":
+            source, weight = eqn.inputs
+            if (isinstance(source, Var) and source.ndim == 3 and source.shape[:2] == ("B", "T")
+                    and _weight_like(weight) and isinstance(weight, Var) and weight.ndim == 2
+                    and source.dtype == weight.dtype == value.dtype
+                    and value.dtype in ("float32", "float64")):
+                return Projection(source, weight, eqn, list(reversed(chain)), sequence)
+            return None
+        if not is_elementwise(eqn):
+            return None
+        previous = [atom for atom in eqn.inputs if not _weight_like(atom)]
+        if len(previous) != 1 or previous[0].shape != value.shape \
+                or previous[0].dtype != value.dtype:
+            return None
+        if any(not _weight_like(atom) for atom in eqn.inputs if atom is not previous[0]):
+            return None
+        chain.append(eqn)
+        value = previous[0]
+
+
+# ---- element-wise loop nests ---------------------------------------------------------
+
+def broadcast_index(operand_shape, output_shape, indices) -> list:
+    """The index expressions reading an operand of `operand_shape` inside a loop nest
+    over `output_shape` (numpy broadcasting: leading dims dropped, size-1 dims read at 0)."""
+    offset = len(output_shape) - len(operand_shape)
+    result = []
+    for position, dim in enumerate(operand_shape):
+        out_dim = output_shape[position + offset]
+        result.append("0" if dim == 1 and out_dim != 1 else indices[position + offset])
+    return result
+
+
+def scalar_statements(body: Program, input_exprs, ctx, fresh_name) -> tuple:
+    """Render a fused body (or one element-wise eqn wrapped as a body) as scalar
+    statements: returns ([(name, expression)], [output expression per body output]).
+    `input_exprs[i]` is the scalar expression of body input i at the current element."""
+    values = dict(zip(body.inputs, input_exprs))
+    statements = []
+
+    def read(atom):
+        if isinstance(atom, Literal):
+            return ctx.const(atom.value, atom.dtype)
+        return values[atom]
+
+    for eqn in body.eqns:
+        expression = scalar_expression(eqn.op, [read(atom) for atom in eqn.inputs],
+                                       eqn.params, ctx, eqn.outputs[0].dtype)
+        name = fresh_name("e")
+        statements.append((name, expression))
+        values[eqn.outputs[0]] = name
+    return statements, [read(atom) for atom in body.outputs]
+
+
+def elementwise_as_body(eqn) -> Program:
+    """A lone element-wise eqn as a one-eqn body, so it renders like a fused region."""
+    if eqn.op == "fused":
+        return eqn.params["body"]
+    from rshop_ir.passes.rewrite import fresh_var
+
+    inputs = [fresh_var(atom) for atom in eqn.inputs if isinstance(atom, Var)]
+    mapping = dict(zip([a for a in eqn.inputs if isinstance(a, Var)], inputs))
+    new_inputs = [mapping.get(atom, atom) if isinstance(atom, Var) else atom
+                  for atom in eqn.inputs]
+    outputs = [fresh_var(var) for var in eqn.outputs]
+    inner = eqn.replace(inputs=new_inputs, outputs=outputs)
+    return Program(inputs=inputs, eqns=[inner], outputs=outputs)
+
+
+def elementwise_operands(eqn) -> list:
+    """The outer operands matching `elementwise_as_body(eqn).inputs`."""
+    if eqn.op == "fused":
+        return list(eqn.inputs)
+    return [atom for atom in eqn.inputs if isinstance(atom, Var)]
+
+
+def is_elementwise(eqn) -> bool:
+    return eqn.op == "fused" or get_op(eqn.op).elementwise

@@ -1,0 +1,206 @@
+"""The benchmark harness's own logic (bench/): sizes, the correctness gate, ratios, peers
+that are absent or not applicable, the peers' weight maps, JSON + PNG from the CLI.
+
+Tiny sizes only (S0 = B2 T8 I4 H8): these tests check the method, not the speed.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from rshop_ir.bench import peers, report
+from rshop_ir.bench.backend_base import Backend, NotApplicable, RunSettings
+from rshop_ir.bench.backends import BACKENDS, REFERENCE, parse_backends
+from rshop_ir.bench.cli import main
+from rshop_ir.bench.runner import _summarise, max_abs_difference, run_benchmark
+from rshop_ir.bench.sizes import PRESETS, Size, parse_size, parse_sizes
+from rshop_ir.bench.suites import ALL_CASES, select_cases
+
+TINY = PRESETS["S0"]
+FAST = RunSettings(repeat=2, warmup=0, min_sample_s=0.0, max_calls_per_sample=1)
+
+
+def _rows_by_backend(rows):
+    return {row["backend"]: row for row in rows}
+
+
+# ------------------------------------------------------------------ sizes
+def test_parse_size_presets_and_lists():
+    assert parse_size("S1") == Size("S1", 1, 100, 32, 64)
+    assert parse_size("s4") == Size("S4", 256, 50, 256, 512)
+    assert parse_size(" 8,50,64,128 ") == Size("8,50,64,128", 8, 50, 64, 128)
+    assert parse_sizes(["S1;S2", "1,2,3,4", "S1"]) == [
+        PRESETS["S1"], PRESETS["S2"], Size("1,2,3,4", 1, 2, 3, 4)]
+
+
+@pytest.mark.parametrize("text", ["S9", "1,2,3", "1,2,3,4,5", "1,0,3,4", "a,b,c,d",
+                                  "-1,2,3,4", "", "1.5,2,3,4"])
+def test_parse_size_rejects_bad_strings(text):
+    with pytest.raises(ValueError, match="B,T,I,H"):
+        parse_size(text)
+
+
+def test_cli_bad_size_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--sizes", "1,2,x,4", "--models", "lstm"])
+    assert exit_info.value.code == 2
+    assert "Bad size '1,2,x,4'" in capsys.readouterr().err
+
+
+def test_parse_backends_puts_the_reference_first_and_rejects_unknown_names():
+    assert parse_backends(["torch,numba-cpu", "torch"]) == [REFERENCE, "torch", "numba-cpu"]
+    with pytest.raises(ValueError, match="Unknown backend 'tensorrt'"):
+        parse_backends(["tensorrt"])
+    with pytest.raises(ValueError, match="Unknown suite"):
+        select_cases(["nonsense"])
+
+
+# ------------------------------------------------------------------ correctness gate
+class _Fake(Backend):
+    """Returns the reference output plus `offset` (or a wrong shape); counts its calls."""
+
+    kind = "ours"
+
+    def __init__(self, name, offset=0.0, shape_bug=False):
+        self.name, self.offset, self.shape_bug, self.calls = name, offset, shape_bug, 0
+
+    def prepare(self, case, settings):
+        expected = case.reference_outputs()[0]
+
+        def run(*inputs):
+            self.calls += 1
+            if self.shape_bug:
+                return expected[:, :-1]
+            return expected + self.offset
+
+        return run
+
+
+def test_gate_reports_a_wrong_backend_and_never_times_it():
+    wrong, off_by_shape = _Fake("fake-wrong", 1e-3), _Fake("fake-shape", shape_bug=True)
+    right = _Fake("fake-right", 1e-6)
+    registry = {**BACKENDS, "fake-wrong": wrong, "fake-shape": off_by_shape,
+                "fake-right": right}
+    rows = run_benchmark([ALL_CASES["simple_rnn"]], [TINY],
+                         [REFERENCE, "fake-wrong", "fake-shape", "fake-right"], FAST,
+                         registry=registry, show_progress=False)
+    by_backend = _rows_by_backend(rows)
+    assert by_backend["fake-wrong"]["status"] == "wrong"
+    assert by_backend["fake-wrong"]["max_abs_error"] == pytest.approx(1e-3, rel=1e-3)
+    assert "not timed" in by_backend["fake-wrong"]["note"]
+    assert by_backend["fake-shape"]["status"] == "wrong"
+    assert by_backend["fake-shape"]["max_abs_error"] is None
+    for name, fake in (("fake-wrong", wrong), ("fake-shape", off_by_shape)):
+        assert fake.calls == 1  # the checking call only
+        assert by_backend[name]["samples_s"] == [] and by_backend[name]["median_s"] is None
+        assert by_backend[name]["speedup_vs_reference"] is None
+    # A backend within the tolerance is timed: 1 check + 1 calibration + 2 samples.
+    assert by_backend["fake-right"]["status"] == "ok"
+    assert right.calls == 4 and len(by_backend["fake-right"]["samples_s"]) == 2
+    assert by_backend[REFERENCE]["speedup_vs_reference"] == 1.0
+    shown = "\n".join(" ".join(row) for row in report.table_rows(rows))
+    assert "fake-wrong" in shown and "WRONG" in shown
+
+
+def test_max_abs_difference_structure_shapes_and_nan():
+    expected = [np.zeros((2, 3), "float32")]
+    assert max_abs_difference(expected, np.full((2, 3), 0.5, "float32")) == 0.5
+    assert max_abs_difference(expected, np.zeros((3, 2), "float32")) == np.inf
+    assert max_abs_difference(expected, [expected[0], expected[0]]) == np.inf
+    assert max_abs_difference(expected, np.full((2, 3), np.nan, "float32")) == np.inf
+
+
+def test_ratios_are_computed_within_the_case():
+    case = ALL_CASES["lstm"][1](TINY, np.random.default_rng(0))
+
+    def row(backend, kind, samples, status="ok"):
+        return {"backend": backend, "kind": kind, "status": status, "samples_s": samples,
+                "median_s": None, "ms_per_call": None, "ms_per_step": None, "gflops": None,
+                "speedup_vs_reference": None, "speedup_vs_best_peer": None,
+                "best_peer": None}
+
+    rows = [row(REFERENCE, "reference", [4.0, 4.0, 9.0]),
+            row("numba-cpu", "ours", [1.0, 2.0, 1.0]),
+            row("torch", "peer", [2.0, 2.0, 2.0]),
+            row("onnxruntime", "peer", [3.0, 3.0, 3.0]),
+            row("jax", "peer", [], status="wrong")]
+    _summarise(rows, case)
+    by_backend = _rows_by_backend(rows)
+    assert by_backend["numba-cpu"]["median_s"] == 1.0
+    assert by_backend["numba-cpu"]["speedup_vs_reference"] == 4.0
+    assert by_backend["numba-cpu"]["speedup_vs_best_peer"] == 2.0
+    assert by_backend["numba-cpu"]["best_peer"] == "torch"
+    assert by_backend["onnxruntime"]["speedup_vs_best_peer"] == pytest.approx(2 / 3)
+    assert by_backend["numba-cpu"]["ms_per_step"] == pytest.approx(1000 / TINY.time)
+    assert by_backend["numba-cpu"]["gflops"] == pytest.approx(case.flops / 1e9)
+    assert by_backend["jax"]["speedup_vs_reference"] is None
+
+
+# ------------------------------------------------------------------ peers
+def test_absent_peers_are_skipped_with_a_note(monkeypatch):
+    real_import = peers._import
+
+    def failing_import(name):
+        if name.split(".")[0] in ("torch", "onnxruntime", "jax"):
+            raise ImportError(f"No module named {name!r} (simulated)")
+        return real_import(name)
+
+    monkeypatch.setattr(peers, "_import", failing_import)
+    rows = run_benchmark([ALL_CASES["lstm"]], [TINY],
+                         [REFERENCE, "torch", "onnxruntime", "jax"], FAST,
+                         show_progress=False)
+    by_backend = _rows_by_backend(rows)
+    for name in ("torch", "onnxruntime", "jax"):
+        assert by_backend[name]["status"] == "skipped"
+        assert "not installed" in by_backend[name]["note"]
+        assert "simulated" in by_backend[name]["note"]
+    assert by_backend[REFERENCE]["status"] == "ok"
+    assert any(line.startswith("torch skipped (lstm)") for line in report.notes(rows))
+
+
+def test_peers_and_builtins_are_not_applicable_to_custom_step_models():
+    case = ALL_CASES["mgu"][1](TINY, np.random.default_rng(0))
+    for backend in (*peers.PEERS, BACKENDS["keras-builtin"]):
+        with pytest.raises(NotApplicable):
+            backend.prepare(case, FAST)
+
+
+@pytest.mark.parametrize("peer_name", ["onnxruntime", "torch", "jax"])
+@pytest.mark.parametrize("model", ["simple_rnn", "gru", "lstm", "embedding_lstm_softmax",
+                                   "stacked_lstm_dense"])
+def test_peer_weight_maps_match_the_reference(peer_name, model):
+    backend = BACKENDS[peer_name]
+    if backend.availability() is not None:
+        pytest.skip(backend.availability())
+    case = ALL_CASES[model][1](Size("t", 3, 5, 4, 6), np.random.default_rng(1))
+    outputs = backend.prepare(case, FAST)(*case.inputs)
+    assert max_abs_difference(case.reference_outputs(), outputs) < 1e-5
+
+
+# ------------------------------------------------------------------ end to end
+def test_cli_quick_writes_json_and_png(tmp_path, capsys):
+    json_path, plot_path = tmp_path / "out" / "run.json", tmp_path / "run.png"
+    assert main(["--quick", "--models", "simple_rnn", "--sizes", "S0", "--no-progress",
+                 "--backends", "keras-reference", "keras-builtin", "--repeat", "2",
+                 "--json", str(json_path), "--plot", str(plot_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "keras-builtin" in printed and str(json_path) in printed
+    document = json.loads(json_path.read_text())
+    assert document["schema"] == "rshop-bench" and document["version"] == report.VERSION
+    assert {"created", "duration_s", "command", "machine", "settings",
+            "results"} <= set(document)
+    assert {"cpu", "cores", "blas", "versions"} <= set(document["machine"])
+    assert document["settings"]["repeat"] == 2
+    rows = document["results"]
+    assert [row["backend"] for row in rows] == [REFERENCE, "keras-builtin"]
+    expected_keys = {"suite", "model", "size", "backend", "kind", "status", "note",
+                     "max_abs_error", "first_call_s", "calls_per_sample", "samples_s",
+                     "median_s", "ms_per_call", "ms_per_step", "flops", "gflops",
+                     "speedup_vs_reference", "speedup_vs_best_peer", "best_peer"}
+    for row in rows:
+        assert set(row) == expected_keys
+        assert row["status"] == "ok" and row["size"]["hidden"] == TINY.hidden
+        assert len(row["samples_s"]) == 2 and all(s > 0 for s in row["samples_s"])
+        assert row["median_s"] == pytest.approx(float(np.median(row["samples_s"])))
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

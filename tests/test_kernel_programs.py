@@ -1,0 +1,245 @@
+"""Numba CPU kernels of hand-built IR programs (rshop_ir/examples.py) vs the numpy
+interpreter: every example, both dtypes, odd sizes, the chunked projection path,
+bad inputs, NaN/inf, new weights, save/load without Keras, the on-disk cache."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import rshop_ir
+from rshop_ir import examples
+from rshop_ir.bound import BoundProgram
+
+ATOL = {"float32": 1e-4, "float64": 1e-10}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_cache(tmp_path_factory):
+    previous = os.environ.get("RSHOP_CACHE_DIR")
+    directory = str(tmp_path_factory.mktemp("kernel_cache"))
+    os.environ["RSHOP_CACHE_DIR"] = directory
+    yield directory
+    if previous is None:
+        os.environ.pop("RSHOP_CACHE_DIR", None)
+    else:
+        os.environ["RSHOP_CACHE_DIR"] = previous
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check(compiled, bound, inputs, dtype, **kwargs):
+    got = _as_list(compiled(*inputs, **kwargs))
+    expected = _as_list(rshop_ir.interpret(bound, *inputs, **kwargs))
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, atol=ATOL[dtype], rtol=0)
+    return got
+
+
+PROGRAMS = {
+    "lstm": lambda dtype: examples.lstm_program(3, 4, dtype=dtype),
+    "lstm_sequences_backwards_masked": lambda dtype: examples.lstm_program(
+        3, 4, dtype=dtype, return_sequences=True, go_backwards=True, masked=True),
+    "readout": lambda dtype: examples.readout_program(dtype=dtype),
+    "readout_masked_last": lambda dtype: examples.readout_program(
+        dtype=dtype, masked=True, return_sequences=False),
+    "decoder": lambda dtype: examples.decoder_program(dtype=dtype),
+    "nested": lambda dtype: examples.nested_program(dtype=dtype),
+}
+_COMPILED = {}
+
+
+def compiled_example(name, dtype):
+    if (name, dtype) not in _COMPILED:
+        program = PROGRAMS[name](dtype)
+        bound = BoundProgram(program, examples.random_weights(program, seed=1))
+        _COMPILED[name, dtype] = (rshop_ir.compile(bound), bound)
+    return _COMPILED[name, dtype]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_example_matches_interpreter(name, dtype):
+    compiled, bound = compiled_example(name, dtype)
+    for batch, steps in ((3, 100), (1, 1), (2, 7)):
+        inputs = examples.random_inputs(bound.program, batch=batch, steps=steps, seed=2)
+        _check(compiled, bound, inputs, dtype)
+
+
+def test_hidden_size_one_and_batch_one():
+    program = examples.lstm_program(1, 1, return_sequences=True)
+    bound = BoundProgram(program, examples.random_weights(program))
+    compiled = rshop_ir.compile(bound)
+    _check(compiled, bound, examples.random_inputs(program, batch=1, steps=9), "float32")
+
+
+def test_large_batch_uses_blas_path_and_matches():
+    compiled, bound = compiled_example("lstm_sequences_backwards_masked", "float32")
+    inputs = examples.random_inputs(bound.program, batch=9, steps=20, seed=5)
+    _check(compiled, bound, inputs, "float32")
+
+
+@pytest.mark.parametrize("chunk_steps", [1, 3, 7])
+def test_chunked_projection_long_sequence(chunk_steps):
+    compiled, bound = compiled_example("lstm_sequences_backwards_masked", "float64")
+    inputs = examples.random_inputs(bound.program, batch=2, steps=50, seed=3)
+    expected = _as_list(rshop_ir.interpret(bound, *inputs))
+    got = _as_list(compiled(*inputs, chunk_steps=chunk_steps))
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-10, rtol=0)
+
+
+def test_memory_budget_bounds_the_chunk():
+    compiled, bound = compiled_example("lstm", "float32")
+    assert compiled.kernel.projection_row_bytes == (3 + 16) * 4
+    assert compiled._chunk(batch=1000, chunk_steps=None) == \
+        max(1, compiled.max_chunk_bytes // (1000 * 19 * 4))
+    assert compiled._chunk(batch=1, chunk_steps=None) == 256
+
+
+def test_initial_state_and_readout_by_name():
+    compiled, bound = compiled_example("readout", "float64")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 4))
+    s0, r0 = rng.standard_normal((2, 5)), rng.standard_normal((2, 5))
+    _check(compiled, bound, [x], "float64", initial_state=[s0], initial_readout=r0)
+
+
+def test_weights_changed_after_compile_are_seen():
+    compiled, bound = compiled_example("lstm", "float32")
+    inputs = examples.random_inputs(bound.program, batch=2, steps=5)
+    before = _as_list(compiled(*inputs))[0]
+    new_weights = examples.random_weights(bound.program, seed=99)
+    compiled.set_weights(new_weights)
+    after = _as_list(compiled(*inputs))[0]
+    expected = _as_list(rshop_ir.interpret(bound.program, *inputs, weights=new_weights))[0]
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, expected, atol=1e-4)
+    compiled.set_weights(bound.weights)
+
+
+def test_zero_batch_and_zero_length():
+    compiled, bound = compiled_example("lstm_sequences_backwards_masked", "float32")
+    for batch, steps in ((0, 5), (2, 0), (0, 0)):
+        inputs = examples.random_inputs(bound.program, batch=batch, steps=steps)
+        _check(compiled, bound, inputs, "float32")
+    compiled, bound = compiled_example("readout", "float64")
+    rng = np.random.default_rng(1)
+    s0 = rng.standard_normal((2, 5))
+    y, s = compiled(np.zeros((2, 0, 4)), initial_state=[s0])
+    assert y.shape == (2, 0, 5)
+    np.testing.assert_array_equal(s, s0)
+
+
+def test_nan_and_inf_propagate_like_the_interpreter():
+    for dtype in ("float32", "float64"):
+        compiled, bound = compiled_example("lstm_sequences_backwards_masked", dtype)
+        x, h0, c0, mask = examples.random_inputs(bound.program, batch=4, steps=6)
+        x[0, 2, 1] = np.nan
+        x[1, 3, :] = np.inf
+        x[2, 1, 0] = -np.inf
+        got = _as_list(compiled(x, h0, c0, mask))
+        expected = _as_list(rshop_ir.interpret(bound, x, h0, c0, mask))
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            np.testing.assert_allclose(a, b, atol=ATOL[dtype], rtol=0)
+
+
+def test_bad_inputs_raise_clear_errors():
+    compiled, bound = compiled_example("lstm", "float32")
+    good = np.zeros((2, 5, 3), np.float32)
+    with pytest.raises(ValueError, match="rank"):
+        compiled(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        compiled(np.zeros((2, 5, 4), np.float32))
+    with pytest.raises(TypeError, match="numeric"):
+        compiled(np.full((2, 5, 3), "a"))
+    with pytest.raises(ValueError, match="initial_state"):
+        compiled(good, initial_state=[np.zeros((3, 4)), np.zeros((2, 4))])
+    # float64 is cast to float32, ints too; non-contiguous arrays are accepted
+    wide = np.random.default_rng(0).standard_normal((2, 10, 3))
+    expected = compiled(wide[:, ::2].astype(np.float32))
+    np.testing.assert_array_equal(compiled(wide[:, ::2]), expected)
+    assert compiled(good.astype(np.int64))[0].dtype == np.float32
+    fortran = np.asfortranarray(wide.astype(np.float32))
+    np.testing.assert_array_equal(compiled(fortran)[0], compiled(wide.astype(np.float32))[0])
+
+
+def test_attributes_and_debug_source(capfd, monkeypatch):
+    program = examples.decoder_program(units=3)
+    bound = BoundProgram(program, examples.random_weights(program))
+    monkeypatch.setenv("RSHOP_DEBUG", "2")
+    compiled = rshop_ir.compile(bound)
+    err = capfd.readouterr().err
+    assert "generated Numba CPU source" in err and "def scan_0(" in err
+    assert compiled.source.count("@njit(") == 2
+    assert "scan" in compiled.ir and "scan" in compiled.ir_before_passes
+    assert compiled.ir == str(rshop_ir.optimize(program))
+
+
+def test_weights_are_arguments_not_constants():
+    compiled, bound = compiled_example("lstm", "float32")
+    for value in bound.weights.values():
+        assert repr(float(value.ravel()[0]))[:8] not in compiled.source
+
+
+def test_cuda_target_and_bad_objects():
+    compiled, bound = compiled_example("lstm", "float32")
+    with pytest.raises(ValueError, match="cuda"):
+        rshop_ir.compile(bound, target="cuda")
+    with pytest.raises(ValueError, match="Unknown target"):
+        rshop_ir.compile(bound, target="tpu")
+    with pytest.raises(TypeError, match="expects"):
+        rshop_ir.compile(42)
+
+
+def test_unsupported_op_names_the_op():
+    builder = rshop_ir.ProgramBuilder()
+    x = builder.input("float32", ("B", 4, 4))
+    w = builder.input("float32", ("B", 1, 4, 4))
+    y = builder.apply("matmul", x, w)       # broadcast batch dims: not generated
+    with pytest.raises(rshop_ir.UnsupportedError, match="matmul"):
+        rshop_ir.compile(builder.build([y]))
+
+
+SUBPROCESS = textwrap.dedent("""
+    import sys, time, numpy as np
+    start = time.perf_counter()
+    import rshop_ir
+    from rshop_ir.kernels.cpu import cache
+    bound = rshop_ir.load(sys.argv[1])
+    compiled = rshop_ir.compile(bound)
+    y = compiled(np.ones((2, 5, 3), np.float32))
+    misses = sum(f.stats.cache_misses.get(sig, 0) for f in (compiled._run,)
+                 for sig in f.stats.cache_misses)
+    hits = sum(compiled._run.stats.cache_hits.values())
+    print("RESULT", cache.STATS["files_written"], hits, misses,
+          "keras" in sys.modules or "tensorflow" in sys.modules, float(y[0].sum()))
+""")
+
+
+def test_save_load_and_disk_cache_in_fresh_processes(tmp_path, kernel_cache):
+    compiled, bound = compiled_example("lstm", "float32")
+    path = str(tmp_path / "saved")
+    rshop_ir.save(compiled, path)
+    env = {**os.environ, "RSHOP_CACHE_DIR": str(tmp_path / "fresh_cache")}
+    runs = []
+    for _ in range(2):
+        output = subprocess.run([sys.executable, "-c", SUBPROCESS, path], env=env,
+                                capture_output=True, text=True, timeout=240)
+        line = [text for text in output.stdout.splitlines() if text.startswith("RESULT")]
+        assert line, output.stderr[-2000:]
+        runs.append(line[0].split()[1:])
+    expected = float(compiled(np.ones((2, 5, 3), np.float32))[0].sum())
+    first, second = runs
+    assert first[0] == "1" and second[0] == "0"          # the module file is reused
+    assert second[1] != "0" and second[2] == "0"         # numba loaded, compiled nothing
+    assert first[3] == second[3] == "False"              # no keras/tensorflow import
+    assert abs(float(second[4]) - expected) < 1e-5
