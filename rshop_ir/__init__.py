@@ -46,3 +46,6 @@ __all__ = [
 from rshop_ir.compile import compile  # noqa: E402,F401  (shadows the submodule name)
 
 __all__.append("compile")
+from rshop_ir.accelerate import AcceleratedModel, accelerate  # noqa: E402
+
+__all__ += ["AcceleratedModel", "accelerate"]

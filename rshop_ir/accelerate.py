@@ -1,0 +1,187 @@
+"""`accelerate(model)`: a whole Keras model, compiled where possible, Keras elsewhere.
+
+The whole model is compiled into one program when every layer can be. Otherwise the
+model's graph is cut around the layers that cannot: each maximal run of compilable
+layers (in execution order) becomes one compiled sub-model, and each layer that cannot
+be compiled runs in Keras, fed with numpy arrays. `fallbacks` lists those layers with
+the reason. Keras is imported here lazily: this module is the join between the
+frontend and the kernels.
+"""
+
+import logging
+
+import numpy as np
+
+from rshop_ir.errors import UnsupportedError
+
+LOGGER = logging.getLogger("rshop_ir")
+
+
+def accelerate(model, target="auto"):
+    """Compile a built Keras model for fast inference.
+
+    Args:
+        model: a built `keras.Model` (functional or Sequential).
+        target: `"auto"` (CUDA when a GPU is usable, else CPU), `"cpu"` or `"cuda"`.
+
+    Returns:
+        An `AcceleratedModel` with `predict(x, batch_size=None)` (equal to
+        `model.predict(x)` within the numeric contract), `__call__` and `fallbacks`.
+    """
+    return AcceleratedModel(model, target)
+
+
+class AcceleratedModel:
+    """A Keras model run by compiled kernels, with Keras for the layers that cannot be
+    compiled (see `fallbacks`)."""
+
+    def __init__(self, model, target="auto"):
+        import keras
+
+        from recurrentshop import compat
+        from rshop_ir.compile import compile as compile_target
+
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"accelerate expects a keras.Model; received "
+                            f"{type(model).__name__}.")
+        if not model.built or not getattr(model, "inputs", None):
+            raise ValueError(f"Model {model.name!r} must be built (called on inputs, or "
+                             "defined with keras.Input) before accelerate().")
+        self.model = model
+        self.target = _resolve_target(target)
+        self.fallbacks = []
+        self._parts = []
+        try:
+            self._whole = compile_target(model, target=self.target)
+        except UnsupportedError as error:
+            self._whole = None
+            graph = model
+            if isinstance(model, keras.Sequential):
+                graph = compat.sequential_functional(model) or model
+            self._graph = graph
+            self._plan_parts(graph, error)
+
+    # ---------------------------------------------------------------- planning
+    def _plan_parts(self, graph, whole_error):
+        import keras
+
+        from recurrentshop import compat
+        from rshop_ir.compile import compile as compile_target
+        from rshop_ir.frontends.keras_trace import trace
+
+        nodes = compat.functional_nodes(graph)
+        compilable = []
+        for node in nodes:
+            try:
+                trace(keras.Model(list(node.input_tensors), list(node.outputs)))
+                compilable.append(True)
+            except UnsupportedError as error:
+                compilable.append(False)
+                self._record_fallback(node.operation, error)
+            except Exception as error:  # a node Keras cannot cut out on its own
+                compilable.append(False)
+                self._record_fallback(node.operation, UnsupportedError(str(error)))
+        if not self.fallbacks:
+            self._record_fallback(graph, whole_error)
+        run = []
+        for node, ok in zip(nodes, compilable):
+            if ok:
+                run.append(node)
+                continue
+            if run:
+                self._parts.append(self._compiled_segment(run, nodes, graph, compile_target))
+                run = []
+            self._parts.append(("keras", node))
+        if run:
+            self._parts.append(self._compiled_segment(run, nodes, graph, compile_target))
+
+    def _record_fallback(self, layer, error):
+        name = getattr(layer, "name", type(layer).__name__)
+        reason = str(error)
+        self.fallbacks.append((name, reason))
+        LOGGER.info("rshop_ir: layer %r runs in Keras: %s", name, reason)
+
+    @staticmethod
+    def _compiled_segment(run, nodes, graph, compile_target):
+        import keras
+
+        inside = {id(t) for node in run for t in node.outputs}
+        inputs, seen = [], set()
+        for node in run:
+            for tensor in node.input_tensors:
+                if id(tensor) not in inside and id(tensor) not in seen:
+                    inputs.append(tensor)
+                    seen.add(id(tensor))
+        later = {id(t) for node in nodes if node not in run for t in node.input_tensors}
+        later |= {id(t) for t in graph.outputs}
+        outputs = [t for node in run for t in node.outputs if id(t) in later]
+        segment = keras.Model(inputs, outputs)
+        return ("compiled", compile_target(segment), inputs, outputs)
+
+    # ---------------------------------------------------------------- running
+    def __call__(self, x):
+        """Runs the model on numpy input(s); returns numpy output(s)."""
+        if self._whole is not None:
+            return self._whole(*_as_inputs(x))
+        return self._run_parts(_as_inputs(x))
+
+    def _run_parts(self, inputs):
+        import keras
+
+        from recurrentshop import compat
+
+        values = {}
+        for tensor, value in zip(self._graph.inputs, inputs):
+            values[id(tensor)] = value
+        for part in self._parts:
+            if part[0] == "compiled":
+                _, compiled, part_inputs, part_outputs = part
+                results = compiled(*[values[id(t)] for t in part_inputs])
+                results = results if isinstance(results, list) else [results]
+                for tensor, result in zip(part_outputs, results):
+                    values[id(tensor)] = result
+            else:
+                node = part[1]
+                args, kwargs = compat.fill_node_arguments(node, values)
+                if getattr(node.operation, "_call_has_training_arg", False):
+                    kwargs["training"] = False
+                results = keras.tree.flatten(node.operation(*args, **kwargs))
+                for tensor, result in zip(node.outputs, results):
+                    values[id(tensor)] = np.asarray(result)
+        outputs = [values[id(t)] for t in self._graph.outputs]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def predict(self, x, batch_size=None, verbose=0):
+        """`model.predict` semantics: batches of `batch_size` (32 by default)."""
+        inputs = _as_inputs(x)
+        total = inputs[0].shape[0]
+        if batch_size is None:
+            batch_size = 32
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer. Received: "
+                             f"batch_size={batch_size!r}")
+        chunks = []
+        for start in range(0, max(total, 1), batch_size):
+            chunk = [value[start:start + batch_size] for value in inputs]
+            result = self(chunk if len(chunk) > 1 else chunk[0])
+            chunks.append(result if isinstance(result, list) else [result])
+            if total == 0:
+                break
+        merged = [np.concatenate([chunk[k] for chunk in chunks], axis=0)
+                  for k in range(len(chunks[0]))]
+        return merged[0] if len(merged) == 1 else merged
+
+
+def _resolve_target(target):
+    """"auto" -> the fastest target available (CPU until the CUDA generator exists)."""
+    if target == "auto":
+        return "cpu"
+    if target not in ("cpu", "cuda"):
+        raise ValueError(f"Unknown target {target!r}. Expected 'auto', 'cpu' or 'cuda'.")
+    return target
+
+
+def _as_inputs(x):
+    if isinstance(x, (list, tuple)):
+        return [np.asarray(value) for value in x]
+    return [np.asarray(x)]

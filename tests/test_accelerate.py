@@ -1,0 +1,61 @@
+"""rshop_ir.accelerate: whole models compiled, with Keras for what cannot be."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+import rshop_ir
+import zoo
+from recurrentshop import LSTMCell, RecurrentModel
+
+
+def test_whole_model_compiles_and_predicts_like_keras():
+    case = zoo.embedding_lstm_softmax(np.random.default_rng(2))
+    fast = rshop_ir.accelerate(case.target)
+    assert fast.fallbacks == []
+    ids = np.random.default_rng(3).integers(0, 20, size=(70, zoo.TIME)).astype("int32")
+    np.testing.assert_allclose(fast.predict(ids, batch_size=16),
+                               case.target.predict(ids, batch_size=16, verbose=0), atol=1e-4)
+
+
+def _model_with_unsupported_layer():
+    """Dense -> an RNN whose step uses a TF function (cannot be compiled) -> LSTM."""
+    x_t, h = keras.Input((4,)), keras.Input((4,))
+    odd = layers.Lambda(lambda v: tf.math.cumsum(v, axis=-1), output_shape=(4,),
+                        name="tf_cumsum")(x_t)
+    h_new = layers.Activation("tanh")(layers.add([layers.Dense(4)(odd), h]))
+    odd_rnn = RecurrentModel(input=x_t, initial_states=[h], output=h_new,
+                             final_states=[h_new], return_sequences=True, name="odd_rnn")
+    inputs = keras.Input((6, 3))
+    hidden = layers.Dense(4, name="before")(inputs)
+    hidden = odd_rnn(hidden)
+    hidden = LSTMCell(5, input_dim=4).get_layer(name="after_lstm")(hidden)
+    return keras.Model(inputs, layers.Dense(2, name="head")(hidden))
+
+
+def test_unsupported_layer_runs_in_keras_and_is_reported(caplog):
+    model = _model_with_unsupported_layer()
+    with caplog.at_level(logging.INFO, logger="rshop_ir"):
+        fast = rshop_ir.accelerate(model)
+    names = [name for name, _ in fast.fallbacks]
+    assert names == ["odd_rnn"]
+    assert "tf_cumsum" in fast.fallbacks[0][1]
+    assert any("odd_rnn" in record.getMessage() for record in caplog.records)
+    kinds = [part[0] for part in fast._parts]
+    assert kinds == ["compiled", "keras", "compiled"]
+    x = np.random.default_rng(4).standard_normal((10, 6, 3)).astype("float32")
+    np.testing.assert_allclose(fast.predict(x, batch_size=4), model.predict(x, verbose=0),
+                               atol=1e-4)
+
+
+def test_accelerate_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="keras.Model"):
+        rshop_ir.accelerate(np.zeros(3))
+    model = zoo.keras_lstm(np.random.default_rng(0)).target
+    inputs = keras.Input((zoo.TIME, zoo.FEATURES))
+    with pytest.raises(ValueError, match="target"):
+        rshop_ir.accelerate(keras.Model(inputs, model(inputs)), target="tpu")
