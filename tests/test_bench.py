@@ -142,7 +142,7 @@ def test_absent_peers_are_skipped_with_a_note(monkeypatch):
     real_import = peers._import
 
     def failing_import(name):
-        if name.split(".")[0] in ("torch", "onnxruntime", "jax"):
+        if name.split(".")[0] in ("torch", "onnx", "onnxruntime", "jax"):
             raise ImportError(f"No module named {name!r} (simulated)")
         return real_import(name)
 
