@@ -3,7 +3,7 @@
     python -m bench.cpu_kernels [--repeats N] [--sizes S1,S2] [--skip-memory]
 
 For each size (batch, time, input, hidden) the same weights go into
-`LSTMCell(H, input_dim=I).get_layer(return_sequences=True)` (the reference, under
+`LSTMCell(H, input_dim=I).get_layer(backend="keras", return_sequences=True)` (the reference, under
 `model.predict_on_batch`), `keras.layers.LSTM(H, return_sequences=True)` (also
 `predict_on_batch`) and `rshop_ir.compile(reference_layer)`. Outputs are checked
 (max-abs <= 1e-4) before timing; times are medians over interleaved repeats. Also
@@ -89,7 +89,8 @@ def bench_size(label, size, repeats):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, steps, input_size)).astype(np.float32)
     inputs = keras.Input((steps, input_size))
-    reference_layer = LSTMCell(units, input_dim=input_size).get_layer(return_sequences=True)
+    reference_layer = LSTMCell(units, input_dim=input_size).get_layer(backend="keras",
+                                                                      return_sequences=True)
     reference = keras.Model(inputs, reference_layer(inputs))
     scale = 1.0 / np.sqrt(input_size + units)   # unit-scale pre-activations
     weights = [scale * rng.standard_normal(w.shape).astype(np.float32)

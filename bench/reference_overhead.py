@@ -6,7 +6,7 @@ Both sides run the same time loop (Keras's backend `rnn`), so the ratio ours/ker
 measures what RecurrentModel adds around it: wrapping the step in a functional
 `keras.Model`, state bookkeeping, the readout and teacher-forcing plumbing. Two pairs:
 
-(a) `LSTMCell(H).get_layer(return_sequences=True)` vs
+(a) `LSTMCell(H).get_layer(backend="keras", return_sequences=True)` vs
     `keras.layers.RNN(keras.layers.LSTMCell(H), return_sequences=True)`;
 (b) the seed README's hand-written step (Dense + Dense + tanh) in `RecurrentModel` vs
     `keras.layers.RNN` of an equivalent custom Keras cell.
@@ -64,13 +64,13 @@ def seed_step_rnn(features, units):
     h_tm1 = keras.Input((units,))
     h_t = layers.Activation("tanh")(layers.add(
         [layers.Dense(units)(x_t), layers.Dense(units, use_bias=False)(h_tm1)]))
-    return RecurrentModel(input=x_t, initial_states=[h_tm1], output=h_t,
+    return RecurrentModel(backend="keras", input=x_t, initial_states=[h_tm1], output=h_t,
                           final_states=[h_t], return_sequences=True)
 
 
 PAIRS = {
     "lstm": (
-        lambda i, h: LSTMCell(h, input_dim=i).get_layer(return_sequences=True),
+        lambda i, h: LSTMCell(h, input_dim=i).get_layer(backend="keras", return_sequences=True),
         lambda i, h: layers.RNN(layers.LSTMCell(h), return_sequences=True),
     ),
     "seed_step": (

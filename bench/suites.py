@@ -97,7 +97,7 @@ _KERAS_LAYERS = {"simple_rnn": layers.SimpleRNN, "gru": layers.GRU, "lstm": laye
 def _standard(kind):
     def build(size, rng):
         layer = _CELLS[kind](size.hidden, input_dim=size.input).get_layer(
-            return_sequences=True)
+            backend="keras", return_sequences=True)
         model = _wrap(layer, (size.time, size.input), kind)
         randomize(model, rng)
         weights = model.get_weights()
@@ -127,7 +127,8 @@ def mgu(size, rng):
     candidate = layers.Activation("tanh")(layers.add(
         [layers.Dense(units)(x_t), layers.Dense(units, use_bias=False)(layers.multiply([f, h]))]))
     h_new = layers.add([h, layers.multiply([f, layers.subtract([candidate, h])])])
-    rnn = RecurrentModel(input=x_t, initial_states=[h], output=h_new, final_states=[h_new],
+    rnn = RecurrentModel(backend="keras",
+                         input=x_t, initial_states=[h], output=h_new, final_states=[h_new],
                          return_sequences=True)
     model = _wrap(rnn, (size.time, size.input), "mgu")
     randomize(model, rng)
@@ -151,7 +152,8 @@ def rwa(size, rng):
     new_numerator = numerator * decay + z * weight
     new_denominator = denominator * decay + weight
     h_new = ops.tanh(new_numerator / new_denominator)
-    rnn = RecurrentModel(input=x_t, initial_states=[numerator, denominator, h, a_max],
+    rnn = RecurrentModel(backend="keras",
+                         input=x_t, initial_states=[numerator, denominator, h, a_max],
                          output=h_new,
                          final_states=[new_numerator, new_denominator, h_new, new_max],
                          return_sequences=True)
@@ -173,7 +175,7 @@ def layer_norm_lstm(size, rng):
     g = layers.Activation("tanh")(g)
     c_new = layers.add([layers.multiply([f, c]), layers.multiply([i, g])])
     h_new = layers.multiply([o, layers.Activation("tanh")(layers.LayerNormalization()(c_new))])
-    rnn = RecurrentModel(input=x_t, initial_states=[h, c], output=h_new,
+    rnn = RecurrentModel(backend="keras", input=x_t, initial_states=[h, c], output=h_new,
                          final_states=[h_new, c_new], return_sequences=True)
     model = _wrap(rnn, (size.time, size.input), "layer_norm_lstm")
     randomize(model, rng)
@@ -195,7 +197,8 @@ def attention_decoder(size, rng):
     context = layers.Dot(axes=(1, 1))([attention, memory])
     h_new = layers.Dense(units, activation="tanh")(layers.concatenate([context, h]))
     y = layers.Dense(size.input)(h_new)
-    rnn = RecurrentModel(input=memory, initial_states=[h], output=y, final_states=[h_new],
+    rnn = RecurrentModel(backend="keras",
+                         input=memory, initial_states=[h], output=y, final_states=[h_new],
                          decode=True, output_length=size.time, return_sequences=True)
     model = _wrap(rnn, (length, size.input), "attention_decoder")
     randomize(model, rng)
@@ -211,7 +214,8 @@ def readout_decoder(size, rng):
     """A seq2seq decoder: LSTM(H) -> Dense(I), the previous output (tanh) replaces the
     input at each step (readout only, teacher forced in training), T steps decoded
     from an input vector of I features."""
-    rnn = RecurrentSequential(readout="readout_only", decode=True, output_length=size.time,
+    rnn = RecurrentSequential(backend="keras",
+                              readout="readout_only", decode=True, output_length=size.time,
                               teacher_force=True, readout_activation="tanh",
                               return_sequences=True)
     rnn.add(LSTMCell(size.hidden))
@@ -229,7 +233,7 @@ def embedding_lstm_softmax(size, rng):
     over the vocabulary, at every step."""
     tokens = keras.Input((size.time,), dtype="int32")
     embedding = layers.Embedding(VOCABULARY, size.input)
-    stack = RecurrentSequential(return_sequences=True)
+    stack = RecurrentSequential(backend="keras", return_sequences=True)
     stack.add(LSTMCell(size.hidden))
     head = layers.Dense(VOCABULARY, activation="softmax")
     model = keras.Model(tokens, head(stack(embedding(tokens))), name="embedding_lstm_softmax")
@@ -257,7 +261,7 @@ def embedding_lstm_softmax(size, rng):
 
 def stacked_lstm_dense(size, rng):
     """Two LSTM(H) cells in one RecurrentSequential step, then a Dense(I) per step."""
-    stack = RecurrentSequential(return_sequences=True)
+    stack = RecurrentSequential(backend="keras", return_sequences=True)
     stack.add(LSTMCell(size.hidden))
     stack.add(LSTMCell(size.hidden))
     x = keras.Input((size.time, size.input))

@@ -19,3 +19,17 @@ def _keras_seed():
 
     keras.utils.set_random_seed(7)
     yield
+
+
+@pytest.fixture(params=["keras", "auto"])
+def layer_backend(request, monkeypatch):
+    """Runs a frontend test twice: on the Keras reference, and on `backend="auto"`
+    (the layers' default: the compiled CPU kernel at inference, the reference when
+    training). For the "keras" run, layers built with the default backend get "keras"."""
+    if request.param == "keras":
+        import recurrentshop.recurrent_model as recurrent_model
+
+        check = recurrent_model.check_backend_name
+        monkeypatch.setattr(recurrent_model, "check_backend_name",
+                            lambda backend: check("keras" if backend == "auto" else backend))
+    return request.param

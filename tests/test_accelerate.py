@@ -28,12 +28,12 @@ def _model_with_unsupported_layer():
     odd = layers.Lambda(lambda v: tf.math.cumsum(v, axis=-1), output_shape=(4,),
                         name="tf_cumsum")(x_t)
     h_new = layers.Activation("tanh")(layers.add([layers.Dense(4)(odd), h]))
-    odd_rnn = RecurrentModel(input=x_t, initial_states=[h], output=h_new,
+    odd_rnn = RecurrentModel(backend="keras", input=x_t, initial_states=[h], output=h_new,
                              final_states=[h_new], return_sequences=True, name="odd_rnn")
     inputs = keras.Input((6, 3))
     hidden = layers.Dense(4, name="before")(inputs)
     hidden = odd_rnn(hidden)
-    hidden = LSTMCell(5, input_dim=4).get_layer(name="after_lstm")(hidden)
+    hidden = LSTMCell(5, input_dim=4).get_layer(backend="keras", name="after_lstm")(hidden)
     return keras.Model(inputs, layers.Dense(2, name="head")(hidden))
 
 

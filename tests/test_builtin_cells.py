@@ -7,6 +7,10 @@ import pytest
 import numpy_rnn
 from recurrentshop import GRUCell, LSTMCell, RHNCell, RNNCellFromModel, SimpleRNNCell
 
+# Every test runs twice: on the Keras reference and on backend="auto" (the compiled
+# kernel at inference). See conftest.layer_backend.
+pytestmark = pytest.mark.usefixtures("layer_backend")
+
 BATCH, TIME, FEATURES, UNITS = 3, 6, 4, 5
 
 

@@ -76,11 +76,11 @@ def test_keras_layer(name):
 
 OUR_LAYERS = {
     "lstm_cell_states_init": (lambda: LSTMCell(UNITS, input_dim=FEATURES).get_layer(
-        return_sequences=True, return_states=True), 2),
+        backend="keras", return_sequences=True, return_states=True), 2),
     "gru_cell_last_backwards": (lambda: GRUCell(UNITS, input_dim=FEATURES).get_layer(
-        go_backwards=True), 1),
+        backend="keras", go_backwards=True), 1),
     "rhn_cell_depth2": (lambda: RHNCell(UNITS, recurrence_depth=2, input_dim=FEATURES)
-                        .get_layer(return_sequences=True, return_states=True), 1),
+                        .get_layer(backend="keras", return_sequences=True, return_states=True), 1),
 }
 
 
@@ -112,7 +112,7 @@ def test_weights_changed_after_compile_give_new_numbers():
 
 
 def test_float64_input_is_cast_and_save_load_runs(tmp_path):
-    layer = GRUCell(UNITS, input_dim=FEATURES).get_layer(return_sequences=True)
+    layer = GRUCell(UNITS, input_dim=FEATURES).get_layer(backend="keras", return_sequences=True)
     x = _x(time=30)
     layer(x)
     _randomize(layer, seed=2)

@@ -8,6 +8,10 @@ from keras import layers
 import numpy_rnn
 from recurrentshop import LSTMCell, RecurrentModel, RecurrentSequential
 
+# Every test runs twice: on the Keras reference and on backend="auto" (the compiled
+# kernel at inference). See conftest.layer_backend.
+pytestmark = pytest.mark.usefixtures("layer_backend")
+
 BATCH, TIME, FEATURES, UNITS = 3, 7, 5, 4
 
 

@@ -8,6 +8,10 @@ from keras import layers
 import numpy_rnn
 from recurrentshop import GRUCell, LSTMCell, RecurrentSequential, SimpleRNNCell
 
+# Every test runs twice: on the Keras reference and on backend="auto" (the compiled
+# kernel at inference). See conftest.layer_backend.
+pytestmark = pytest.mark.usefixtures("layer_backend")
+
 BATCH, TIME, FEATURES = 3, 6, 4
 
 

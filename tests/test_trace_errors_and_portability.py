@@ -19,7 +19,8 @@ from recurrentshop import LSTMCell, RecurrentModel
 def _step_rnn(make_output, name="custom_step", **kwargs):
     x_t, h = keras.Input((4,)), keras.Input((3,))
     output = make_output(x_t, h)
-    return RecurrentModel(input=x_t, initial_states=[h], output=output, final_states=[output],
+    return RecurrentModel(backend="keras",
+                          input=x_t, initial_states=[h], output=output, final_states=[output],
                           name=name, **kwargs)
 
 
@@ -56,7 +57,7 @@ def test_unsupported_layers_are_named(name, make, layer_name):
 
 
 def test_stateful_layer_is_unsupported_and_named():
-    layer = LSTMCell(3, input_dim=4).get_layer(stateful=True, name="kept_state")
+    layer = LSTMCell(3, input_dim=4).get_layer(backend="keras", stateful=True, name="kept_state")
     inputs = keras.Input(batch_shape=(2, 5, 4))
     layer(inputs)
     with pytest.raises(rshop_ir.UnsupportedError, match="kept_state"):

@@ -57,7 +57,8 @@ def build_step(instructions, picks):
         values.append(value)
     # Every value feeds the output, so no instruction is dead code.
     output = layers.Activation("tanh")(layers.add([*values[2:], layers.Dense(WIDTH)(h)]))
-    return RecurrentModel(input=x_t, initial_states=[h], output=output, final_states=[output],
+    return RecurrentModel(backend="keras",
+                          input=x_t, initial_states=[h], output=output, final_states=[output],
                           return_sequences=True)
 
 
@@ -77,3 +78,18 @@ def test_random_step_graphs_match_keras(instructions, picks, seed):
     np.testing.assert_allclose(rshop_ir.interpret(program, x), expected, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(rshop_ir.interpret(optimized, x), expected, atol=1e-5,
                                rtol=1e-5)
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(instructions=st.lists(step_instruction, min_size=1, max_size=6),
+       picks=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=6,
+                      max_size=6),
+       seed=st.integers(0, 2 ** 16), batch=st.sampled_from([1, 3, 9]))
+def test_random_step_graphs_compile_to_the_keras_numbers(instructions, picks, seed, batch):
+    """Fewer examples than above: each one generates and compiles a new kernel."""
+    rng = np.random.default_rng(seed)
+    rnn = build_step(instructions, picks)
+    x = rng.standard_normal((batch, 5, 4)).astype("float32")
+    expected = np.asarray(rnn(x, training=False))
+    np.testing.assert_allclose(rshop_ir.compile(rnn)(x), expected, atol=1e-4, rtol=1e-4)

@@ -37,14 +37,14 @@ def _step_rnn(build_output, units=3, features=4, **kwargs):
     x_t, h = keras.Input((features,)), keras.Input((units,))
     output = build_output(x_t, h)
     return RecurrentModel(input=x_t, initial_states=[h], output=output, final_states=[output],
-                          return_sequences=True, **kwargs)
+                          return_sequences=True, backend="keras", **kwargs)
 
 
 def _sequential_model():
     return keras.Sequential([
         keras.Input((6, 4)),
         layers.TimeDistributed(layers.Dense(5, activation="relu")),
-        LSTMCell(3, input_dim=5).get_layer(return_sequences=True),
+        LSTMCell(3, input_dim=5).get_layer(return_sequences=True, backend="keras"),
         layers.Flatten(),
         layers.Dense(2, activation="softmax"),
     ])
@@ -54,9 +54,9 @@ def _shapes_model():
     inputs = keras.Input((6, 4))
     permuted = layers.Permute((2, 1))(inputs)                  # (B, 4, 6)
     reshaped = layers.Reshape((6, 4))(permuted)                # (B, 6, 4)
-    last = GRUCell(3, input_dim=4).get_layer()(reshaped)       # (B, 3)
+    last = GRUCell(3, input_dim=4).get_layer(backend="keras")(reshaped)  # (B, 3)
     repeated = layers.RepeatVector(2)(last)                    # (B, 2, 3)
-    decoded = RecurrentSequential(return_sequences=True)
+    decoded = RecurrentSequential(return_sequences=True, backend="keras")
     decoded.add(LSTMCell(2))
     return keras.Model(inputs, decoded(repeated))
 
@@ -104,6 +104,7 @@ def test_traced_layer_matches_keras(rng, name):
     np.testing.assert_allclose(rshop_ir.interpret(program, x), expected, atol=1e-5)
     np.testing.assert_allclose(rshop_ir.interpret(rshop_ir.optimize(program), x), expected,
                                atol=1e-5)
+    np.testing.assert_allclose(rshop_ir.compile(program)(x), expected, atol=1e-4)
 
 
 def test_weights_are_params_not_values(rng):

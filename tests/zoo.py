@@ -59,7 +59,8 @@ def mgu(rng):
         layers.Dense(UNITS)(x_t),
         layers.Dense(UNITS, use_bias=False)(layers.multiply([f, h]))]))
     h_new = layers.add([h, layers.multiply([f, layers.subtract([candidate, h])])])
-    rnn = RecurrentModel(input=x_t, initial_states=[h], output=h_new, final_states=[h_new],
+    rnn = RecurrentModel(backend="keras",
+                         input=x_t, initial_states=[h], output=h_new, final_states=[h_new],
                          return_sequences=True)
     x = _sequence(rng)
     return ZooCase("mgu", _built(rng, rnn, x), [x])
@@ -82,7 +83,8 @@ def rwa(rng):
     new_numerator = numerator * decay + z * weight
     new_denominator = denominator * decay + weight
     h_new = ops.tanh(new_numerator / new_denominator)
-    rnn = RecurrentModel(input=x_t, initial_states=[numerator, denominator, h, a_max],
+    rnn = RecurrentModel(backend="keras",
+                         input=x_t, initial_states=[numerator, denominator, h, a_max],
                          output=h_new,
                          final_states=[new_numerator, new_denominator, h_new, new_max],
                          return_sequences=True)
@@ -93,7 +95,7 @@ def rwa(rng):
 def rhn(rng):
     """Recurrent highway network, depth 3."""
     rnn = RHNCell(UNITS, recurrence_depth=3, input_dim=FEATURES).get_layer(
-        return_sequences=True)
+        backend="keras", return_sequences=True)
     x = _sequence(rng)
     return ZooCase("rhn", _built(rng, rnn, x), [x])
 
@@ -110,7 +112,7 @@ def layer_norm_lstm(rng):
     g = layers.Activation("tanh")(g)
     c_new = layers.add([layers.multiply([f, c]), layers.multiply([i, g])])
     h_new = layers.multiply([o, layers.Activation("tanh")(layers.LayerNormalization()(c_new))])
-    rnn = RecurrentModel(input=x_t, initial_states=[h, c], output=h_new,
+    rnn = RecurrentModel(backend="keras", input=x_t, initial_states=[h, c], output=h_new,
                          final_states=[h_new, c_new], return_sequences=True)
     x = _sequence(rng)
     return ZooCase("layer_norm_lstm", _built(rng, rnn, x), [x])
@@ -130,7 +132,8 @@ def attention_decoder(rng):
     gru_input = layers.concatenate([context, h])
     h_new = layers.Dense(UNITS, activation="tanh")(gru_input)
     y = layers.Dense(3)(h_new)
-    rnn = RecurrentModel(input=memory, initial_states=[h], output=y, final_states=[h_new],
+    rnn = RecurrentModel(backend="keras",
+                         input=memory, initial_states=[h], output=y, final_states=[h_new],
                          decode=True, output_length=5, return_sequences=True)
     x = _sequence(rng, time=encoded_length)
     return ZooCase("attention_decoder", _built(rng, rnn, x), [x])
@@ -138,7 +141,7 @@ def attention_decoder(rng):
 
 def stacked_cells(rng):
     """LSTM -> Dropout -> Dense -> GRU in one step."""
-    rnn = RecurrentSequential(return_sequences=True, return_states=True)
+    rnn = RecurrentSequential(backend="keras", return_sequences=True, return_states=True)
     rnn.add(LSTMCell(UNITS))
     rnn.add(layers.Dropout(0.3))
     rnn.add(layers.Dense(4, activation="relu"))
@@ -148,7 +151,7 @@ def stacked_cells(rng):
 
 
 def state_synced_stack(rng):
-    rnn = RecurrentSequential(state_sync=True, return_sequences=True)
+    rnn = RecurrentSequential(backend="keras", state_sync=True, return_sequences=True)
     for _ in range(3):
         rnn.add(SimpleRNNCell(UNITS))
     x = _sequence(rng, features=UNITS)
@@ -157,7 +160,8 @@ def state_synced_stack(rng):
 
 def readout_decoder(rng):
     """A seq2seq decoder: readout only, teacher forced (inference: its own output)."""
-    rnn = RecurrentSequential(readout="readout_only", decode=True, output_length=6,
+    rnn = RecurrentSequential(backend="keras",
+                              readout="readout_only", decode=True, output_length=6,
                               teacher_force=True, readout_activation="tanh",
                               return_sequences=True)
     rnn.add(LSTMCell(UNITS))
@@ -169,7 +173,8 @@ def readout_decoder(rng):
 
 
 def readout_add_go_backwards(rng):
-    rnn = RecurrentSequential(readout="add", go_backwards=True, return_sequences=True)
+    rnn = RecurrentSequential(backend="keras",
+                              readout="add", go_backwards=True, return_sequences=True)
     rnn.add(GRUCell(UNITS))
     rnn.add(layers.Dense(FEATURES))
     x = _sequence(rng)
@@ -196,7 +201,7 @@ def embedding_lstm_softmax(rng):
     """A whole model: Embedding(mask_zero) -> LSTM stack -> Dense softmax."""
     tokens = keras.Input((TIME,), dtype="int32")
     embedded = layers.Embedding(20, FEATURES, mask_zero=True)(tokens)
-    stack = RecurrentSequential(return_sequences=True)
+    stack = RecurrentSequential(backend="keras", return_sequences=True)
     stack.add(LSTMCell(UNITS))
     hidden = stack(embedded)
     probabilities = layers.Dense(4, activation="softmax")(hidden)
@@ -211,7 +216,8 @@ def masked_bidirectional(rng):
     """Masking -> Bidirectional(our LSTM, last output) -> Dense."""
     inputs = keras.Input((TIME, FEATURES))
     masked = layers.Masking()(inputs)
-    both = layers.Bidirectional(LSTMCell(UNITS, input_dim=FEATURES).get_layer())(masked)
+    both = layers.Bidirectional(LSTMCell(UNITS, input_dim=FEATURES).get_layer(
+        backend="keras"))(masked)
     model = keras.Model(inputs, layers.Dense(2)(both))
     _randomize(rng, model)
     x = _sequence(rng)
@@ -221,10 +227,10 @@ def masked_bidirectional(rng):
 
 def nested_rnn(rng):
     """An RNN used as a cell inside another RNN's step (get_cell)."""
-    inner = SimpleRNNCell(UNITS, input_dim=FEATURES).get_layer()
+    inner = SimpleRNNCell(UNITS, input_dim=FEATURES).get_layer(backend="keras")
     x = _sequence(rng)
     inner(x)
-    outer = RecurrentSequential(return_sequences=True)
+    outer = RecurrentSequential(backend="keras", return_sequences=True)
     outer.add(inner.get_cell())
     outer.add(LSTMCell(4))
     return ZooCase("nested_rnn", _built(rng, outer, x), [x])

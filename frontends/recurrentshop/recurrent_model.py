@@ -27,9 +27,10 @@ class RecurrentModel(keras.layers.Layer):
     The step model maps the input at time t and the states at time t-1 to the output
     and the states at time t. Optionally it also reads the previous step's output
     (readout), which during training may be replaced by the ground truth (teacher
-    forcing). The time loop is Keras's own RNN loop (the reference backend), so
-    gradients, masking, `go_backwards`, `unroll` and `stateful` behave as in
-    `keras.layers.RNN`.
+    forcing). The reference time loop is Keras's own RNN loop, so gradients, masking,
+    `go_backwards`, `unroll` and `stateful` behave as in `keras.layers.RNN`; at
+    inference the layer runs a compiled `rshop_ir` kernel instead where it can (see
+    `backend`), with the same numbers.
 
     Args:
         input: KerasTensor, the step model's input at time t, shape `(batch, ...)`.
@@ -58,7 +59,13 @@ class RecurrentModel(keras.layers.Layer):
         stateful: bool. The final states of a batch are the initial states of the
             next one. Requires a fixed batch size.
         unroll: bool. Unroll the time loop (requires a known number of steps).
-        backend: `"auto"` (default), `"keras"`, `"numba-cpu"` or `"numba-cuda"`.
+        backend: `"auto"` (default): the compiled CPU kernel at inference (traced and
+            compiled at the first inference call) where the step can be compiled, the
+            Keras reference otherwise (reason in `fallback_reason`, logged once at
+            INFO on the "rshop_ir" logger) and always when training, stateful or
+            masked. `"keras"`: always the reference. `"numba-cpu"`: like "auto", but
+            a step that cannot be compiled raises a `ValueError`. `"numba-cuda"` is
+            not available yet.
         **kwargs: base `Layer` arguments (`name`, `dtype`, `trainable`, ...).
 
     Call arguments:
@@ -130,6 +137,10 @@ class RecurrentModel(keras.layers.Layer):
         self.zero_output_for_mask = False
         self.state_variables = None
         self.model = None
+        # The compiled path (see compiled_backend.py), built at the first inference
+        # call; `fallback_reason` says why the layer runs in Keras instead.
+        self._compiled_path = None
+        self.fallback_reason = None
         if self.decode:
             if (
                 not isinstance(output_length, int)
@@ -359,6 +370,15 @@ class RecurrentModel(keras.layers.Layer):
         if self.unroll and num_steps is None:
             raise ValueError(self._unknown_length_message())
         states = self._initial_states(batch_size, initial_state, initial_readout)
+        if self.backend != "keras" and (training is None or training is False) and (
+                mask is None):
+            from recurrentshop.compiled_backend import compiled_path_for
+
+            compiled = compiled_path_for(self)
+            if compiled is not None:
+                readout = states[self.num_states] if self.readout else None
+                return compiled.run(self, inputs, states[:self.num_states], readout,
+                                    self.compute_dtype)
         teacher_forcing = bool(training) and self.teacher_force
         if teacher_forcing and ground_truth is None:
             raise ValueError(

@@ -782,7 +782,7 @@ class CpuGenerator:
                 loop.line("row = (t - time_low) * B")
                 for body_var, kind, data in sequences:
                     if kind == "direct":
-                        function.values[body_var] = SequenceStep(data, "t", body_var.ndim + 1)
+                        function.values[body_var] = SequenceStep(data, "t", body_var.ndim)
                     else:
                         function.values[body_var] = ChunkRows(chunk_buffers[data][1], "row")
                 for eqn in body_program.eqns:

@@ -42,7 +42,7 @@ class ChunkRows:
 
 
 class SequenceStep:
-    """Step t of a (B, T, ...) sequence read in place: x[:, t]."""
+    """Step t of a (B, T, ...) sequence read in place: x[:, t] (`ndim` is the step's rank)."""
 
     contiguous = False
 
