@@ -1,10 +1,12 @@
 """The thread count of the BLAS that Numba's `np.dot` calls (SciPy's OpenBLAS).
 
-Measured on 2 shared cores: a per-step recurrent GEMM of a few MFLOP is 3-30x SLOWER
-with OpenBLAS's threads (they spin and wake each step, and fight any other pool) than
-single-threaded. So a kernel call runs BLAS single-threaded unless its per-step GEMMs
-are big enough to pay (`THREADED_MIN_STEP_FLOPS`) AND the cores are idle (1-minute
-load average below the core count minus one), then with OpenBLAS's own default.
+Measured on 2 cores: when another process holds a core, OpenBLAS's threads make a
+per-step recurrent GEMM 3-30x SLOWER (they spin and wake each step, and fight the other
+pool); on idle cores they pay from about 1 MFLOP per step (LSTM H=256: batch 32 1.65x
+faster, batch 8 1.6x, batch 2 1.1x; batch 1 H=512 1.75x). So a kernel call runs BLAS
+single-threaded unless its per-step GEMMs are big enough (`THREADED_MIN_STEP_FLOPS`)
+AND the cores are idle (1-minute load average at most the core count minus one), then
+with OpenBLAS's own default.
 The kernels themselves are never `parallel=True`, so there is one pool at a time.
 If SciPy's OpenBLAS cannot be found (another BLAS), nothing is changed.
 """
@@ -16,7 +18,7 @@ import glob
 import os
 from contextlib import contextmanager
 
-THREADED_MIN_STEP_FLOPS = 64e6
+THREADED_MIN_STEP_FLOPS = 1e6
 
 _API = None
 

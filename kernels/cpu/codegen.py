@@ -9,7 +9,7 @@ kernels/scalar_ops.py, shared with other renderers; this file only writes Numba 
 Inside a scan function, per chunk of up to `chunk` steps: the absorbed input projection
 is ONE GEMM (`np.dot`, BLAS) over the chunk's rows in time-major order (B rows per
 step), then the element-wise eqns that followed it; then per step the recurrent
-matmul(s) (`np.dot` at batch >= 8 or contraction >= 128, a hand loop below, where
+matmul(s) (`np.dot` at batch >= 8 or contraction >= 16, a hand loop below, where
 BLAS call overhead dominates) and each fused region as ONE loop nest, then the states,
 readout and output are committed (keeping the old rows where the mask is False) by
 swapping double buffers. Weights and prologue results are ARGUMENTS of `run`, never
@@ -35,10 +35,11 @@ from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/1"
+GENERATOR_VERSION = "numba-cpu/2"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
-BLAS_MIN_CONTRACTION = 128  # ... or a contraction (hidden) size >= 128
+BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
+                            # sgemm beat the hand loop from (1,16)x(16,64) up)
 
 _MATH_MODULE_NAMES = sorted({impl.split(".")[0] for pair in mathlib.FUNCTIONS.values()
                              for impl in pair if "." not in impl and impl != "abs"})
