@@ -371,9 +371,8 @@ class CpuGenerator:
         names = function.names
         table_array = self._array(function, table, contiguous=True)
         ids_array = self._array(function, ids, contiguous=True)
-        flat_ids, rows, result, index, row = (names.fresh(h) for h in
-                                              ("ids_flat", "table_rows", "gathered", "n",
-                                               "row"))
+        flat_ids, rows, result, index, row, column = (
+            names.fresh(h) for h in ("ids_flat", "table_rows", "gathered", "n", "row", "k"))
         width = int(np.prod([d for d in table.shape[1:]], dtype=np.int64)) \
             if table.ndim > 1 else 1
         body = function.body
@@ -385,7 +384,8 @@ class CpuGenerator:
             body.line(f"if {row} < 0 or {row} >= {rows}.shape[0]:")
             body.line("    raise IndexError('gather: an index is out of range of the "
                       "table (an embedding id >= input_dim?)')")
-            body.line(f"{result}[{index}, :] = {rows}[{row}, :]")
+            with body.block(f"for {column} in range({width}):"):
+                body.line(f"{result}[{index}, {column}] = {rows}[{row}, {column}]")
         self._define(function, out, f"{result}.reshape({self.shape_text(out.shape)})")
 
     def _rows_view(self, function, x: Var, axes) -> tuple:
@@ -740,6 +740,9 @@ class CpuGenerator:
         if params["return_sequences"]:
             all_shape = self.shape_text((y_var.shape[0], "steps", *y_var.shape[1:]))
             preamble.line(f"y_all = np.zeros({all_shape}, {y_dtype})")
+            if self._row_width(y_var) is not None:
+                preamble.line(f"y_all_rows = y_all.reshape((B, steps, "
+                              f"{self._row_width(y_var)}))")
         readout_buffers = None
         if readout is not None:
             readout_buffers = (names.fresh("readout"), names.fresh("next_readout"))
@@ -774,7 +777,9 @@ class CpuGenerator:
                 staged, projected = chunk_buffers[index]
                 with loop.block("for step in range(chunk_stop - chunk_start):"):
                     with loop.block("for b in range(B):"):
-                        loop.line(f"{staged}[step * B + b, :] = {source}[b, time_low + step, :]")
+                        with loop.block(f"for k in range({staged}.shape[1]):"):
+                            loop.line(f"{staged}[step * B + b, k] = "
+                                      f"{source}[b, time_low + step, k]")
                 loop.line(f"np.dot({staged}[:rows], {weight}, {projected}[:rows])")
                 if projection.chain:
                     self._render_chain(function, projection, projected, chain_operands)
@@ -868,7 +873,25 @@ class CpuGenerator:
         for following, current, _ in targets:
             loop.line(f"{current}, {following} = {following}, {current}")
         if plan.params["return_sequences"]:
-            loop.line("y_all[:, step] = y_last")
+            width = self._row_width(y_var)
+            if width is None:
+                loop.line("y_all[:, step] = y_last")
+            else:  # element loops: a slice assignment compiles Numba's shape-error
+                # formatting (unicode code, ~1.5 s of every first compile)
+                loop.line(f"y_last_rows = y_last.reshape((B, {width}))")
+                with loop.block("for b in range(B):"):
+                    with loop.block(f"for k in range({width}):"):
+                        loop.line("y_all_rows[b, step, k] = y_last_rows[b, k]")
+
+    @staticmethod
+    def _row_width(var: Var):
+        """The number of elements per batch row of `var`, when it is static."""
+        width = 1
+        for dim in var.shape[1:]:
+            if not isinstance(dim, int):
+                return None
+            width *= dim
+        return width
 
 
 def generate(program: Program) -> KernelSource:
