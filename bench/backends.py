@@ -96,12 +96,13 @@ class RshopCompiled(Backend):
             return "rshop_ir.compile is not available in this checkout yet"
         if self.target == "cuda":
             try:
-                from numba import cuda
+                from rshop_ir.kernels.cuda.device import cuda_available
 
-                if not cuda.is_available():
-                    return "no CUDA GPU here"
-            except Exception as error:  # numba without its CUDA parts
+                available, reason = cuda_available()
+            except ImportError as error:  # numba without its CUDA parts
                 return f"numba.cuda unusable: {error}"
+            if not available:
+                return reason
         return None
 
     def prepare(self, case, settings):

@@ -18,6 +18,10 @@ them must follow numpy's NaN/inf semantics (e.g. maximum(nan, 1) is nan).
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from rshop_ir.errors import UnsupportedError
 from rshop_ir.ops import get_op
 
@@ -34,15 +38,40 @@ MATH_FUNCTIONS = {
 
 
 class ScalarContext:
-    """What a renderer supplies to the templates (see the module docstring)."""
+    """What a renderer supplies to the templates (see the module docstring).
+
+    `const` and `cast` write numpy scalar constructors (`np.float32(2.0)`), which both
+    Numba targets compile; a subclass names in `special_float_module` the module its
+    generated code spells NaN and inf with ("np" -> `np.nan`, "math" -> `math.nan`)
+    and implements `call`, the math functions of its target.
+    """
+
+    special_float_module = "np"
 
     def const(self, value, dtype: str) -> str:
-        raise NotImplementedError
+        """`value` as a typed constant of `dtype` (nan/inf spelled explicitly)."""
+        if dtype == "bool":
+            return "True" if value else "False"
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            return f"np.{dtype}({int(value)})"
+        value = float(value)
+        module = self.special_float_module
+        if math.isnan(value):
+            text = f"{module}.nan"
+        elif math.isinf(value):
+            text = f"{module}.inf" if value > 0 else f"-{module}.inf"
+        else:
+            text = repr(value)
+        return f"np.{dtype}({text})"
 
     def cast(self, expression: str, dtype: str) -> str:
-        raise NotImplementedError
+        """`expression` converted to `dtype` (to bool: compared with zero)."""
+        if dtype == "bool":
+            return f"({expression} != 0)"
+        return f"np.{dtype}({expression})"
 
     def call(self, function: str, dtype: str, *args: str) -> str:
+        """A call of the math function `function` (MATH_FUNCTIONS) on `args`."""
         raise NotImplementedError
 
 

@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from rshop_ir.errors import UnsupportedError
+from rshop_ir.targets import compile_for, resolve_target
 
 LOGGER = logging.getLogger("rshop_ir")
 
@@ -39,7 +40,6 @@ class AcceleratedModel:
         import keras
 
         from recurrentshop import compat
-        from rshop_ir.compile import compile as compile_target
 
         if not isinstance(model, keras.Model):
             raise TypeError(f"accelerate expects a keras.Model; received "
@@ -48,11 +48,12 @@ class AcceleratedModel:
             raise ValueError(f"Model {model.name!r} must be built (called on inputs, or "
                              "defined with keras.Input) before accelerate().")
         self.model = model
-        self.target = _resolve_target(target)
+        self.target = resolve_target(target)
+        self._requested_target = target
         self.fallbacks = []
         self._parts = []
         try:
-            self._whole = compile_target(model, target=self.target)
+            self._whole = self._compile(model)
         except UnsupportedError as error:
             self._whole = None
             graph = model
@@ -66,7 +67,6 @@ class AcceleratedModel:
         import keras
 
         from recurrentshop import compat
-        from rshop_ir.compile import compile as compile_target
         from rshop_ir.frontends.keras_trace import trace
 
         nodes = compat.functional_nodes(graph)
@@ -89,11 +89,11 @@ class AcceleratedModel:
                 run.append(node)
                 continue
             if run:
-                self._parts.append(self._compiled_segment(run, nodes, graph, compile_target))
+                self._parts.append(self._compiled_segment(run, nodes, graph))
                 run = []
             self._parts.append(("keras", node))
         if run:
-            self._parts.append(self._compiled_segment(run, nodes, graph, compile_target))
+            self._parts.append(self._compiled_segment(run, nodes, graph))
 
     def _record_fallback(self, layer, error):
         name = getattr(layer, "name", type(layer).__name__)
@@ -101,8 +101,12 @@ class AcceleratedModel:
         self.fallbacks.append((name, reason))
         LOGGER.info("rshop_ir: layer %r runs in Keras: %s", name, reason)
 
-    @staticmethod
-    def _compiled_segment(run, nodes, graph, compile_target):
+    def _compile(self, target_object):
+        """Compiled for `self.target`; with target="auto", CPU where CUDA cannot."""
+        return compile_for(target_object,
+                           "auto" if self._requested_target == "auto" else self.target)
+
+    def _compiled_segment(self, run, nodes, graph):
         import keras
 
         inside = {id(t) for node in run for t in node.outputs}
@@ -116,7 +120,7 @@ class AcceleratedModel:
         later |= {id(t) for t in graph.outputs}
         outputs = [t for node in run for t in node.outputs if id(t) in later]
         segment = keras.Model(inputs, outputs)
-        return ("compiled", compile_target(segment), inputs, outputs)
+        return ("compiled", self._compile(segment), inputs, outputs)
 
     # ---------------------------------------------------------------- running
     def __call__(self, x):
@@ -170,15 +174,6 @@ class AcceleratedModel:
         merged = [np.concatenate([chunk[k] for chunk in chunks], axis=0)
                   for k in range(len(chunks[0]))]
         return merged[0] if len(merged) == 1 else merged
-
-
-def _resolve_target(target):
-    """"auto" -> the fastest target available (CPU until the CUDA generator exists)."""
-    if target == "auto":
-        return "cpu"
-    if target not in ("cpu", "cuda"):
-        raise ValueError(f"Unknown target {target!r}. Expected 'auto', 'cpu' or 'cuda'.")
-    return target
 
 
 def _as_inputs(x):

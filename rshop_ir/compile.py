@@ -26,36 +26,52 @@ TARGETS = ("cpu", "cuda")
 
 
 def compile(target_object, target: str = "cpu", *, weights=None, chunk_steps: int = 256,
-            max_chunk_bytes: int = 16 * 2 ** 20):
+            max_chunk_bytes: int = 16 * 2 ** 20, rows_per_block: int = 4,
+            threads_per_block: int = None):
     """Compile a recurrent layer, a Keras model or an IR program into a kernel.
 
     Args:
         target_object: a `Program` (give `weights=`), a `BoundProgram`, anything with
             `to_bound_program()` (a compiled object), or a Keras layer/model.
-        target: "cpu" (Numba `@njit`). "cuda" is not available yet.
+        target: "cpu" (Numba `@njit`) or "cuda" (Numba `@cuda.jit` persistent kernels;
+            needs a CUDA GPU, or Numba's simulator with NUMBA_ENABLE_CUDASIM=1).
         weights: name -> array, for a bare `Program`.
         chunk_steps: steps whose input projection is computed by one GEMM (at most;
             fewer when the chunk buffers would exceed `max_chunk_bytes`).
         max_chunk_bytes: bound on the extra memory of the projection chunk buffers.
+        rows_per_block: (cuda) batch rows each thread block of a scan kernel owns.
+        threads_per_block: (cuda) threads per block; default 256 (32 in the simulator).
 
     Returns:
-        A `CompiledProgram`: call it with numpy arrays like the layer
-        (`c(x, initial_state=None, initial_readout=None)`).
+        A `CompiledProgram` (cpu) or `CompiledCudaProgram` (cuda): call it like the
+        layer (`c(x, initial_state=None, initial_readout=None)`); the CUDA one also
+        takes device arrays (`__cuda_array_interface__`) and then returns device arrays.
 
     Raises:
         UnsupportedError: a layer or op the compiler cannot handle (named).
-        ValueError: an unknown or unavailable target.
+        ValueError: an unknown or unavailable target (target="cuda" without a GPU).
     """
     if target not in TARGETS:
         raise ValueError(f"Unknown target {target!r}. Expected one of {TARGETS}.")
     if target == "cuda":
-        raise ValueError("target='cuda' is not available yet: the Numba CUDA generator is "
-                         "a separate piece of work. Use target='cpu'.")
+        from rshop_ir.kernels.cuda import cuda_available
+
+        available, reason = cuda_available()
+        if not available:
+            raise ValueError(f"target='cuda' needs a CUDA GPU, and {reason}. Use "
+                             f"target='cpu' (or set NUMBA_ENABLE_CUDASIM=1 before importing "
+                             f"numba to run the CUDA kernels in Numba's simulator).")
     bound, weight_reader, name = _as_bound_program(target_object, weights)
     optimized = optimize(bound)
-    from rshop_ir.kernels.cpu import build
-
     try:
+        if target == "cuda":
+            from rshop_ir.kernels.cuda import build as build_cuda
+
+            return build_cuda(optimized, bound, weight_reader=weight_reader, name=name,
+                              rows_per_block=rows_per_block,
+                              threads_per_block=threads_per_block)
+        from rshop_ir.kernels.cpu import build
+
         return build(optimized, bound, weight_reader=weight_reader, name=name,
                      chunk_steps=chunk_steps, max_chunk_bytes=max_chunk_bytes)
     except UnsupportedError as error:

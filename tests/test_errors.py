@@ -116,12 +116,31 @@ def test_unknown_backend_name():
         LSTMCell(4, input_dim=5).get_layer(backend="cuda")
 
 
-def test_cuda_backend_is_not_available_yet():
-    with pytest.raises(ValueError, match="backend='numba-cuda' is not available.*"
+def test_cuda_backend_without_a_gpu_says_what_to_use():
+    from rshop_ir.kernels.cuda.device import cuda_available
+
+    layer = _rnn(backend="numba-cuda")       # accepted: the GPU is looked for at a call
+    assert RecurrentSequential(backend="numba-cuda").backend == "numba-cuda"
+    x = np.random.default_rng(0).standard_normal((2, 7, 5)).astype("float32")
+    if cuda_available()[0]:  # a GPU (or the simulator): the kernel runs
+        reference = _rnn(backend="keras")
+        reference.build(x.shape)
+        layer.build(x.shape)
+        reference.set_weights(layer.get_weights())
+        np.testing.assert_allclose(layer(x), reference(x), atol=1e-4)
+        return
+    with pytest.raises(ValueError, match="(?s)backend='numba-cuda', but no CUDA GPU.*"
                                          "backend='auto'.*'numba-cpu' or 'keras'"):
-        _rnn(backend="numba-cuda")
-    with pytest.raises(ValueError, match="backend='auto'"):
-        RecurrentSequential(backend="numba-cuda")
+        layer(x)
+    np.testing.assert_allclose(layer(x, training=True), _same_weights(layer)(x),
+                               atol=1e-6)  # training never needs the GPU
+
+
+def _same_weights(layer):
+    reference = _rnn(backend="keras")
+    reference.build((None, 7, 5))
+    reference.set_weights(layer.get_weights())
+    return reference
 
 
 @pytest.mark.parametrize("backend", ["auto", "keras", "numba-cpu"])

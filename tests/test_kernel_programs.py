@@ -192,8 +192,16 @@ def test_weights_are_arguments_not_constants():
 
 def test_cuda_target_and_bad_objects():
     compiled, bound = compiled_example("lstm", "float32")
-    with pytest.raises(ValueError, match="cuda"):
-        rshop_ir.compile(bound, target="cuda")
+    from rshop_ir.kernels.cuda.device import cuda_available
+
+    if cuda_available()[0]:  # a GPU or the simulator: the CUDA kernel gives the numbers
+        x = np.random.default_rng(0).standard_normal((2, 4, 3)).astype("float32")
+        np.testing.assert_allclose(rshop_ir.compile(bound, target="cuda")(x)[0],
+                                   compiled(x)[0], atol=1e-4)
+    else:
+        with pytest.raises(ValueError, match="target='cuda' needs a CUDA GPU.*"
+                                             "Use target='cpu'"):
+            rshop_ir.compile(bound, target="cuda")
     with pytest.raises(ValueError, match="Unknown target"):
         rshop_ir.compile(bound, target="tpu")
     with pytest.raises(TypeError, match="expects"):

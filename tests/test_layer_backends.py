@@ -2,6 +2,7 @@
 inference under "auto"/"numba-cpu", the Keras reference in training and as fallback."""
 
 import logging
+import sys
 
 import keras
 import numpy as np
@@ -170,3 +171,37 @@ def test_stateful_and_masked_calls_run_the_reference():
     np.testing.assert_allclose(fast(masked_x, mask=mask), reference(masked_x, mask=mask),
                                atol=1e-6)
     assert fast._compiled_path is None
+
+
+def test_auto_target_is_the_cpu_without_a_real_gpu(monkeypatch):
+    import rshop_ir.targets as targets
+
+    monkeypatch.setattr(targets, "gpu_present", lambda: False)
+    assert targets.resolve_target("auto") == "cpu"
+    assert targets.resolve_target("cuda") == "cuda"
+    monkeypatch.setattr(targets, "gpu_present", lambda: True)
+    assert targets.resolve_target("auto") == "cuda"
+    with pytest.raises(ValueError, match="Unknown target 'tpu'.*'auto', 'cpu', 'cuda'"):
+        targets.resolve_target("tpu")
+
+
+def test_auto_compiles_for_the_cpu_where_cuda_cannot(monkeypatch):
+    """With a GPU, "auto" tries CUDA first; an UnsupportedError there means the CPU."""
+    import rshop_ir.targets as targets
+    from rshop_ir.errors import UnsupportedError
+
+    compile_module = sys.modules["rshop_ir.compile"]  # the name rshop_ir.compile is
+    real_compile, asked = compile_module.compile, []  # the function; patch its module
+
+    def compile_without_cuda(target_object, target="cpu", **kwargs):
+        asked.append(target)
+        if target == "cuda":
+            raise UnsupportedError("op 'cumsum' has no CUDA rendering (simulated)")
+        return real_compile(target_object, target=target, **kwargs)
+
+    monkeypatch.setattr(targets, "gpu_present", lambda: True)
+    monkeypatch.setattr(compile_module, "compile", compile_without_cuda)
+    x = RNG.standard_normal((2, 5, 3)).astype("float32")
+    fast, reference = _pair(lambda b: _step_rnn(b, f"gpu_{b}"), x.shape)
+    np.testing.assert_allclose(fast(x), reference(x), atol=1e-5)
+    assert asked == ["cuda", "cpu"] and fast.fallback_reason is None

@@ -12,20 +12,15 @@ COMPILED_BACKENDS = (NUMBA_CPU, NUMBA_CUDA)
 def check_backend_name(backend):
     """Validates a `backend=` argument and returns it.
 
-    `"auto"` runs the compiled CPU kernel at inference where the layer can be compiled
-    and the Keras reference otherwise (and always in training); `"numba-cpu"` insists
-    on the kernel at inference. The CUDA generator is not built yet, so `"numba-cuda"`
-    raises a `ValueError` saying so.
+    `"auto"` runs a compiled kernel at inference where the layer can be compiled (CUDA
+    on a real GPU, the CPU otherwise) and the Keras reference otherwise and always in
+    training; `"numba-cpu"` / `"numba-cuda"` insist on that kernel at inference (the
+    GPU is looked for at the first inference call, so a model saved with
+    "numba-cuda" still loads on a machine without one); `"keras"` is the reference.
     """
     if not isinstance(backend, str) or backend not in BACKEND_NAMES:
         raise ValueError(
             f"Unknown backend. Received: backend={backend!r}. Expected one of "
             f"{', '.join(repr(name) for name in BACKEND_NAMES)}."
-        )
-    if backend == NUMBA_CUDA:
-        raise ValueError(
-            f"backend={backend!r} is not available in this version: the CUDA kernel "
-            "generator is not built yet. Pass backend='auto' (compiled CPU kernel where "
-            "possible, the Keras reference otherwise), 'numba-cpu' or 'keras'."
         )
     return backend

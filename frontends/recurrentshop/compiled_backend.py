@@ -1,11 +1,13 @@
-"""The compiled path of a recurrent layer: `backend="auto"` or `"numba-cpu"` at inference.
+"""The compiled path of a recurrent layer: `backend="auto"`, `"numba-cpu"` or
+`"numba-cuda"` at inference ("auto": CUDA on a real GPU, else the CPU).
 
 The layer is traced and compiled once (lazily, at its first inference call). Each call
 then runs the kernel through `tf.numpy_function`, so it works in eager calls and inside
 `model.predict`'s graph alike; the layer's current weights are passed in with the
 inputs, so the kernel never sees stale weights. What cannot be compiled falls back to
 the Keras reference: `"auto"` logs the reason once at INFO level and keeps it in
-`layer.fallback_reason`; an explicit `"numba-cpu"` raises a `ValueError`.
+`layer.fallback_reason`; an explicit `"numba-cpu"`/`"numba-cuda"` raises a `ValueError`
+(also `"numba-cuda"` without a GPU).
 """
 
 import logging
@@ -14,6 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from rshop_ir.errors import UnsupportedError
+from rshop_ir.targets import compile_for
+
+TARGETS = {"numba-cpu": "cpu", "numba-cuda": "cuda"}
 
 LOGGER = logging.getLogger("rshop_ir")
 
@@ -26,7 +31,10 @@ class CompiledPath:
         from rshop_ir.frontends.keras_trace import trace_with_variables
 
         traced = trace_with_variables(layer)
-        self.compiled = rshop_ir.compile(traced.bound, target="cpu")
+        if layer.backend == "auto":
+            self.compiled = compile_for(traced.bound, "auto")
+        else:
+            self.compiled = rshop_ir.compile(traced.bound, target=TARGETS[layer.backend])
         self.names = list(traced.bound.program.param_names)
         self.variables = [traced.variables[name] for name in self.names]
         self.num_outputs = len(traced.bound.program.outputs)
@@ -83,11 +91,23 @@ def _no_gradient(layer):
     return gradient
 
 
+def _require_cuda(layer):
+    from rshop_ir.kernels.cuda.device import cuda_available
+
+    available, reason = cuda_available()
+    if not available:
+        raise ValueError(f"Layer {layer.name!r} has backend='numba-cuda', but {reason}. "
+                         "Pass backend='auto' (CUDA when a GPU is present, the CPU "
+                         "kernel otherwise), 'numba-cpu' or 'keras'.")
+
+
 def compiled_path_for(layer):
     """The layer's `CompiledPath`, or None (with the reason recorded) when it cannot
     be compiled and the backend is "auto"."""
     if layer._compiled_path is not None or layer.fallback_reason is not None:
         return layer._compiled_path
+    if layer.backend == "numba-cuda":
+        _require_cuda(layer)
     try:
         if layer.stateful:
             raise UnsupportedError(f"Layer {layer.name!r}: stateful layers run in Keras "

@@ -59,13 +59,13 @@ class RecurrentModel(keras.layers.Layer):
         stateful: bool. The final states of a batch are the initial states of the
             next one. Requires a fixed batch size.
         unroll: bool. Unroll the time loop (requires a known number of steps).
-        backend: `"auto"` (default): the compiled CPU kernel at inference (traced and
-            compiled at the first inference call) where the step can be compiled, the
-            Keras reference otherwise (reason in `fallback_reason`, logged once at
-            INFO on the "rshop_ir" logger) and always when training, stateful or
-            masked. `"keras"`: always the reference. `"numba-cpu"`: like "auto", but
-            a step that cannot be compiled raises a `ValueError`. `"numba-cuda"` is
-            not available yet.
+        backend: `"auto"` (default): a compiled kernel at inference (traced and
+            compiled at the first inference call; CUDA on a real GPU, else the CPU)
+            where the step can be compiled, the Keras reference otherwise (reason in
+            `fallback_reason`, logged once at INFO on the "rshop_ir" logger) and
+            always when training, stateful or masked. `"keras"`: always the
+            reference. `"numba-cpu"` / `"numba-cuda"`: like "auto" on that target,
+            but a step that cannot be compiled (or no GPU) raises a `ValueError`.
         **kwargs: base `Layer` arguments (`name`, `dtype`, `trainable`, ...).
 
     Call arguments:

@@ -18,13 +18,10 @@ Cache directory: `$RSHOP_CACHE_DIR`, else `$XDG_CACHE_HOME/rshop_ir/cpu`, else
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-import sys
-import tempfile
 
 import numpy as np
 
+from rshop_ir.kernels import module_files
 from rshop_ir.kernels.cpu.codegen import GENERATOR_VERSION
 
 _MODULES = {}        # key -> module (the in-memory cache)
@@ -32,11 +29,8 @@ STATS = {"memory_hits": 0, "modules_loaded": 0, "files_written": 0}
 
 
 def cache_dir() -> str:
-    explicit = os.environ.get("RSHOP_CACHE_DIR")
-    if explicit:
-        return os.path.join(explicit, "cpu")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "rshop_ir", "cpu")
+    """The CPU target's cache directory (see the module docstring)."""
+    return module_files.cache_dir("cpu")
 
 
 def module_key(source: str, globals_dict: dict) -> str:
@@ -59,31 +53,14 @@ def load_module(source: str, globals_dict: dict):
     if cached is not None:
         STATS["memory_hits"] += 1
         return cached
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"rshop_{key}.py")
-    if not _same_text(path, source):
-        handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(source)
-        os.replace(temporary, path)
+    path, written = module_files.write_module_file(directory, f"rshop_{key}.py", source)
+    if written:
         STATS["files_written"] += 1
-    name = f"rshop_ir_generated_{key}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    module = module_files.import_module_file(path, f"rshop_ir_generated_{key}")
     module.__dict__.update(globals_dict)   # objects are passed in, never repr-ed
     STATS["modules_loaded"] += 1
     _MODULES[(directory, key)] = module
     return module
-
-
-def _same_text(path: str, source: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            return stream.read() == source
-    except OSError:
-        return False
 
 
 def clear_memory_cache() -> None:

@@ -21,7 +21,6 @@ constants of the source, so new weights need no recompilation.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,24 +66,7 @@ def dtype_expression(dtype: str) -> str:
 
 
 class CpuScalarContext(ScalarContext):
-    def const(self, value, dtype: str) -> str:
-        if dtype == "bool":
-            return "True" if value else "False"
-        if np.issubdtype(np.dtype(dtype), np.integer):
-            return f"np.{dtype}({int(value)})"
-        value = float(value)
-        if math.isnan(value):
-            text = "np.nan"
-        elif math.isinf(value):
-            text = "np.inf" if value > 0 else "-np.inf"
-        else:
-            text = repr(value)
-        return f"np.{dtype}({text})"
-
-    def cast(self, expression: str, dtype: str) -> str:
-        if dtype == "bool":
-            return f"({expression} != 0)"
-        return f"np.{dtype}({expression})"
+    special_float_module = "np"
 
     def call(self, function: str, dtype: str, *args: str) -> str:
         if function not in mathlib.FUNCTIONS:

@@ -19,15 +19,15 @@ from __future__ import annotations
 import numpy as np
 
 from rshop_ir.bound import BoundProgram
+from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
 from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
-from rshop_ir.shapes import bind_shape
 
 DEFAULT_CHUNK_STEPS = 256
 DEFAULT_MAX_CHUNK_BYTES = 16 * 2 ** 20
 
 
-class CompiledProgram:
+class CompiledProgram(CompiledProgramBase):
     """A program compiled to a Numba CPU kernel. Call it like the layer it came from.
 
     Attributes:
@@ -41,30 +41,11 @@ class CompiledProgram:
                  max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, name: str = "program"):
         if chunk_steps < 1:
             raise ValueError(f"chunk_steps must be >= 1. Received: chunk_steps={chunk_steps}")
-        self.program = optimized.program
-        self._original_program = original.program
-        self.kernel = kernel
-        self.module = module
-        self.name = name
+        super().__init__(optimized, original, kernel, module, weight_reader, name)
         self.chunk_steps = int(chunk_steps)
         self.max_chunk_bytes = int(max_chunk_bytes)
-        self._weight_reader = weight_reader
         self._run = getattr(module, kernel.entry)
         self._set_weights(optimized.weights)
-
-    # ---- text views --------------------------------------------------------------------
-
-    @property
-    def ir(self) -> str:
-        return str(self.program)
-
-    @property
-    def ir_before_passes(self) -> str:
-        return str(self._original_program)
-
-    @property
-    def source(self) -> str:
-        return self.kernel.source
 
     def __repr__(self) -> str:
         return (f"<CompiledProgram {self.name!r}: target=cpu, inputs "
@@ -72,64 +53,30 @@ class CompiledProgram:
 
     # ---- weights -----------------------------------------------------------------------
 
-    @property
-    def weights(self) -> dict:
-        return dict(self._weights)
-
-    def set_weights(self, weights: dict) -> None:
-        """Replace the weights (name -> array); the prologue is recomputed."""
-        self._set_weights({**self._weights, **dict(weights)})
-
     def _set_weights(self, weights: dict) -> None:
+        """Bind `weights` and recompute the prologue."""
         checked = bind_weights(self.program, weights)
         self._weights = {name: checked[var] for name, var in self.program.params}
         self._prologue = tuple(np.ascontiguousarray(value) for value in
                                run_prologue(self.program, checked))
-
-    def refresh_weights(self) -> bool:
-        """Re-read the weights from their source; True when they changed."""
-        if self._weight_reader is None:
-            return False
-        current = self._weight_reader()
-        # NaN weights compare unequal: the prologue is then recomputed, still correct.
-        changed = any(not np.array_equal(current[name], self._weights[name])
-                      for name in self._weights)
-        if changed:
-            self._set_weights(current)
-        return changed
-
-    def to_bound_program(self) -> BoundProgram:
-        """The program before passes with the current weights (what `rshop_ir.save`
-        writes; `compile(rshop_ir.load(path))` gives this kernel back)."""
-        self.refresh_weights()
-        return BoundProgram(self._original_program, self._weights)
 
     # ---- calling -----------------------------------------------------------------------
 
     def __call__(self, *inputs, initial_state=None, initial_readout=None, chunk_steps=None,
                  **named_inputs):
         program = self.program
-        if initial_state is not None:
-            if isinstance(initial_state, np.ndarray) or not isinstance(
-                    initial_state, (list, tuple)):
-                initial_state = [initial_state]
-            named_inputs["initial_state"] = list(initial_state)
-        if initial_readout is not None:
-            named_inputs["initial_readout"] = initial_readout
-        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) \
-                and "x/0" in program.input_names and "x" not in named_inputs:
-            named_inputs["x"] = list(inputs[0])
-            inputs = ()
+        inputs, named_inputs = self._call_inputs(inputs, initial_state, initial_readout,
+                                                 named_inputs)
         try:
             values = gather_inputs(program, inputs, named_inputs)
         except ValueError:
             # A default could not be sized: report a bad given input first, if any.
             given_dims = {}
             for value, var, name in zip(inputs, program.inputs, program.input_names):
-                self._checked_input(value, var, name, given_dims)
+                self._checked_host_array(value, var, name, given_dims)
             raise
         dims = {}
-        arrays = [self._checked_input(value, var, name, dims)
+        arrays = [self._checked_host_array(value, var, name, dims)
                   for value, var, name in zip(values, program.inputs, program.input_names)]
         self.refresh_weights()
         batch, steps = dims.get("B", 0), dims.get("T", 0)
@@ -149,20 +96,3 @@ class CompiledProgram:
         if row_bytes and batch > 0:
             chunk = min(chunk, max(1, self.max_chunk_bytes // (batch * row_bytes)))
         return chunk
-
-    @staticmethod
-    def _checked_input(value, var, name: str, dims: dict) -> np.ndarray:
-        try:
-            array = np.asarray(value)
-        except (TypeError, ValueError) as error:
-            raise TypeError(f"Input {name!r}: expected a numeric array of dtype "
-                            f"{var.dtype}; could not convert {type(value).__name__}: "
-                            f"{error}") from None
-        if array.dtype.kind not in "biuf":
-            raise TypeError(f"Input {name!r}: expected a numeric array of dtype "
-                            f"{var.dtype}; received dtype {array.dtype}. Convert it with "
-                            f"np.asarray(x, dtype='{var.dtype}').")
-        if array.dtype != np.dtype(var.dtype):
-            array = array.astype(var.dtype)
-        bind_shape(var.shape, array.shape, dims, f"Input {name!r}")
-        return np.ascontiguousarray(array)

@@ -1,0 +1,321 @@
+"""Check and time the Numba CUDA kernels on a GPU machine that has no Keras.
+
+Two steps, two machines:
+
+    # 1. where Keras lives (CPU): trace the models, save programs, inputs, references
+    python -m bench.cuda_check --prepare DIR [--sizes default|tiny|B:H:T,...]
+    # 2. on the GPU machine (numba-cuda; optional cupy, torch): check, then time
+    python -m bench.cuda_check --run DIR --out OUT.md
+
+--prepare writes DIR/manifest.json and one saved program (rshop_ir.save) per model and
+hidden size: correctness cases (small LSTM and MGU, several batch sizes so that scan
+kernels run on several blocks, one with the workspace forced into global memory), with
+their inputs and the outputs of the CPU compiled kernel and of Keras; and timing models
+(an LSTM per hidden size, an MGU) whose inputs the GPU side draws from a saved seed. It
+stays small (about 45 MB for the default sizes).
+
+--run never imports Keras or TensorFlow (rshop_ir.load + compile are Keras-free). It
+prints and writes to OUT (markdown; OUT.json beside it) the max abs error of every
+correctness case against both references, then per timing size (batch, hidden, length)
+the median time per step of our kernel and of torch.nn.LSTM (cuDNN) with the same
+weights, inputs already on the device for both, timed with CUDA events after a warm-up,
+plus the max abs difference between the two outputs. Without torch (or without a GPU
+for torch) the torch column says so and the checks still run. `--budget-seconds` stops
+timing new sizes when the run gets long (default 270 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+PRESETS = {
+    # timing sizes (batch, hidden, length) and correctness cases
+    # (model, batch, hidden, length, input features, rows_per_block, shared memory bytes)
+    "default": {
+        "timings": [(batch, hidden, length) for hidden in (256, 512, 1024)
+                    for batch in (1, 8, 64) for length in (100, 1000)],
+        "input": 128,
+        "checks": [("lstm", 3, 64, 50, 32, 4, None), ("lstm", 9, 40, 30, 16, 4, None),
+                   ("lstm", 64, 256, 20, 128, 4, None), ("mgu", 5, 48, 40, 16, 2, None),
+                   ("lstm", 6, 24, 20, 8, 4, 0)],
+    },
+    "tiny": {
+        "timings": [(2, 4, 3)],
+        "input": 3,
+        "checks": [("lstm", 2, 4, 3, 3, 4, None), ("lstm", 3, 5, 3, 2, 2, None),
+                   ("mgu", 2, 4, 3, 3, 1, None), ("lstm", 2, 3, 3, 2, 2, 0)],
+    },
+}
+REPEATS = 5
+
+
+def parse_sizes(text: str) -> dict:
+    if text in PRESETS:
+        return dict(PRESETS[text])
+    timings = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"--sizes takes {sorted(PRESETS)} or B:H:T,... (batch, hidden, "
+                             f"length, positive integers). Received {text!r}.")
+        timings.append(tuple(int(p) for p in parts))
+    return {**PRESETS["default"], "timings": timings}
+
+
+# ---------------------------------------------------------------- --prepare (with Keras)
+
+def prepare(directory: str, sizes_text: str) -> dict:
+    import rshop_ir
+    from bench import suites
+    from bench.sizes import Size
+
+    import keras
+
+    sizes = parse_sizes(sizes_text)
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(0)
+    builders = {"lstm": suites._standard("lstm"), "mgu": suites.mgu}
+    manifest = {"sizes": sizes_text, "checks": [], "timings": [], "models": {}}
+    for index, (model, batch, hidden, length, features, rows, shared) in enumerate(
+            sizes["checks"]):
+        keras.utils.set_random_seed(index)
+        case = builders[model](Size("check", batch, length, features, hidden), rng)
+        name = f"check_{index}_{model}_b{batch}_h{hidden}"
+        bound = rshop_ir.trace(case.model)
+        rshop_ir.save(bound, os.path.join(directory, name))
+        cpu = rshop_ir.compile(bound, target="cpu")(*case.inputs)
+        keras_output = case.reference_outputs()[0]
+        np.savez(os.path.join(directory, f"{name}.npz"), x=case.inputs[0],
+                 cpu=np.asarray(cpu), keras=keras_output)
+        manifest["checks"].append({"name": name, "model": model, "batch": batch,
+                                   "hidden": hidden, "length": length,
+                                   "rows_per_block": rows, "shared_memory_bytes": shared})
+    features = sizes["input"]
+    for hidden in sorted({hidden for _, hidden, _ in sizes["timings"]}):
+        for model in ("lstm", "mgu"):
+            case = builders[model](Size("timing", 1, 2, features, hidden), rng)
+            # the same recurrent layer (same weights) on sequences of any length
+            inputs = keras.Input((None, features))
+            any_length = keras.Model(inputs, case.model.layers[-1](inputs))
+            bound = rshop_ir.trace(any_length)
+            name = f"timing_{model}_h{hidden}"
+            rshop_ir.save(bound, os.path.join(directory, name))
+            entry = {"program": name, "input": features, "hidden": hidden}
+            if model == "lstm":
+                entry["torch_weights"] = {suffix: _param_ending(bound, suffix)
+                                          for suffix in ("/kernel", "/recurrent_kernel",
+                                                         "/bias")}
+            manifest["models"][name] = entry
+    manifest["timings"] = [{"batch": b, "hidden": h, "length": t, "seed": 1000 + i}
+                           for i, (b, h, t) in enumerate(sizes["timings"])]
+    with open(os.path.join(directory, "manifest.json"), "w") as handle:
+        json.dump(manifest, handle, indent=1)
+    total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in
+                os.walk(directory) for f in files)
+    print(f"prepared {len(manifest['checks'])} checks and {len(manifest['models'])} timing "
+          f"models in {directory} ({total / 2 ** 20:.1f} MiB)")
+    return manifest
+
+
+def _param_ending(bound, suffix: str) -> str:
+    names = [name for name in bound.program.param_names if name.endswith(suffix)]
+    if len(names) != 1:
+        raise ValueError(f"Expected one LSTM weight ending in {suffix!r}; found {names}.")
+    return names[0]
+
+
+# ---------------------------------------------------------------- --run (GPU, no Keras)
+
+def run(directory: str, out: str, budget_seconds: float = 270.0,
+        repeats: int = REPEATS) -> dict:
+    import rshop_ir
+    from rshop_ir.kernels.cuda import build, device, gemm
+
+    available, reason = device.cuda_available()
+    if not available:
+        raise SystemExit(f"--run needs a CUDA GPU (or NUMBA_ENABLE_CUDASIM=1): {reason}")
+    with open(os.path.join(directory, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    started = time.perf_counter()
+    report = {"device": reason, "gemm": gemm.backend_name(), "checks": [], "timings": [],
+              "notes": []}
+    torch, torch_note = _torch()
+    if torch_note:
+        report["notes"].append(torch_note)
+
+    for check in manifest["checks"]:
+        bound = rshop_ir.load(os.path.join(directory, check["name"]))
+        arrays = np.load(os.path.join(directory, f"{check['name']}.npz"))
+        compiled = build(rshop_ir.optimize(bound), bound,
+                         rows_per_block=check["rows_per_block"],
+                         shared_memory_bytes=check["shared_memory_bytes"])
+        got = compiled(arrays["x"])
+        on_device = compiled(device.to_device(arrays["x"])).copy_to_host()
+        blocks = -(-check["batch"] // check["rows_per_block"])
+        report["checks"].append({
+            **check, "blocks": blocks,
+            "error_vs_cpu": float(np.abs(got - arrays["cpu"]).max()),
+            "error_vs_keras": float(np.abs(got - arrays["keras"]).max()),
+            "device_input_error": float(np.abs(on_device - got).max())})
+        print(f"check {check['name']}: {report['checks'][-1]['error_vs_keras']:.2e}",
+              flush=True)
+
+    compiled_models = {}
+    for timing in manifest["timings"]:
+        if time.perf_counter() - started > budget_seconds:
+            report["notes"].append(f"stopped timing after {budget_seconds:.0f} s: sizes "
+                                   f"from B{timing['batch']} H{timing['hidden']} "
+                                   f"T{timing['length']} on were skipped")
+            break
+        for model in ("lstm", "mgu"):
+            name = f"timing_{model}_h{timing['hidden']}"
+            entry = manifest["models"][name]
+            if name not in compiled_models:
+                bound = rshop_ir.load(os.path.join(directory, name))
+                compiled_models[name] = (bound, rshop_ir.compile(bound, target="cuda"))
+            bound, compiled = compiled_models[name]
+            row = _time_one(compiled, bound, entry, timing, torch, device, repeats, model)
+            report["timings"].append(row)
+            print(f"timing {model} B{timing['batch']} H{timing['hidden']} "
+                  f"T{timing['length']}: {row['ours_us_per_step']:.1f} us/step", flush=True)
+    report["seconds"] = time.perf_counter() - started
+    _write(report, out)
+    return report
+
+
+def _torch():
+    try:
+        import torch
+    except Exception as error:
+        return None, f"torch is not importable ({type(error).__name__}): no cuDNN timings"
+    if not torch.cuda.is_available():
+        return None, "torch has no CUDA device here: no cuDNN timings"
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return torch, ""
+
+
+def _time_one(compiled, bound, entry, timing, torch, device, repeats, model) -> dict:
+    batch, length, hidden = timing["batch"], timing["length"], timing["hidden"]
+    rng = np.random.default_rng(timing["seed"])
+    x_host = rng.standard_normal((batch, length, entry["input"])).astype(np.float32)
+    x = device.to_device(x_host)
+    ours, y = _median_seconds(lambda: compiled(x), device, repeats)
+    row = {"model": model, "batch": batch, "hidden": hidden, "length": length,
+           "ours_us_per_step": ours / length * 1e6}
+    if model != "lstm":
+        row["torch_us_per_step"] = None
+        return row
+    if torch is None:
+        row["torch_us_per_step"] = None
+        return row
+    names = entry["torch_weights"]
+    kernel, recurrent, bias = (np.asarray(bound.weights[names[key]]) for key in
+                               ("/kernel", "/recurrent_kernel", "/bias"))
+    lstm = torch.nn.LSTM(entry["input"], hidden, batch_first=True).cuda().eval()
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.from_numpy(kernel.T.copy()))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(recurrent.T.copy()))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(bias))
+        lstm.bias_hh_l0.zero_()
+        x_torch = torch.as_tensor(x_host, device="cuda")
+
+        def call():
+            return lstm(x_torch)[0]
+
+        theirs, y_torch = _median_seconds(call, device, repeats, torch=torch)
+    row["torch_us_per_step"] = theirs / length * 1e6
+    ours_y = y.copy_to_host() if hasattr(y, "copy_to_host") else np.asarray(y)
+    row["max_abs_diff_vs_torch"] = float(np.abs(ours_y - y_torch.cpu().numpy()).max())
+    return row
+
+
+def _median_seconds(call, device, repeats, torch=None):
+    result = call()                               # warm-up (and compilation)
+    device.synchronize()
+    times = []
+    for _ in range(repeats):
+        if device.in_simulator():
+            start = time.perf_counter()
+            result = call()
+            times.append(time.perf_counter() - start)
+            continue
+        if torch is not None:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                enable_timing=True)
+            begin.record()
+            result = call()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            begin, end = device.cuda.event(), device.cuda.event()
+            begin.record()
+            result = call()
+            end.record()
+            end.synchronize()
+            times.append(device.cuda.event_elapsed_time(begin, end) / 1e3)
+    return float(np.median(times)), result
+
+
+def _write(report: dict, out: str) -> None:
+    lines = ["# rshop_ir CUDA check", "",
+             f"Device: {report['device']}; input-projection GEMM: {report['gemm']}; "
+             f"{report['seconds']:.0f} s.", "",
+             "## Correctness (max abs error)", "",
+             "| case | batch | blocks | vs CPU kernel | vs Keras | device input |",
+             "|---|---|---|---|---|---|"]
+    for check in report["checks"]:
+        lines.append(f"| {check['name']} | {check['batch']} | {check['blocks']} | "
+                     f"{check['error_vs_cpu']:.2e} | {check['error_vs_keras']:.2e} | "
+                     f"{check['device_input_error']:.2e} |")
+    lines += ["", "## Time per step (median of %d, inputs on the device)" % REPEATS, "",
+              "| model | batch | hidden | length | ours (us/step) | torch cuDNN (us/step) "
+              "| torch / ours | max abs diff vs torch |", "|---|---|---|---|---|---|---|---|"]
+    for row in report["timings"]:
+        theirs = row.get("torch_us_per_step")
+        speed = f"{theirs / row['ours_us_per_step']:.2f}x" if theirs else "-"
+        diff = row.get("max_abs_diff_vs_torch")
+        lines.append(f"| {row['model']} | {row['batch']} | {row['hidden']} | {row['length']} "
+                     f"| {row['ours_us_per_step']:.1f} | "
+                     f"{'%.1f' % theirs if theirs else '-'} | {speed} | "
+                     f"{'%.2e' % diff if diff is not None else '-'} |")
+    if report["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in report["notes"]]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    directory = os.path.dirname(os.path.abspath(out))
+    os.makedirs(directory, exist_ok=True)
+    with open(out, "w") as handle:
+        handle.write(text)
+    with open(os.path.splitext(out)[0] + ".json", "w") as handle:
+        json.dump(report, handle, indent=1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cuda_check",
+                                     description=__doc__.split("\n\n")[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--prepare", metavar="DIR", help="trace and save (needs Keras)")
+    action.add_argument("--run", metavar="DIR", help="check and time (needs a GPU)")
+    parser.add_argument("--out", default="cuda_check.md", help="markdown report (--run)")
+    parser.add_argument("--sizes", default="default",
+                        help="'default', 'tiny' or B:H:T,... timing sizes (--prepare)")
+    parser.add_argument("--budget-seconds", type=float, default=270.0)
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    args = parser.parse_args(argv)
+    if args.prepare:
+        prepare(args.prepare, args.sizes)
+    else:
+        run(args.run, args.out, args.budget_seconds, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""The persistent scan kernel: ONE launch runs every timestep of one `scan`.
+
+Block layout: block i owns the batch rows [i * ROWS, i * ROWS + ROWS) and computes
+EVERY hidden unit of them, so blocks never wait for each other: between the eqns of a
+step the block only needs `cuda.syncthreads()` (no grid-wide sync, which is why the
+simulator, running blocks one after another, checks it faithfully).
+
+Per block, the workspace holds the step's values (one slot per eqn output), two slots
+per state and readout (current/next, flipped by `par` each step: a state may be
+computed from another one), and the last output `y_last`. Shared-memory policy
+(numba-cuda caps a block at 48 KiB): the workspace goes in shared memory when it fits,
+else in a global scratch array (one region per block, L1/L2 cached); the packed weights
+the body reads are then copied to shared memory greedily, largest first, in what is
+left; the others are read from global memory (L2). Matmuls keep one accumulator per
+row in registers, so each weight element read serves all the block's rows.
+
+A step: body eqns (eqn_rendering.py; sync after each that wrote memory), then the
+commit: y_last, the next states and readout (keeping the old rows where the mask is
+False), y_all[:, step] when return_sequences; sync; flip `par`. The absorbed input
+projection (kernels/lowering.py) arrives precomputed by a GEMM, (B, steps, N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rshop_ir.errors import UnsupportedError
+from rshop_ir.ir import Literal
+from rshop_ir.kernels.cpu.source import SourceWriter
+from rshop_ir.kernels.cuda import eqn_rendering
+from rshop_ir.kernels.cuda.device import SHARED_MEMORY_BYTES
+from rshop_ir.kernels.cuda.kernel_writer import KernelWriter, is_batched
+from rshop_ir.kernels.cuda.values import (GLOBAL_ROW, LOCAL_ROW, Stored, contiguous_strides,
+                                          product, total)
+
+SHARED_RESERVE_BYTES = 512
+
+
+@dataclass
+class ScanKernel:
+    """What the host needs to launch a rendered scan kernel."""
+
+    name: str
+    writer: KernelWriter
+    launch_arguments: list          # host expressions, in kernel argument order
+    outputs: list                   # (Var, per-row dims) for [y, *final states]
+    work_size: int                  # workspace elements per block
+    shared_work: bool
+    shared_weights: list = field(default_factory=list)   # slot keys copied to shared
+
+    @property
+    def uses_scratch(self) -> bool:
+        return not self.shared_work
+
+
+def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
+                float_dtype: str, projections: dict,
+                shared_memory_bytes: int = SHARED_MEMORY_BYTES) -> ScanKernel:
+    """Write the persistent kernel of `plan` (a lowering.ScanPlan).
+
+    outer(atom) -> ("packed", slot key) | ("array", host name) says how each outer value
+    reaches the kernel; projections[index] is the host name of the precomputed (B,
+    steps, N) projection of sequence `index`.
+    """
+    params = plan.params
+    body = plan.body
+    groups, inner = plan.groups, plan.body_groups
+    rows = int(rows_per_block)
+    for atom in body.outputs:
+        if isinstance(atom, Literal):
+            raise UnsupportedError("A scan body returning a literal is not supported by the "
+                                   "CUDA generator.")
+    for eqn in body.eqns:
+        if eqn.op == "scan":
+            raise UnsupportedError("A scan nested in a scan body is not supported by the "
+                                   "CUDA generator (op 'scan' inside a step).")
+    writer = KernelWriter(name, names, rows, float_dtype, allocate=None,
+                          sizes={"B": "B", "T": "steps"})
+    launch = []
+
+    def array_argument(hint, host_name, dtype):
+        argument = writer.array_argument(hint, dtype)
+        launch.append(host_name)
+        return argument
+
+    weights_argument = array_argument("weights", "weights", float_dtype)
+
+    # ---- workspace plan -------------------------------------------------------------
+    work_offsets = {}
+    work_size = 0
+
+    def reserve(key, count):
+        nonlocal work_size
+        work_offsets[key] = work_size
+        work_size += count
+
+    def per_block(var):
+        size = int(np.prod([d for d in var.shape[1:]], dtype=np.int64)) \
+            if is_batched(var) else int(np.prod(var.shape, dtype=np.int64))
+        return size * rows if is_batched(var) else size
+
+    for index, var in enumerate(inner["states"]):
+        _check_float(var, float_dtype, "state")
+        reserve(("state", index), 2 * per_block(var))
+    if inner["readout"]:
+        reserve(("readout", 0), 2 * per_block(inner["readout"][0]))
+    y_var = body.outputs[0]
+    _check_float(y_var, float_dtype, "output")
+    reserve(("y_last", 0), per_block(y_var))
+    for eqn in body.eqns:
+        if eqn.op in eqn_rendering.VIEW_OPS or eqn.op == "constant":
+            continue
+        for var in eqn.outputs:
+            _check_float(var, float_dtype, f"{eqn.op!r} result")
+            reserve(("value", id(var)), per_block(var))
+    itemsize = np.dtype(float_dtype).itemsize
+    budget = max(0, shared_memory_bytes - SHARED_RESERVE_BYTES)
+    shared_work = work_size * itemsize <= budget
+    if shared_work:
+        budget -= work_size * itemsize
+
+    # ---- weights: shared where they fit, largest first --------------------------------
+    packed = {}                    # slot key -> (offset, shape)
+    for atom in groups["constants"]:
+        kind, key = outer(atom)
+        if kind == "packed":
+            packed[key] = (layout.add(key, atom.shape, atom.dtype), atom.shape)
+    shared_weights, shared_offsets, shared_size = [], {}, 0
+    for key, (offset, shape) in sorted(packed.items(), key=lambda item: -_count(item[1][1])):
+        count = _count(shape)
+        if count * itemsize <= budget:
+            shared_offsets[key] = shared_size
+            shared_weights.append(key)
+            shared_size += count
+            budget -= count * itemsize
+
+    def weight_value(key, shape):
+        if key in shared_offsets:
+            return Stored("wsh", list(shape), False, offset=shared_offsets[key])
+        return Stored(weights_argument, list(shape), False, offset=packed[key][0])
+
+    def allocate(kernel_writer, var):
+        if var not in work_keys:
+            raise UnsupportedError(f"No workspace slot for a value of {var.type}.")
+        return _work_value(kernel_writer, var, work_offsets[work_keys[var]])
+
+    work_keys = {var: ("value", id(var)) for eqn in body.eqns for var in eqn.outputs}
+    writer.allocate_hook = allocate
+
+    # ---- kernel arguments and body inputs -------------------------------------------
+    sequence_arguments = []
+    for index, (outer_atom, body_var) in enumerate(zip(groups["sequences"],
+                                                       inner["sequences"])):
+        if index in projections:
+            host_name, dtype = projections[index], body_var.dtype
+        else:
+            kind, host_name = outer(outer_atom)
+            dtype = outer_atom.dtype
+            if kind != "array":
+                raise UnsupportedError("A scan sequence that is a weight.")
+        argument = array_argument(f"sequence_{index}", host_name, dtype)
+        dims = writer.dims(body_var)
+        size = product(dims)
+        writer.values[body_var] = Stored(argument, dims, True, GLOBAL_ROW,
+                                         offset=f"t * {size}", row_stride=f"steps * {size}")
+        sequence_arguments.append(argument)
+    state_arguments = [array_argument(f"initial_state_{k}", outer(atom)[1], atom.dtype)
+                       for k, atom in enumerate(groups["states"])]
+    readout_argument = (array_argument("initial_readout", outer(groups["readout"][0])[1],
+                                       groups["readout"][0].dtype)
+                        if groups["readout"] else None)
+    for outer_atom, body_var in zip(groups["constants"], inner["constants"]):
+        kind, key = outer(outer_atom)
+        if kind == "packed":
+            writer.values[body_var] = weight_value(key, body_var.shape)
+        else:
+            argument = array_argument("constant", key, outer_atom.dtype)
+            writer.values[body_var] = Stored(argument, writer.dims(body_var),
+                                             is_batched(body_var), GLOBAL_ROW)
+    mask_argument = (array_argument("mask", outer(groups["mask"][0])[1], "bool")
+                     if groups["mask"] else None)
+    output_names = []
+    outputs = []
+    for position, var in enumerate(plan.eqn.outputs):
+        hint = "y_out" if position == 0 else f"final_state_{position - 1}"
+        output_names.append(writer.array_argument(hint, var.dtype))
+        launch.append(None)          # filled in by the host with the allocated array
+        outputs.append((var, writer.dims(body.outputs[position])))
+    scratch_argument = None
+    if not shared_work:
+        scratch_argument = array_argument("scratch", "scratch", float_dtype)
+
+    state_values = []
+    for index, var in enumerate(inner["states"]):
+        offset = work_offsets[("state", index)]
+        slot = per_block(var)
+        value = _work_value(writer, var, f"{offset} + par * {slot}")
+        writer.values[var] = value
+        state_values.append((var, offset, slot))
+    readout_slot = None
+    if inner["readout"]:
+        var = inner["readout"][0]
+        offset = work_offsets[("readout", 0)]
+        readout_slot = (var, offset, per_block(var))
+        writer.values[var] = _work_value(writer, var, f"{offset} + par * {per_block(var)}")
+    y_last = _work_value(writer, y_var, work_offsets[("y_last", 0)])
+
+    # ---- the time loop ----------------------------------------------------------------
+    loop = writer.body
+    backwards = bool(params["go_backwards"])
+    return_sequences = bool(params["return_sequences"])
+    with loop.block("for step in range(steps):"):
+        loop.line("t = steps - 1 - step" if backwards else "t = step")
+        for eqn in body.eqns:
+            if eqn.op == "constant":
+                value = np.asarray(eqn.params["value"], dtype=eqn.outputs[0].dtype)
+                offset = layout.add(("constant", id(eqn)), eqn.outputs[0].shape,
+                                    eqn.outputs[0].dtype, value=value)
+                writer.values[eqn.outputs[0]] = Stored(weights_argument,
+                                                       list(eqn.outputs[0].shape), False,
+                                                       offset=offset)
+                continue
+            if eqn_rendering.render_eqn(writer, eqn):
+                writer.sync()
+        _render_commit(writer, plan, y_last, state_values, readout_slot, mask_argument,
+                       output_names[0] if return_sequences else None)
+        writer.sync()
+        loop.line("par = 1 - par")
+
+    # ---- preamble and epilogue --------------------------------------------------------
+    preamble = SourceWriter()
+    if shared_work:
+        preamble.line(f"work = cuda.shared.array({max(work_size, 1)}, np.{float_dtype})")
+        preamble.line("wbase = 0")
+    else:
+        preamble.line(f"work = {scratch_argument}")
+        preamble.line(f"wbase = cuda.blockIdx.x * {work_size}")
+    if shared_weights:
+        preamble.line(f"wsh = cuda.shared.array({shared_size}, np.{float_dtype})")
+        for key in shared_weights:
+            count = _count(packed[key][1])
+            with preamble.block(f"for i in range(tid, {count}, nthreads):"):
+                preamble.line(f"wsh[{shared_offsets[key]} + i] = "
+                              f"{weights_argument}[{packed[key][0]} + i]")
+    preamble.line("par = 0")
+    for (var, offset, slot), argument in zip(state_values, state_arguments):
+        _copy_rows(preamble, writer, var, argument, f"wbase + {offset}", to_work=True)
+    if readout_slot is not None:
+        var, offset, _ = readout_slot
+        _copy_rows(preamble, writer, var, readout_argument, f"wbase + {offset}", to_work=True)
+    y_size = product(writer.dims(y_var))
+    with preamble.block(f"for i in range(tid, rows_here * {y_size}, nthreads):"):
+        preamble.line(f"work[wbase + {work_offsets[('y_last', 0)]} + i] = "
+                      f"{eqn_rendering.CONTEXT.const(0, float_dtype)}")
+    preamble.line("cuda.syncthreads()")
+    epilogue = SourceWriter()
+    if not return_sequences:
+        _copy_rows(epilogue, writer, y_var, output_names[0],
+                   f"wbase + {work_offsets[('y_last', 0)]}", to_work=False)
+    for (var, offset, slot), argument in zip(state_values, output_names[1:]):
+        _copy_rows(epilogue, writer, var, argument, f"wbase + {offset} + par * {slot}",
+                   to_work=False)
+
+    text = SourceWriter()
+    signature = ", ".join(writer.signature(("B", "steps")))
+    text.line("@cuda.jit")
+    with text.block(f"def {name}({signature}):"):
+        text.line(f'"""scan {plan.layout}; go_backwards={backwards}, '
+                  f'return_sequences={return_sequences}; {rows} rows per block; workspace '
+                  f'{work_size} x {float_dtype} in {"shared" if shared_work else "global"} '
+                  f'memory; {len(shared_weights)} of {len(packed)} weights in shared '
+                  f'memory."""')
+        for line in writer.header_lines():
+            text.line(line)
+        text.extend(preamble)
+        text.extend(writer.body)
+        text.extend(epilogue)
+    writer.text = text.text()
+    return ScanKernel(name, writer, launch, outputs, work_size, shared_work, shared_weights)
+
+
+def _count(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def _check_float(var, float_dtype, what) -> None:
+    if var.dtype != float_dtype:
+        raise UnsupportedError(f"A scan {what} of dtype {var.dtype} in a {float_dtype} "
+                               f"kernel: the CUDA generator keeps one float dtype per scan.")
+
+
+def _work_value(writer, var, offset) -> Stored:
+    return Stored("work", writer.dims(var), is_batched(var), LOCAL_ROW,
+                  offset=f"wbase + {offset}")
+
+
+def _copy_rows(lines, writer, var, array, work_offset, to_work: bool) -> None:
+    """Copy the block's rows of a batched per-row value between a (B, ...) device array
+    and a workspace slot (both C-contiguous)."""
+    size = product(writer.dims(var))
+    with lines.block(f"for i in range(tid, rows_here * {size}, nthreads):"):
+        global_index = f"row0 * {size} + i"
+        if to_work:
+            lines.line(f"work[{work_offset} + i] = {array}[{global_index}]")
+        else:
+            lines.line(f"{array}[{global_index}] = work[{work_offset} + i]")
+
+
+def _render_commit(writer, plan, y_last, state_values, readout_slot, mask, y_all) -> None:
+    """y_last, next states and readout (mask: keep old rows), y_all[:, step]."""
+    body = plan.body
+    y_var = body.outputs[0]
+    y_value = writer.values[y_var]
+    dims = writer.dims(y_var)
+    size = product(dims)
+
+    def keep_line():
+        if mask is not None:
+            writer.body.line(f"keep = {mask}[(row0 + r) * steps + t]")
+
+    def select(new, old):
+        return new if mask is None else f"{new} if keep else {old}"
+
+    indices = writer.open_elements(dims, True, "k")
+    keep_line()
+    writer.body.line(f"{y_last.element(indices)} = "
+                     f"{select(y_value.element(indices), y_last.element(indices))}")
+    if y_all is not None:
+        inner = total(i if str(s) == "1" else f"{i} * {s}"
+                      for i, s in zip(indices[1:], contiguous_strides(dims)))
+        writer.body.line(f"{y_all}[(row0 + r) * steps * {size} + step * {size} + {inner}] "
+                         f"= {y_last.element(indices)}")
+    if readout_slot is not None:
+        var, offset, slot = readout_slot
+        following = _work_value(writer, var, f"{offset} + (1 - par) * {slot}")
+        current = writer.values[var]
+        writer.body.line(f"{following.element(indices)} = "
+                         f"{select(y_value.element(indices), current.element(indices))}")
+    writer.close()
+    for (var, offset, slot), new_state in zip(state_values, body.outputs[1:]):
+        indices = writer.open_elements(writer.dims(var), True, "k")
+        keep_line()
+        following = _work_value(writer, var, f"{offset} + (1 - par) * {slot}")
+        current = writer.values[var]
+        new_value = writer.values[new_state]
+        writer.body.line(f"{following.element(indices)} = "
+                         f"{select(new_value.element(indices), current.element(indices))}")
+        writer.close()

@@ -1,0 +1,228 @@
+"""CUDA-simulator checks, run in a subprocess by tests/test_cuda_simulator.py.
+
+    NUMBA_ENABLE_CUDASIM=1 python tests/cuda_sim_checks.py CASES_DIR
+
+The simulator must be switched on before numba.cuda is first imported, and the pytest
+process has imported numba already, hence the subprocess. Keras and TensorFlow are
+blocked here: loading and compiling a saved program must not need them.
+
+CASES_DIR holds one folder per case, written by the test: `program/` (rshop_ir.save),
+`arrays.npz` (arg0.., kw_<name>_<i>.., keras0.., cpu0..) and `options.json`
+({"rows_per_block", "threads_per_block", "shared_memory_bytes"}). For each case this
+prints one JSON line {"case", "keras_error", "cpu_error", "shapes"}; then the named extra
+checks (device arrays, new weights, unsupported ops, the tiled GEMM) print theirs.
+"""
+
+import json
+import os
+import sys
+
+
+class _BlockKeras:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("keras", "tensorflow"):
+            raise ImportError("blocked in the CUDA simulator checks: " + name)
+
+
+sys.meta_path.insert(0, _BlockKeras())
+
+import numpy as np  # noqa: E402
+
+import rshop_ir  # noqa: E402
+from rshop_ir import examples  # noqa: E402
+from rshop_ir.bound import BoundProgram  # noqa: E402
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _report(**fields):
+    print("RESULT " + json.dumps(fields), flush=True)
+
+
+def _compile(bound, options):
+    from rshop_ir.kernels.cuda import build
+
+    optimized = rshop_ir.optimize(bound)
+    return build(optimized, bound, rows_per_block=options.get("rows_per_block", 4),
+                 threads_per_block=options.get("threads_per_block", 16),
+                 shared_memory_bytes=options.get("shared_memory_bytes"))
+
+
+def run_case(folder: str) -> None:
+    name = os.path.basename(folder)
+    try:
+        with open(os.path.join(folder, "options.json")) as handle:
+            options = json.load(handle)
+        bound = rshop_ir.load(os.path.join(folder, "program"))
+        with np.load(os.path.join(folder, "arrays.npz")) as archive:
+            arrays = dict(archive)
+        positional = [arrays[f"arg{i}"] for i in range(options["num_args"])]
+        named = {}
+        for key in sorted(k for k in arrays if k.startswith("kw_")):
+            input_name, index = key[3:].rsplit("_", 1)
+            named.setdefault(input_name, []).append(arrays[key])
+        named = {key: value if len(value) > 1 or key == "initial_state" else value[0]
+                 for key, value in named.items()}
+        compiled = _compile(bound, options)
+        got = _as_list(compiled(*positional, **named))
+        keras = [arrays[f"keras{i}"] for i in range(options["num_outputs"])]
+        cpu = [arrays[f"cpu{i}"] for i in range(options["num_outputs"])]
+        shapes = [list(a.shape) for a in got] == [list(b.shape) for b in keras]
+        keras_error = max(float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, keras))
+        cpu_error = max(float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, cpu))
+        if len(got) != len(keras):
+            shapes = False
+        _report(case=name, keras_error=keras_error, cpu_error=cpu_error, shapes=shapes,
+                outputs=len(got))
+    except Exception as error:     # reported, so the parent test shows what failed
+        _report(case=name, error=f"{type(error).__name__}: {error}")
+
+
+def _lstm(**kwargs):
+    program = examples.lstm_program(3, 5, **kwargs)
+    return BoundProgram(program, examples.random_weights(program, seed=4))
+
+
+def check_device_arrays() -> None:
+    from rshop_ir.kernels.cuda.device import cuda, is_device_array
+
+    bound = _lstm(return_sequences=True)
+    compiled = _compile(bound, {"rows_per_block": 2})
+    x, h0, c0 = examples.random_inputs(bound.program, batch=3, steps=4, seed=6)
+    expected = _as_list(rshop_ir.interpret(bound, x, h0, c0))
+    host = _as_list(compiled(x, initial_state=[h0, c0]))
+    on_device = _as_list(compiled(cuda.to_device(x), initial_state=[cuda.to_device(h0),
+                                                                    cuda.to_device(c0)]))
+    mixed = _as_list(compiled(cuda.to_device(x), initial_state=[h0, c0]))
+    all_device = all(is_device_array(a) and not isinstance(a, np.ndarray) for a in on_device)
+    host_numpy = all(isinstance(a, np.ndarray) for a in host)
+    errors = []
+    for results in (host, on_device, mixed):
+        arrays = [a if isinstance(a, np.ndarray) else a.copy_to_host() for a in results]
+        errors.append(max(float(np.abs(a - b).max()) for a, b in zip(arrays, expected)))
+    shapes = [list(a.shape) for a in on_device] == [list(b.shape) for b in expected]
+    wrong_dtype = ""
+    try:
+        compiled(cuda.to_device(x.astype(np.float64)))
+    except TypeError as error:
+        wrong_dtype = str(error)
+    _report(case="device_arrays", errors=errors, all_device=all_device,
+            host_numpy=host_numpy, shapes=shapes, wrong_dtype=wrong_dtype)
+
+
+def check_new_weights() -> None:
+    bound = _lstm()
+    x, h0, c0 = examples.random_inputs(bound.program, batch=2, steps=4, seed=7)
+    current = dict(bound.weights)
+    compiled = _compile(bound, {})
+    from rshop_ir.kernels.cuda import build
+
+    before = _as_list(compiled(x))[0]
+    new = examples.random_weights(bound.program, seed=99)
+    uploads = compiled.weight_uploads
+    compiled.set_weights(new)
+    after = _as_list(compiled(x))[0]
+    expected = _as_list(rshop_ir.interpret(bound.program, x, weights=new))[0]
+    compiled(x)
+    uploads_after_calls = compiled.weight_uploads - uploads
+    # a weight reader (how Keras variables are followed): changed values are seen
+    source = dict(current)
+    read = build(rshop_ir.optimize(bound), bound, weight_reader=lambda: dict(source),
+                 threads_per_block=16)
+    first = _as_list(read(x))[0]
+    source.update(new)
+    second = _as_list(read(x))[0]
+    _report(case="new_weights",
+            changed=bool(not np.allclose(before, after)),
+            weights_error=float(np.abs(after - expected).max()),
+            uploads=uploads_after_calls,
+            reader_first_error=float(np.abs(first - before).max()),
+            reader_second_error=float(np.abs(second - expected).max()))
+
+
+def check_unsupported() -> None:
+    messages = []
+    program = examples.nested_program()
+    bound = BoundProgram(program, examples.random_weights(program))
+    for target in (bound,):
+        try:
+            rshop_ir.compile(target, target="cuda")
+            messages.append("")
+        except rshop_ir.UnsupportedError as error:
+            messages.append(str(error))
+    builder = rshop_ir.ProgramBuilder()
+    x = builder.input("float32", ("B", 4, 4))
+    w = builder.input("float32", ("B", 1, 4, 4))
+    y = builder.apply("matmul", x, w)
+    try:
+        rshop_ir.compile(builder.build([y]), target="cuda")
+        messages.append("")
+    except rshop_ir.UnsupportedError as error:
+        messages.append(str(error))
+    _report(case="unsupported", messages=messages)
+
+
+def check_gemm_methods() -> None:
+    from rshop_ir.kernels.cuda import device, gemm
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((7, 5)).astype(np.float32)
+    w = rng.standard_normal((5, 6)).astype(np.float32)
+    weights = np.concatenate([np.zeros(3, np.float32), w.ravel()])
+    errors = {}
+    for method in ("tiled", "strided"):
+        out = device.empty((42,), "float32")
+        gemm.gemm(device.to_device(a.ravel()), 7, 5, device.to_device(weights), 3, 6, out,
+                  method=method)
+        errors[method] = float(np.abs(out.copy_to_host().reshape(7, 6) - a @ w).max())
+    _report(case="gemm", errors=errors)
+
+
+def check_edges() -> None:
+    """Batch 0, length 0, NaN/inf in the input: as the interpreter."""
+    program = examples.lstm_program(3, 4, return_sequences=True, go_backwards=True,
+                                    masked=True)
+    bound = BoundProgram(program, examples.random_weights(program, seed=1))
+    compiled = _compile(bound, {"rows_per_block": 2})
+    errors, nan_agree, shapes = [], True, True
+    for batch, steps in ((0, 4), (2, 0), (3, 3)):
+        inputs = examples.random_inputs(program, batch=batch, steps=steps, seed=8)
+        if batch and steps:
+            inputs[0][0, 1, 0] = np.nan
+            inputs[0][1, 2, :] = np.inf
+        got = _as_list(compiled(*inputs))
+        expected = _as_list(rshop_ir.interpret(bound, *inputs))
+        for a, b in zip(got, expected):
+            shapes = shapes and a.shape == b.shape
+            nan_agree = nan_agree and bool(np.array_equal(np.isnan(a), np.isnan(b)))
+            finite = ~np.isnan(b)
+            errors.append(float(np.max(np.abs(a[finite] - b[finite]), initial=0)))
+    _report(case="edges", errors=errors, nan_agree=nan_agree, shapes=shapes)
+
+
+EXTRA = {"device_arrays": check_device_arrays, "new_weights": check_new_weights,
+         "unsupported": check_unsupported, "gemm": check_gemm_methods,
+         "edges": check_edges}
+
+
+def main(argv) -> None:
+    from rshop_ir.kernels.cuda.device import in_simulator
+
+    if not in_simulator():
+        raise SystemExit("run with NUMBA_ENABLE_CUDASIM=1")
+    cases_dir = argv[0]
+    for name in sorted(os.listdir(cases_dir)):
+        run_case(os.path.join(cases_dir, name))
+    for name in argv[1:]:
+        try:
+            EXTRA[name]()
+        except Exception as error:
+            _report(case=name, error=f"{type(error).__name__}: {error}")
+    _report(case="modules", keras=sorted(m for m in sys.modules
+                                         if m.split(".")[0] in ("keras", "tensorflow")))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

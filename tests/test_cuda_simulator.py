@@ -1,0 +1,322 @@
+"""The Numba CUDA target (rshop_ir.compile(..., target="cuda")) in Numba's CUDA simulator.
+
+Every zoo model (tests/zoo.py) and an option matrix (readout modes, decode, state_sync,
+go_backwards, initial states, return_states/return_sequences, batch 1, several blocks,
+workspace in global memory, masking) is built and run in Keras here, traced, saved with
+its inputs, the Keras outputs and the CPU kernel's outputs; ONE subprocess with
+NUMBA_ENABLE_CUDASIM=1 (tests/cuda_sim_checks.py, Keras blocked) compiles each for CUDA
+and compares (max abs error 1e-4), plus device-array in/out, new weights, unsupported
+ops and both GEMM kernels. In this process: no GPU -> a clear ValueError, and every
+generated kernel compiles to PTX for a real GPU when NVVM is installed (the simulator
+does not type-check kernels).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import rshop_ir
+import zoo
+from recurrentshop import GRUCell, LSTMCell, RecurrentSequential
+
+ATOL = 1e-4
+HERE = os.path.dirname(os.path.abspath(__file__))
+BATCH, TIME, FEATURES, UNITS = 2, 4, 3, 4
+EXTRA_CHECKS = ["device_arrays", "new_weights", "unsupported", "gemm", "edges"]
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _randomized(rng, layer, x, **kwargs):
+    layer(x, **kwargs)
+    layer.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.5
+                       for w in layer.get_weights()])
+    return layer
+
+
+def _sequence(rng, batch=BATCH, time=TIME, features=FEATURES):
+    return rng.standard_normal((batch, time, features)).astype("float32")
+
+
+def _readout_case(mode):
+    def make(rng):
+        rnn = RecurrentSequential(backend="keras", readout=mode, return_sequences=True)
+        rnn.add(LSTMCell(UNITS))
+        rnn.add(layers.Dense(FEATURES))
+        x = _sequence(rng)
+        return zoo.ZooCase(f"readout_{mode}", _randomized(rng, rnn, x), [x])
+    return make
+
+
+def _decode(rng):
+    rnn = RecurrentSequential(backend="keras", decode=True, output_length=3,
+                              return_sequences=True)
+    rnn.add(GRUCell(UNITS))
+    vector = rng.standard_normal((BATCH, FEATURES)).astype("float32")
+    return zoo.ZooCase("decode", _randomized(rng, rnn, vector), [vector])
+
+
+def _state_sync(rng):
+    rnn = RecurrentSequential(backend="keras", state_sync=True, return_sequences=True,
+                              return_states=True)
+    rnn.add(LSTMCell(UNITS))
+    rnn.add(LSTMCell(UNITS))
+    x = _sequence(rng, features=UNITS)
+    return zoo.ZooCase("state_sync", _randomized(rng, rnn, x), [x])
+
+
+def _backwards_sequences(rng):
+    x = _sequence(rng)
+    layer = layers.LSTM(UNITS, go_backwards=True, return_sequences=True)
+    return zoo.ZooCase("go_backwards_sequences", _randomized(rng, layer, x), [x])
+
+
+def _initial_states_return_states(rng):
+    x = _sequence(rng)
+    h0, c0 = (rng.standard_normal((BATCH, UNITS)).astype("float32") for _ in range(2))
+    layer = layers.LSTM(UNITS, return_state=True)
+    layer = _randomized(rng, layer, x, initial_state=[h0, c0])
+    return zoo.ZooCase("initial_states_return_states", layer, [x],
+                       {"initial_state": [h0, c0]})
+
+
+def _return_states_gru(rng):
+    rnn = RecurrentSequential(backend="keras", return_states=True, go_backwards=True)
+    rnn.add(GRUCell(UNITS))
+    x = _sequence(rng)
+    return zoo.ZooCase("return_states_last_output", _randomized(rng, rnn, x), [x])
+
+
+def _batch_one(rng):
+    x = _sequence(rng, batch=1)
+    return zoo.ZooCase("batch_one", _randomized(rng, layers.GRU(UNITS), x), [x])
+
+
+def _masked(rng):
+    inputs = keras.Input((TIME, FEATURES))
+    masked = layers.Masking()(inputs)
+    rnn = LSTMCell(UNITS, input_dim=FEATURES).get_layer(backend="keras",
+                                                        return_sequences=True)
+    model = keras.Model(inputs, rnn(masked))
+    x = _sequence(rng, batch=3)
+    x[0, -2:] = 0.0
+    x[2, 1] = 0.0
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.5
+                       for w in model.get_weights()])
+    return zoo.ZooCase("masked_sequences", model, [x])
+
+
+def _multi_block(rows_per_block, shared_memory_bytes=None, name="multi_block"):
+    def make(rng):
+        x = _sequence(rng, batch=5)
+        layer = layers.LSTM(UNITS, return_sequences=True)
+        return zoo.ZooCase(name, _randomized(rng, layer, x), [x])
+    make.options = {"rows_per_block": rows_per_block,
+                    "shared_memory_bytes": shared_memory_bytes}
+    return make
+
+
+MATRIX = {
+    **{f"readout_{mode}": _readout_case(mode)
+       for mode in (True, "add", "mul", "avg", "max", "readout_only")},
+    "decode": _decode,
+    "state_sync": _state_sync,
+    "go_backwards_sequences": _backwards_sequences,
+    "initial_states_return_states": _initial_states_return_states,
+    "return_states_last_output": _return_states_gru,
+    "batch_one": _batch_one,
+    "masked_sequences": _masked,
+    "one_row_per_block": _multi_block(1, name="one_row_per_block"),
+    "partial_last_block": _multi_block(2, name="partial_last_block"),
+    "global_workspace": _multi_block(3, shared_memory_bytes=0, name="global_workspace"),
+}
+ZOO_CASES = {f"zoo_{entry.__name__}": entry for entry in zoo.ZOO}
+ALL_CASES = {**ZOO_CASES, **MATRIX}
+
+
+def _save_case(folder, make):
+    case = make(np.random.default_rng(3))
+    expected = _as_list(case.reference())
+    cpu = _as_list(rshop_ir.compile(case.target, target="cpu")(*case.inputs, **case.kwargs))
+    arrays = {f"arg{i}": np.asarray(value) for i, value in enumerate(case.inputs)}
+    for name, value in case.kwargs.items():
+        for index, item in enumerate(_as_list(value)):
+            arrays[f"kw_{name}_{index}"] = np.asarray(item)
+    arrays.update({f"keras{i}": value for i, value in enumerate(expected)})
+    arrays.update({f"cpu{i}": value for i, value in enumerate(cpu)})
+    os.makedirs(folder)
+    rshop_ir.save(rshop_ir.trace(case.target), os.path.join(folder, "program"))
+    np.savez(os.path.join(folder, "arrays.npz"), **arrays)
+    options = {"rows_per_block": 2, "threads_per_block": 16, **getattr(make, "options", {}),
+               "num_args": len(case.inputs), "num_outputs": len(expected)}
+    with open(os.path.join(folder, "options.json"), "w") as handle:
+        json.dump(options, handle)
+
+
+def _simulator_env(tmp_path):
+    return {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+            "RSHOP_CACHE_DIR": str(tmp_path / "cache"),
+            "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE),
+                                           os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def simulator_results(tmp_path_factory):
+    """Build and save every case here, run them all in one simulator subprocess."""
+    root = tmp_path_factory.mktemp("cuda_cases")
+    cases_dir = root / "cases"
+    cases_dir.mkdir()
+    for name, make in ALL_CASES.items():
+        _save_case(str(cases_dir / name), make)
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "cuda_sim_checks.py"), str(cases_dir),
+         *EXTRA_CHECKS],
+        env=_simulator_env(root), capture_output=True, text=True, timeout=900)
+    results = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("RESULT "):
+            fields = json.loads(line[len("RESULT "):])
+            results[fields["case"]] = fields
+    assert result.returncode == 0 and results, (result.stdout[-3000:] +
+                                                 result.stderr[-3000:])
+    return results
+
+
+@pytest.mark.parametrize("case", sorted(ALL_CASES))
+def test_cuda_kernel_matches_keras_and_cpu(simulator_results, case):
+    fields = simulator_results.get(case)
+    assert fields is not None, f"no result for {case}"
+    assert "error" not in fields, fields["error"]
+    assert fields["shapes"], fields
+    assert fields["keras_error"] < ATOL, fields
+    assert fields["cpu_error"] < ATOL, fields
+
+
+def test_saved_programs_compile_without_keras(simulator_results):
+    assert simulator_results["modules"]["keras"] == []
+
+
+def test_device_arrays_in_and_out(simulator_results):
+    fields = simulator_results["device_arrays"]
+    assert "error" not in fields, fields.get("error")
+    assert fields["all_device"] and fields["host_numpy"] and fields["shapes"]
+    assert max(fields["errors"]) < ATOL, fields
+    assert "dtype float32" in fields["wrong_dtype"]
+
+
+def test_weights_changed_after_compile_give_new_numbers(simulator_results):
+    fields = simulator_results["new_weights"]
+    assert "error" not in fields, fields.get("error")
+    assert fields["changed"]
+    assert fields["weights_error"] < ATOL
+    assert fields["uploads"] == 1          # set_weights uploads once; calls do not
+    assert fields["reader_first_error"] < ATOL
+    assert fields["reader_second_error"] < ATOL
+
+
+def test_unsupported_ops_name_the_op(simulator_results):
+    fields = simulator_results["unsupported"]
+    assert "error" not in fields, fields.get("error")
+    nested, matmul = fields["messages"]
+    assert "scan" in nested and "cuda" in nested
+    assert "matmul" in matmul
+
+
+def test_both_gemm_kernels(simulator_results):
+    fields = simulator_results["gemm"]
+    assert "error" not in fields, fields.get("error")
+    assert max(fields["errors"].values()) < 1e-5
+
+
+def test_zero_batch_zero_length_and_nan_like_the_interpreter(simulator_results):
+    fields = simulator_results["edges"]
+    assert "error" not in fields, fields.get("error")
+    assert fields["shapes"] and fields["nan_agree"]
+    assert max(fields["errors"]) < ATOL
+
+
+def test_no_gpu_gives_a_clear_error():
+    from rshop_ir.kernels.cuda import cuda_available, in_simulator
+
+    available, reason = cuda_available()
+    if in_simulator() or available:
+        pytest.skip(f"a CUDA device is available here ({reason})")
+    case = zoo.keras_lstm(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="no CUDA GPU was found.*target='cpu'"):
+        rshop_ir.compile(case.target, target="cuda")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        rshop_ir.compile(rshop_ir.trace(case.target), target="cuda")
+    assert "no CUDA GPU" in reason
+
+
+def test_generated_kernels_compile_to_ptx():
+    """The simulator runs kernels as Python; NVVM type-checks them for a real GPU."""
+    from rshop_ir.kernels.cuda import device, ptx_check
+
+    available, reason = device.nvvm_available()
+    if not available:
+        pytest.skip(reason)
+    for name in ("zoo_keras_lstm", "zoo_mgu", "zoo_layer_norm_lstm", "zoo_attention_decoder",
+                 "zoo_embedding_lstm_softmax", "zoo_masked_bidirectional", "readout_add",
+                 "zoo_readout_decoder", "zoo_rwa"):
+        case = ALL_CASES[name](np.random.default_rng(3))
+        optimized = rshop_ir.optimize(rshop_ir.trace(case.target))
+        sizes = ptx_check.compile_all(optimized, rows_per_block=4)
+        assert sizes and all(size > 1000 for size in sizes.values()), (name, sizes)
+
+
+BLOCK_KERAS = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("keras", "tensorflow"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+from bench.cuda_check import main
+main(sys.argv[1:])
+"""
+
+
+def test_gpu_check_script_prepare_and_run_in_the_simulator(tmp_path):
+    """bench/cuda_check.py: --prepare here (Keras), --run in the simulator without Keras."""
+    from bench import cuda_check
+
+    prepared = str(tmp_path / "prepared")
+    manifest = cuda_check.prepare(prepared, "tiny")
+    assert len(manifest["checks"]) == 4 and manifest["timings"]
+    out = str(tmp_path / "report" / "cuda_check.md")
+    result = subprocess.run([sys.executable, "-c", BLOCK_KERAS, "--run", prepared,
+                             "--out", out, "--repeats", "1"],
+                            env=_simulator_env(tmp_path), cwd=os.path.dirname(HERE),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    with open(out.replace(".md", ".json")) as handle:
+        report = json.load(handle)
+    assert len(report["checks"]) == 4
+    assert max(check["blocks"] for check in report["checks"]) > 1
+    for check in report["checks"]:
+        assert check["error_vs_cpu"] < ATOL and check["error_vs_keras"] < ATOL, check
+        assert check["device_input_error"] < ATOL, check
+    assert {row["model"] for row in report["timings"]} == {"lstm", "mgu"}
+    assert all(row["ours_us_per_step"] > 0 for row in report["timings"])
+    text = open(out).read()
+    assert "| lstm | 2 | 4 | 3 |" in text and "Correctness" in text
+    if not any(row.get("torch_us_per_step") for row in report["timings"]):
+        assert any("torch" in note for note in report["notes"])
+
+
+def test_gpu_check_sizes_are_validated():
+    from bench import cuda_check
+
+    assert cuda_check.parse_sizes("1:256:100,8:512:10")["timings"] == [(1, 256, 100),
+                                                                       (8, 512, 10)]
+    with pytest.raises(ValueError, match="B:H:T"):
+        cuda_check.parse_sizes("1:256")
