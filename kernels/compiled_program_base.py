@@ -66,7 +66,14 @@ class CompiledProgramBase:
         """Re-read the weights from their source; True when they changed."""
         if self._weight_reader is None:
             return False
-        current = self._weight_reader()
+        poll = getattr(self._weight_reader, "poll", None)
+        if poll is not None:
+            # The reader knows cheaply whether its source changed since its last read.
+            current = poll()
+            if current is None:
+                return False
+        else:
+            current = self._weight_reader()
         # NaN weights compare unequal: they are then bound again, still correct.
         changed = any(not np.array_equal(current[name], self._weights[name])
                       for name in self._weights)

@@ -98,26 +98,10 @@ def _as_bound_program(target_object, weights):
 
 
 def _variable_reader(traced):
-    """A function returning the current weights of the traced Keras variables.
+    """The watcher of the traced Keras variables (re-read before every call)."""
+    from rshop_ir.keras_variables import VariableWatcher
 
-    On the TensorFlow backend it reads each variable with one raw ReadVariableOp
-    (~8 us; `variable.numpy()` costs ~35 us through Keras and tf.Variable), since it
-    runs before every call of the compiled layer. Elsewhere: `traced.current_weights`.
-    """
-    try:
-        import numpy as np
-        from tensorflow.python.ops import gen_resource_variable_ops
-
-        handles = {name: (variable._value.handle, variable._value.dtype)
-                   for name, variable in traced.variables.items()}
-    except (ImportError, AttributeError):
-        return traced.current_weights
-    read = gen_resource_variable_ops.read_variable_op
-
-    def read_all():
-        return {name: np.asarray(read(handle, dtype)) for name, (handle, dtype)
-                in handles.items()}
-    return read_all
+    return VariableWatcher(traced.variables)
 
 
 def _is_keras(value) -> bool:

@@ -111,6 +111,62 @@ def test_weights_changed_after_compile_give_new_numbers():
     np.testing.assert_allclose(after, np.asarray(layer(x)), atol=ATOL_FLOAT32, rtol=0)
 
 
+@pytest.mark.parametrize("how", ["assign_add", "fit", "fit_xla"])
+def test_weights_changed_by_training_or_assignment_are_seen(how):
+    """The compiled layer keeps the arrays of its last read of the Keras variables and
+    re-reads only what changed: every way of writing a variable must be seen."""
+    layer = keras.layers.GRU(UNITS, return_sequences=True)
+    model = keras.Sequential([keras.Input((None, FEATURES)), layer])
+    x = _x(time=12)
+    compiled = rshop_ir.compile(layer)
+    before = compiled(x)
+    if how == "assign_add":
+        layer.cell.recurrent_kernel.assign_add(np.full((UNITS, 3 * UNITS), 0.3, np.float32))
+    else:
+        model.compile(keras.optimizers.SGD(0.5), "mse", jit_compile=how == "fit_xla")
+        model.fit(x, np.ones((BATCH, 12, UNITS), np.float32), epochs=2, verbose=0)
+    after = compiled(x)
+    assert not np.allclose(before, after, atol=1e-4)
+    _assert_matches(compiled, layer, x)
+
+
+def test_unchanged_variables_are_not_compared_again():
+    from rshop_ir.keras_variables import VariableWatcher
+
+    layer = keras.layers.LSTM(UNITS)
+    layer(_x(time=3))
+    watcher = VariableWatcher({variable.path: variable for variable in layer.weights})
+    first = watcher()
+    assert watcher.poll() is None
+    layer.cell.bias.assign(np.ones(4 * UNITS, np.float32))
+    changed = watcher.poll()
+    assert changed is not None
+    np.testing.assert_array_equal(changed[layer.cell.bias.path], np.ones(4 * UNITS))
+    np.testing.assert_array_equal(changed[layer.cell.kernel.path],
+                                  first[layer.cell.kernel.path])
+    assert watcher.poll() is None
+
+
+def test_repeated_calls_skip_the_checks_but_never_share_buffers():
+    """A call like the previous one (same shape and dtype) skips the input checks and
+    reuses the filled default states: the results must stay exact and independent."""
+    layer = keras.layers.LSTM(UNITS, return_sequences=True, return_state=True)
+    x = _x(time=9)
+    expected = _as_list(layer(x))
+    compiled = rshop_ir.compile(layer)
+    first = compiled(x)
+    for output in first:
+        output[...] = 7.0            # the caller owns its outputs
+    for variant in (x, x.copy(), np.asfortranarray(x), x.astype(np.float64)):
+        got = compiled(variant)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, atol=ATOL_FLOAT32, rtol=0)
+    shorter = x[:, ::2]              # a strided view of another shape
+    _assert_matches(compiled, layer, shorter)
+    with pytest.raises(ValueError, match="Input 'x'"):
+        compiled(x[:, :, :2])
+
+
 def test_float64_input_is_cast_and_save_load_runs(tmp_path):
     layer = GRUCell(UNITS, input_dim=FEATURES).get_layer(backend="keras", return_sequences=True)
     x = _x(time=30)

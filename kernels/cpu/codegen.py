@@ -34,11 +34,16 @@ from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/2"
+GENERATOR_VERSION = "numba-cpu/3"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
                             # sgemm beat the hand loop from (1,16)x(16,64) up)
+
+# The arguments `run` and the top-level scans take when a matmul splits over a team.
+TEAM_ARGUMENTS = ("team_rank", "team_size", "team_counter", "team_pool")
+TEAM_MIN_COLUMNS = 32       # narrower matmuls are not worth a barrier
+TEAM_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
 
 _MATH_MODULE_NAMES = sorted({impl.split(".")[0] for pair in mathlib.FUNCTIONS.values()
                              for impl in pair if "." not in impl and impl != "abs"})
@@ -59,6 +64,10 @@ class KernelSource:
     projection_row_bytes: int    # extra bytes per (step x batch row) of chunk buffers
     step_flops_per_row: float = 0.0   # per step and batch row: the body's 2-D matmuls
     scan_functions: tuple = field(default_factory=tuple)
+    team_columns: int = 0        # > 0: `run` takes the team arguments (kernels/cpu/team.py);
+                                 # the widest matmul whose columns a team splits
+    team_weight_bytes: int = 0   # the largest weight matrix a team splits, in bytes
+    team_dtype: str = "float32"  # dtype of the team's exchange buffer
 
 
 def dtype_expression(dtype: str) -> str:
@@ -87,6 +96,9 @@ class _Function:
         self.body = SourceWriter()
         self.preamble = None         # SourceWriter for buffers allocated before the loop
         self.values = {}
+        self.team_constants = None   # in a top-level scan: constant Var -> argument name
+        self.team_used = False       # a matmul of this function splits its columns
+        self.abort_return = None     # the statement leaving a scan function early
 
     def alloc(self, var: Var, shape_text: str, hint: str = "buf") -> str:
         name = self.names.fresh(hint)
@@ -99,7 +111,8 @@ class _Function:
 class CpuGenerator:
     def __init__(self, program: Program):
         self.program = program
-        reserved = {"np", "math", "njit", "B", "T", "chunk", *_MATH_MODULE_NAMES}
+        reserved = {"np", "math", "njit", "B", "T", "chunk", "PHASE_BASE", "team_wait",
+                    *TEAM_ARGUMENTS, *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
         self.ctx = CpuScalarContext()
         self.globals = {}
@@ -107,6 +120,9 @@ class CpuGenerator:
         self.scan_functions = []
         self.projection_row_bytes = 0
         self.step_flops_per_row = 0.0
+        self.team_columns = 0
+        self.team_weight_bytes = 0
+        self.team_dtypes = set()
 
     # ---- module --------------------------------------------------------------------
 
@@ -119,6 +135,7 @@ class CpuGenerator:
         header.line("import math")
         header.line("import numpy as np")
         header.line("from numba import njit")
+        header.line("from rshop_ir.kernels.cpu.team_sync import PHASE_BASE, team_wait")
         header.line("from rshop_ir.kernels.cpu.mathlib import (")
         for name in _MATH_MODULE_NAMES:
             header.line(f"    {name},")
@@ -130,10 +147,12 @@ class CpuGenerator:
         chunks = [header.text()]
         for writer in self.functions + [run_writer]:
             chunks.append("\n\n" + writer.text())
+        team_dtype = self.team_dtypes.pop() if len(self.team_dtypes) == 1 else "float32"
         return KernelSource("".join(chunks), dict(self.globals), "run",
                             tuple(self.program.input_names), tuple(weight_slots),
                             self.projection_row_bytes, self.step_flops_per_row,
-                            tuple(self.scan_functions))
+                            tuple(self.scan_functions), self.team_columns,
+                            self.team_weight_bytes, team_dtype)
 
     def _render_run(self, plan):
         function = _Function(self.names.child())
@@ -155,9 +174,11 @@ class CpuGenerator:
                     arguments.append(self._bind_array(function, var, f"pre_{index}"))
         for kind, item in plan.steps:
             if kind == "scan":
-                self._emit_scan_call(function, item)
+                self._emit_scan_call(function, item, top_level=True)
             else:
                 self._emit_eqn(function, item)
+        if self.team_columns:
+            arguments += list(TEAM_ARGUMENTS)
         results = [self._output_array(function, atom) for atom in program.outputs]
         function.body.line(f"return ({', '.join(results)},)")
         writer = SourceWriter()
@@ -577,19 +598,11 @@ class CpuGenerator:
                     isinstance(d, int) for d in (contraction, out.shape[1])):
                 self.step_flops_per_row = max(self.step_flops_per_row,
                                               2.0 * contraction * out.shape[1])
-            if blas_ready and function.preamble is None:
-                function.body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
-            elif blas_ready and isinstance(contraction, int) \
-                    and contraction >= BLAS_MIN_CONTRACTION:
-                function.body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
-            elif blas_ready:
-                with function.body.block(f"if B >= {BLAS_MIN_BATCH}:"):
-                    function.body.line(f"np.dot({a_value.array()}, {b_value.array()}, "
-                                       f"{name})")
-                with function.body.block("else:"):
-                    self._hand_matmul(function, a_value, b_value, name, out, contraction)
+            if blas_ready and self._team_splits(function, b, contraction, out):
+                self._team_matmul(function, a_value, b_value, name, out, contraction)
             else:
-                self._hand_matmul(function, a_value, b_value, name, out, contraction)
+                self._plain_matmul(function, a_value, b_value, name, out, contraction,
+                                   blas_ready)
             function.values[out] = ArrayValue(name, 2)
             return
         if not is_float:
@@ -618,6 +631,83 @@ class CpuGenerator:
                                    f"dims) is not supported by the Numba CPU generator.")
         function.values[out] = ArrayValue(name, out.ndim)
 
+    def _plain_matmul(self, function, a_value, b_value, name, out, contraction,
+                      blas_ready: bool) -> None:
+        """`name = a @ b` on one thread: BLAS, or a hand loop where BLAS's call costs
+        more than the product (small batch and contraction inside a scan)."""
+        body = function.body
+        if blas_ready and (function.preamble is None or (
+                isinstance(contraction, int) and contraction >= BLAS_MIN_CONTRACTION)):
+            body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
+        elif blas_ready:
+            with body.block(f"if B >= {BLAS_MIN_BATCH}:"):
+                body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
+            with body.block("else:"):
+                self._hand_matmul(function, a_value, b_value, name, out, contraction)
+        else:
+            self._hand_matmul(function, a_value, b_value, name, out, contraction)
+
+    @staticmethod
+    def _team_splits(function, weight, contraction, out) -> bool:
+        """A recurrent matmul of a top-level scan by a weight constant of the scan, with
+        static sizes: its columns may be split over a team of threads."""
+        return function.team_constants is not None and weight in function.team_constants \
+            and isinstance(contraction, int) and isinstance(out.shape[1], int) \
+            and contraction >= TEAM_MIN_CONTRACTION and out.shape[1] >= TEAM_MIN_COLUMNS
+
+    def _team_matmul(self, function, a_value, b_value, name, out, contraction) -> None:
+        """`name = a @ b`, each member of the team computing its block of columns.
+
+        Member `team_rank` copies its columns of the weight once (preamble), computes
+        them into its row of the exchange buffer `team_pool`, waits at the barrier, then
+        gathers every member's block into its own `name`; everything else of the step
+        runs on every member (the same numbers), so one barrier per split matmul
+        suffices. Rows (phase % 2) * team_size + member alternate between barriers:
+        a block is rewritten two barriers later, when every member has read it.
+        """
+        names, preamble, body = function.names, function.preamble, function.body
+        columns = out.shape[1]
+        dtype = dtype_expression(out.dtype)
+        width, low, count, weight = (names.fresh(h) for h in
+                                     ("team_width", "team_low", "team_count", "team_weight"))
+        k, j = names.fresh("k"), names.fresh("j")
+        preamble.line(f"{width} = ({columns} + team_size - 1) // team_size "
+                      f"if team_size > 1 else 0")
+        preamble.line(f"{low} = min({columns}, team_rank * {width})")
+        preamble.line(f"{count} = min({columns}, {low} + {width}) - {low}")
+        preamble.line(f"{weight} = np.zeros(({contraction}, {width}), {dtype})")
+        with preamble.block(f"for {k} in range({contraction}):"):
+            with preamble.block(f"for {j} in range({count}):"):
+                preamble.line(f"{weight}[{k}, {j}] = {b_value.array()}[{k}, {low} + {j}]")
+        phase, part, member, member_low, member_count, member_part, i = (
+            names.fresh(h) for h in ("phase", "team_part", "member", "member_low",
+                                     "member_count", "member_part", "i"))
+        with body.block("if team_size > 1:"):
+            body.line(f"{phase} = team_counter[PHASE_BASE + team_rank]")
+            body.line(f"{part} = team_pool[({phase} % 2) * team_size + team_rank]"
+                      f"[:B * {width}].reshape((B, {width}))")
+            body.line(f"np.dot({a_value.array()}, {weight}, {part})")
+            with body.block("if not team_wait(team_counter, team_size):"):
+                body.line(function.abort_return)
+            body.line(f"team_counter[PHASE_BASE + team_rank] = {phase} + 1")
+            with body.block(f"for {member} in range(team_size):"):
+                body.line(f"{member_low} = min({columns}, {member} * {width})")
+                body.line(f"{member_count} = min({columns}, {member_low} + {width}) - "
+                          f"{member_low}")
+                body.line(f"{member_part} = team_pool[({phase} % 2) * team_size + "
+                          f"{member}][:B * {width}].reshape((B, {width}))")
+                with body.block(f"for {i} in range(B):"):
+                    with body.block(f"for {j} in range({member_count}):"):
+                        body.line(f"{name}[{i}, {member_low} + {j}] = "
+                                  f"{member_part}[{i}, {j}]")
+        with body.block("else:"):
+            self._plain_matmul(function, a_value, b_value, name, out, contraction, True)
+        function.team_used = True
+        self.team_columns = max(self.team_columns, columns)
+        self.team_weight_bytes = max(self.team_weight_bytes, contraction * columns *
+                                     np.dtype(out.dtype).itemsize)
+        self.team_dtypes.add(out.dtype)
+
     def _hand_matmul(self, function, a_value, b_value, name, out, contraction) -> None:
         names, body = function.names, function.body
         i, j, k, a_ik = (names.fresh(h) for h in ("i", "j", "k", "a_ik"))
@@ -632,18 +722,22 @@ class CpuGenerator:
 
     # ---- scans -------------------------------------------------------------------------
 
-    def _emit_scan_call(self, function, plan) -> None:
-        scan_name, arguments = self._render_scan(plan)
+    def _emit_scan_call(self, function, plan, top_level: bool = False) -> None:
+        scan_name, arguments, team = self._render_scan(plan, top_level)
         call_arguments = ["B", "T", "chunk"]
         for atom in arguments:
             call_arguments.append(self._array(function, atom, contiguous=True))
+        if team:
+            call_arguments += list(TEAM_ARGUMENTS)
         outputs = [function.names.fresh("scan_out") for _ in plan.eqn.outputs]
         function.body.line(f"{', '.join(outputs)}, = {scan_name}({', '.join(call_arguments)})")
         for var, name in zip(plan.eqn.outputs, outputs):
             function.values[var] = ArrayValue(name, var.ndim)
 
-    def _render_scan(self, plan) -> tuple:
-        """Write one module-level function for a scan; returns (name, outer args)."""
+    def _render_scan(self, plan, top_level: bool = False) -> tuple:
+        """Write one module-level function for a scan; returns (name, outer args,
+        whether it takes the team arguments). The recurrent matmuls of a top-level
+        scan may split their columns over a team of threads (`_team_matmul`)."""
         scan_name = self.names.fresh(f"scan_{len(self.scan_functions)}")
         self.scan_functions.append(scan_name)
         params = plan.params
@@ -734,6 +828,11 @@ class CpuGenerator:
                                                               inner["readout"][0].ndim)
         for name, constant_var in zip(constants, inner["constants"]):
             function.values[constant_var] = ArrayValue(name, constant_var.ndim)
+        if top_level:
+            function.team_constants = dict(zip(inner["constants"], constants))
+        results = ["y_all" if params["return_sequences"] else "y_last"]
+        results += [current for current, _ in state_buffers]
+        function.abort_return = f"return ({', '.join(results)},)"
         chunk_buffers = {}
         if projections:
             preamble.line("chunk_steps = max(1, min(chunk, steps))")
@@ -779,13 +878,10 @@ class CpuGenerator:
                     else:
                         self._emit_eqn(function, eqn)
                 self._render_commit(function, plan, state_buffers, readout_buffers, mask)
-        # --- results
-        results = ["y_all" if params["return_sequences"] else "y_last"]
-        results += [current for current, _ in state_buffers]
-
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
-        signature = ", ".join(["B", "T", "chunk", *argument_names])
+        team_arguments = list(TEAM_ARGUMENTS) if function.team_used else []
+        signature = ", ".join(["B", "T", "chunk", *argument_names, *team_arguments])
         with writer.block(f"def {scan_name}({signature}):"):
             writer.line(f'"""scan {plan.layout}; go_backwards={backwards}, '
                         f'return_sequences={bool(params["return_sequences"])}."""')
@@ -793,7 +889,7 @@ class CpuGenerator:
             writer.extend(loop)
             writer.line(f"return ({', '.join(results)},)")
         self.functions.append(writer)
-        return scan_name, outer_arguments
+        return scan_name, outer_arguments, function.team_used
 
     def _emit_nested_scan(self, function, eqn) -> None:
         plan = lowering.plan_scan(eqn)

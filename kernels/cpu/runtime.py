@@ -19,8 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from rshop_ir.bound import BoundProgram
+from rshop_ir.kernels.batch_rows import has_batch_rows, rows_independent
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
 from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
+from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
+from rshop_ir.kernels.cpu.team import run_team, solo_arguments, team_size_for
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 
 DEFAULT_CHUNK_STEPS = 256
@@ -45,6 +48,10 @@ class CompiledProgram(CompiledProgramBase):
         self.chunk_steps = int(chunk_steps)
         self.max_chunk_bytes = int(max_chunk_bytes)
         self._run = getattr(module, kernel.entry)
+        self._rows_independent = rows_independent(self.program)
+        self._batched_inputs = [has_batch_rows(var) for var in self.program.inputs]
+        self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
+        self._fast_call = None
         self._set_weights(optimized.weights)
 
     def __repr__(self) -> str:
@@ -59,11 +66,21 @@ class CompiledProgram(CompiledProgramBase):
         self._weights = {name: checked[var] for name, var in self.program.params}
         self._prologue = tuple(np.ascontiguousarray(value) for value in
                                run_prologue(self.program, checked))
+        self._weight_arguments = [self._weights[key] if kind == "param" else
+                                  self._prologue[key] for kind, key in self.kernel.weight_slots]
 
     # ---- calling -----------------------------------------------------------------------
 
     def __call__(self, *inputs, initial_state=None, initial_readout=None, chunk_steps=None,
-                 **named_inputs):
+                 team_size=None, **named_inputs):
+        """Run the kernel. `chunk_steps` bounds the steps per input-projection GEMM;
+        `team_size` forces the number of threads splitting each step's matmul columns
+        (default: chosen per call; 1 = this thread only)."""
+        if len(inputs) == 1 and not named_inputs and initial_state is None \
+                and initial_readout is None and chunk_steps is None and team_size is None:
+            fast = self._fast_inputs(inputs[0])
+            if fast is not None:
+                return self._launch(*fast)
         program = self.program
         inputs, named_inputs = self._call_inputs(inputs, initial_state, initial_readout,
                                                  named_inputs)
@@ -78,14 +95,67 @@ class CompiledProgram(CompiledProgramBase):
         dims = {}
         arrays = [self._checked_host_array(value, var, name, dims)
                   for value, var, name in zip(values, program.inputs, program.input_names)]
-        self.refresh_weights()
         batch, steps = dims.get("B", 0), dims.get("T", 0)
-        chunk = self._chunk(batch, chunk_steps)
-        weights = [self._weights[key] if kind == "param" else self._prologue[key]
-                   for kind, key in self.kernel.weight_slots]
-        with blas_threads_for(batch * self.kernel.step_flops_per_row):
-            results = self._run(batch, steps, chunk, *arrays, *weights)
-        results = list(results)
+        if len(inputs) == 1 and not named_inputs and chunk_steps is None:
+            self._remember_call(inputs[0], arrays, batch, steps)
+        return self._launch(arrays, batch, steps, chunk_steps, team_size)
+
+    def _remember_call(self, given, arrays: list, batch: int, steps: int) -> None:
+        """Keep what a call with one positional array made of it (its defaults filled
+        and checked), so that the next call with an array of the same shape and dtype
+        skips the input checks."""
+        if isinstance(given, np.ndarray) and arrays[0] is given:
+            self._fast_call = (given.shape, given.dtype, arrays[1:], batch, steps)
+
+    def _fast_inputs(self, given):
+        """(arrays, batch, steps, None) for a call like the last remembered one, else None."""
+        remembered = self._fast_call
+        if remembered is None or type(given) is not np.ndarray:
+            return None
+        shape, dtype, defaults, batch, steps = remembered
+        if given.shape != shape or given.dtype != dtype or not given.flags.c_contiguous:
+            return None
+        return [given, *defaults], batch, steps, None
+
+    def _launch(self, arrays: list, batch: int, steps: int, chunk_steps,
+                team_size=None) -> object:
+        """Run the kernel on checked inputs: on this thread, on a team of threads
+        splitting each step's matmul columns (kernels/cpu/team.py), or as row slices
+        on several cores (kernels/cpu/row_split.py)."""
+        kernel = self.kernel
+        members = team_size_for(kernel, batch, steps, team_size)
+        self.refresh_weights()
+        weights = self._weight_arguments
+        slices = 1
+        if members == 1 and self._rows_independent:
+            slices = slice_count(batch, batch * steps * kernel.step_flops_per_row)
+        solo = solo_arguments(kernel) if kernel.team_columns else ()
+        if members > 1:
+            chunk = self._chunk(batch, chunk_steps)
+            with blas_threads_for(0.0):
+                results = list(run_team(
+                    lambda *team: self._run(batch, steps, chunk, *arrays, *weights, *team),
+                    kernel, batch, members))
+        elif slices > 1:
+            def run_slice(start, stop):
+                rows = stop - start
+                sliced = [array[start:stop] if has_rows else array
+                          for array, has_rows in zip(arrays, self._batched_inputs)]
+                return self._run(rows, steps, self._chunk(rows, chunk_steps), *sliced,
+                                 *weights, *solo)
+            with blas_threads_for(0.0):
+                results = run_in_slices(run_slice, batch, slices, self._batched_outputs)
+        else:
+            chunk = self._chunk(batch, chunk_steps)
+            with blas_threads_for(batch * kernel.step_flops_per_row):
+                results = list(self._run(batch, steps, chunk, *arrays, *weights, *solo))
+        return self._finish(results)
+
+    def _finish(self, results: list):
+        if self._fast_call is not None and any(
+                np.may_share_memory(result, default) for result in results
+                for default in self._fast_call[2]):
+            self._fast_call = None   # an output is a filled default: never hand it out twice
         return results[0] if len(results) == 1 else results
 
     def _chunk(self, batch: int, chunk_steps) -> int:

@@ -1,0 +1,94 @@
+"""The step barrier of a kernel run by a team of threads (see kernels/cpu/team.py).
+
+Numba has no atomics for the CPU, so two LLVM intrinsics supply them: `atomic_add`
+(sequentially consistent fetch-and-add on an int64 array element) and `atomic_load`
+(an acquire load). `team_wait` is the barrier every member calls after writing its
+columns of a split matmul:
+
+  * `counter[0]` counts arrivals over the whole run; a member's ticket tells which
+    round it is in, so consecutive barriers need no reset (every member calls the
+    barrier the same number of times);
+  * a member spins on an acquire load until the round is complete; after
+    `SPIN_LIMIT` polls it yields its core on each poll (`sched_yield`), so a member
+    whose partner lost its core to another process does not burn that core's time;
+  * `counter[1]` != 0 is the abort flag: set by the launcher when a member failed;
+    the waiting members then return False and stop.
+The fetch-and-add releases the member's earlier writes (its columns), the acquire load
+makes the partners' writes visible.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+ARRIVALS = 0
+ABORT = 1
+PHASE_BASE = 8          # counter[PHASE_BASE + rank]: barriers the member has passed
+COUNTER_SIZE = PHASE_BASE + 64
+SPIN_LIMIT = 20000
+
+
+def _element_pointer(context, builder, array_type, array, index, index_type):
+    structure = context.make_array(array_type)(context, builder, array)
+    position = context.cast(builder, index, index_type, types.intp)
+    return cgutils.get_item_pointer(context, builder, array_type, structure, [position])
+
+
+@intrinsic
+def atomic_add(typing_context, array, index, value):
+    """array[index] += value atomically (int64 array); returns the old value."""
+    if not (isinstance(array, types.Array) and array.dtype == types.int64):
+        return None
+    signature = types.int64(array, index, value)
+
+    def codegen(context, builder, sig, arguments):
+        pointer = _element_pointer(context, builder, sig.args[0], arguments[0],
+                                   arguments[1], sig.args[1])
+        amount = context.cast(builder, arguments[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", pointer, amount, "seq_cst")
+    return signature, codegen
+
+
+@intrinsic
+def atomic_load(typing_context, array, index):
+    """array[index] read with acquire ordering (int64 array)."""
+    if not (isinstance(array, types.Array) and array.dtype == types.int64):
+        return None
+    signature = types.int64(array, index)
+
+    def codegen(context, builder, sig, arguments):
+        pointer = _element_pointer(context, builder, sig.args[0], arguments[0],
+                                   arguments[1], sig.args[1])
+        return builder.load_atomic(pointer, "acquire", 8)
+    return signature, codegen
+
+
+@intrinsic
+def yield_core(typing_context):
+    """sched_yield(): give the core to another runnable thread."""
+    signature = types.int32()
+
+    def codegen(context, builder, sig, arguments):
+        function_type = ir.FunctionType(ir.IntType(32), [])
+        function = cgutils.get_or_insert_function(builder.module, function_type,
+                                                  "sched_yield")
+        return builder.call(function, [])
+    return signature, codegen
+
+
+@njit(cache=True, nogil=True)
+def team_wait(counter, size):
+    """The barrier (see the module docstring); False when the run was aborted."""
+    ticket = atomic_add(counter, ARRIVALS, 1) + 1
+    target = ((ticket + size - 1) // size) * size
+    polls = 0
+    while atomic_load(counter, ARRIVALS) < target:
+        if atomic_load(counter, ABORT) != 0:
+            return False
+        polls += 1
+        if polls > SPIN_LIMIT:
+            yield_core()
+    return True

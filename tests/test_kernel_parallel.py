@@ -1,0 +1,188 @@
+"""The CPU kernels on several threads give the numbers of one thread and of Keras.
+
+Two ways a call uses more cores (kernels/cpu/): row slices (independent batch rows run
+at once, outputs joined) and teams (threads splitting each step's matmul columns, a
+barrier per step). Both are forced here whatever the machine's load or the size, and
+compared with Keras on every zoo model; the row-independence analysis is checked on
+hand-built programs; a failing team member must stop the others, not hang them.
+"""
+
+import numpy as np
+import pytest
+
+import rshop_ir
+import zoo
+from rshop_ir import ProgramBuilder
+from rshop_ir.kernels.batch_rows import rows_independent
+from rshop_ir.kernels.cpu import codegen, row_split, team
+
+ATOL_FLOAT32 = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernel_cache(tmp_path_factory):
+    import os
+
+    previous = os.environ.get("RSHOP_CACHE_DIR")
+    os.environ["RSHOP_CACHE_DIR"] = str(tmp_path_factory.mktemp("kernel_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("RSHOP_CACHE_DIR", None)
+    else:
+        os.environ["RSHOP_CACHE_DIR"] = previous
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _assert_close(got, expected):
+    got, expected = _as_list(got), _as_list(expected)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=ATOL_FLOAT32, rtol=0)
+
+
+_COMPILED = {}
+
+
+def _compiled_case(entry, split_every_matmul=False):
+    """(zoo case, compiled). With `split_every_matmul` the generator lets a team split
+    every recurrent matmul, however small (the zoo's sizes are below the thresholds)."""
+    key = (entry.__name__, split_every_matmul)
+    if key not in _COMPILED:
+        case = entry(np.random.default_rng(3))
+        with pytest.MonkeyPatch.context() as patch:
+            if split_every_matmul:
+                patch.setattr(codegen, "TEAM_MIN_COLUMNS", 1)
+                patch.setattr(codegen, "TEAM_MIN_CONTRACTION", 1)
+            _COMPILED[key] = (case, rshop_ir.compile(case.target, target="cpu"))
+    return _COMPILED[key]
+
+
+@pytest.mark.parametrize("members", [2, 3])
+@pytest.mark.parametrize("entry", zoo.ZOO, ids=[entry.__name__ for entry in zoo.ZOO])
+def test_team_of_threads_matches_keras(entry, members):
+    case, compiled = _compiled_case(entry, split_every_matmul=True)
+    expected = case.reference()
+    _assert_close(compiled(*case.inputs, team_size=members, **case.kwargs), expected)
+    _assert_close(compiled(*case.inputs, team_size=1, **case.kwargs), expected)
+
+
+def test_most_zoo_kernels_can_split_their_matmuls():
+    """The team test above is not vacuous: these kernels take the team path."""
+    splitting = [entry.__name__ for entry in zoo.ZOO
+                 if _compiled_case(entry, split_every_matmul=True)[1].kernel.team_columns > 0]
+    assert len(splitting) >= len(zoo.ZOO) - 3, splitting
+    assert "keras_lstm" in splitting and "mgu" in splitting
+
+
+@pytest.mark.parametrize("entry", zoo.ZOO, ids=[entry.__name__ for entry in zoo.ZOO])
+def test_row_slices_match_keras(entry, monkeypatch):
+    case, compiled = _compiled_case(entry)
+    assert compiled._rows_independent, "every zoo model keeps its batch rows apart"
+    monkeypatch.setattr(row_split, "MIN_SPLIT_FLOPS", 0.0)
+    monkeypatch.setattr(row_split, "MIN_ROWS_PER_SLICE", 1)
+    monkeypatch.setattr(row_split, "usable_cores", lambda: 2)
+    calls = []
+    original = row_split.run_in_slices
+    monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_in_slices",
+                        lambda *args: calls.append(args[2]) or original(*args))
+    got = compiled(*case.inputs, team_size=1, **case.kwargs)
+    assert calls == [2], "the call ran as two row slices"
+    _assert_close(got, case.reference())
+
+
+def test_row_bounds_cover_the_batch_evenly():
+    assert row_split.row_bounds(5, 2) == [(0, 2), (2, 5)] or \
+        row_split.row_bounds(5, 2) == [(0, 3), (3, 5)]
+    for batch in (2, 3, 7, 64):
+        for slices in (2, 3):
+            bounds = row_split.row_bounds(batch, slices)
+            assert bounds[0][0] == 0 and bounds[-1][1] == batch
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            sizes = [stop - start for start, stop in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_failing_team_member_stops_the_team(monkeypatch):
+    case, compiled = _compiled_case(zoo.keras_lstm, split_every_matmul=True)
+    original = team.run_team
+
+    def failing_member(run_member, kernel, batch, members):
+        def member(rank, size, counter, pool):
+            if rank == 1:
+                raise RuntimeError("member 1 failed")
+            return run_member(rank, size, counter, pool)
+        return original(member, kernel, batch, members)
+
+    monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_team", failing_member)
+    with pytest.raises(RuntimeError, match="member 1 failed"):
+        compiled(*case.inputs, team_size=2)
+    monkeypatch.undo()
+    _assert_close(compiled(*case.inputs, team_size=2), case.reference())
+
+
+def test_automatic_choice_follows_the_rules(monkeypatch):
+    case, compiled = _compiled_case(zoo.keras_lstm, split_every_matmul=True)
+    kernel = compiled.kernel
+    monkeypatch.setattr(team, "usable_cores", lambda: 2)
+    monkeypatch.setattr(team, "_others_idle", lambda members: True)
+    monkeypatch.setattr(kernel, "team_weight_bytes", 1024 * 1024)
+    assert team.team_size_for(kernel, batch=1, steps=100) == 2
+    assert team.team_size_for(kernel, batch=2, steps=100) == 1      # rows: no team
+    assert team.team_size_for(kernel, batch=1, steps=2) == 1        # too short
+    monkeypatch.setattr(team, "_others_idle", lambda members: False)
+    assert team.team_size_for(kernel, batch=1, steps=100) == 1      # cores busy
+    monkeypatch.setattr(team, "_others_idle", lambda members: True)
+    monkeypatch.setattr(kernel, "team_weight_bytes", 16 * 1024)
+    assert team.team_size_for(kernel, batch=1, steps=100) == 1      # fits one cache
+    monkeypatch.setattr(row_split, "usable_cores", lambda: 2)
+    assert row_split.slice_count(256, 1e9) == 2
+    assert row_split.slice_count(32, 1e9) == 1                      # too few rows
+    assert row_split.slice_count(256, 1e3) == 1                     # too little work
+
+
+# ---- the row-independence analysis ----------------------------------------------------
+
+def _program(build):
+    builder = ProgramBuilder()
+    x = builder.input("float32", ("B", 4))
+    return builder.build([build(builder, x)])
+
+
+def test_row_wise_programs_are_independent():
+    def dense_softmax(builder, x):
+        w = builder.param("w", "float32", (4, 3))
+        return builder.apply("softmax", builder.apply("matmul", x, w), axis=-1)
+
+    def per_row_sum(builder, x):
+        return builder.apply("reduce_sum", x, axes=1, keepdims=True)
+
+    def einsum_rows(builder, x):
+        w = builder.param("w", "float32", (4, 3))
+        return builder.apply("einsum", x, w, equation="bi,ij->bj")
+
+    for build in (dense_softmax, per_row_sum, einsum_rows):
+        assert rows_independent(_program(build)), build.__name__
+
+
+def test_programs_mixing_rows_are_not_independent():
+    def batch_sum(builder, x):
+        return builder.apply("reduce_sum", x, axes=0, keepdims=True)
+
+    def batch_softmax(builder, x):
+        return builder.apply("softmax", x, axis=0)
+
+    def batch_gram(builder, x):
+        return builder.apply("einsum", x, x, equation="bi,ci->bc")
+
+    def reversed_batch(builder, x):
+        return builder.apply("reverse", x, axis=0)
+
+    def contracted_batch(builder, x):
+        return builder.apply("matmul", builder.apply("transpose", x, perm=(1, 0)), x)
+
+    for build in (batch_sum, batch_softmax, batch_gram, reversed_batch, contracted_batch):
+        assert not rows_independent(_program(build)), build.__name__
