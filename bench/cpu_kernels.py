@@ -6,12 +6,16 @@ For each size (batch, time, input, hidden) the same weights go into
 `LSTMCell(H, input_dim=I).get_layer(backend="keras", return_sequences=True)` (the reference, under
 `model.predict_on_batch`), `keras.layers.LSTM(H, return_sequences=True)` (also
 `predict_on_batch`) and `rshop_ir.compile(reference_layer)`. Outputs are checked
-(max-abs <= 1e-4) before timing; times are medians over interleaved repeats. Also
+(max-abs <= 1e-4) before timing; times are medians over interleaved rounds, each
+sample an untimed call then timed calls of the same candidate (see `_median_times`). Also
 reported: numpy sgemm GFLOP/s at S4's GEMM shapes vs the kernel's achieved GFLOP/s,
 the first compile time and the fresh-process disk-cache load time (subprocesses with
 an empty / warm RSHOP_CACHE_DIR), and peak RSS growth of a call at T=100 vs T=100,000
 (return_sequences; the output's own size subtracted).
 ONNX Runtime's LSTM op is timed too when `onnxruntime` and `onnx` are importable.
+For batch-1 sizes the compiled IR program is also timed alone in a fresh process
+(no Keras variables to re-read, no other library's spinning thread pool), by default
+and as an opt-in team of two threads (`team_size=2`).
 """
 
 import argparse
@@ -36,13 +40,28 @@ SIZES = {  # (batch, time, input features, hidden units)
 TARGET_SPEEDUP = {"S1": 15.0, "S2": 5.0, "S3": 1.5, "S4": 1.5}
 
 
-def _median_times(functions, repeats):
+def _median_times(functions, repeats, min_sample_s=0.02):
+    """Median seconds per call of each function over `repeats` interleaved rounds.
+
+    In each round every function takes one sample: one untimed call (the previous
+    function's thread pools, e.g. TensorFlow's spinning Eigen threads, settle and the
+    caches refill for this one), then enough timed calls to last `min_sample_s`.
+    """
+    calls = {}
+    for name, function in functions.items():
+        function()
+        start = time.perf_counter()
+        function()
+        single = max(time.perf_counter() - start, 1e-9)
+        calls[name] = int(min(50, max(1, np.ceil(min_sample_s / single))))
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
-            start = time.perf_counter()
             function()
-            times[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                function()
+            times[name].append((time.perf_counter() - start) / calls[name])
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
@@ -177,6 +196,45 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+ALONE_SCRIPT = textwrap.dedent("""
+    import sys, time, numpy as np
+    import rshop_ir
+    from rshop_ir import examples
+    from rshop_ir.bound import BoundProgram
+
+    batch, steps, features, units = (int(value) for value in sys.argv[1:5])
+    program = examples.lstm_program(features, units, return_sequences=True)
+    compiled = rshop_ir.compile(BoundProgram(program, examples.random_weights(program)))
+    x = np.random.default_rng(0).standard_normal((batch, steps, features)).astype(np.float32)
+    one = compiled(x)
+    for got, expected in zip(compiled(x, team_size=2), one):   # [y, h_T, c_T]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    times = {"default": [], "team": []}
+    for _ in range(40):
+        for mode, kwargs in (("default", {}), ("team", {"team_size": 2})):
+            compiled(x, **kwargs)
+            start = time.perf_counter()
+            compiled(x, **kwargs)
+            times[mode].append(time.perf_counter() - start)
+    print("SECONDS", np.median(times["default"]))
+    print("TEAM_SECONDS", np.median(times["team"]))
+""")
+
+
+def alone(size):
+    """(default, team of 2 threads) seconds per call of the compiled LSTM program of
+    `size` (an IR program: no Keras variables to re-read) in a fresh process that runs
+    nothing else: no Keras model or ONNX Runtime session whose thread pools spin next
+    to the kernel. The team (kernels/cpu/team.py) is opt-in; this shows what it gives."""
+    output = subprocess.run([sys.executable, "-c", ALONE_SCRIPT, *map(str, size)],
+                            capture_output=True, text=True, timeout=600)
+    values = dict(line.split()[:2] for line in output.stdout.splitlines()
+                  if line.endswith(tuple("0123456789")) and "SECONDS" in line)
+    if len(values) != 2:
+        raise RuntimeError(output.stderr[-2000:])
+    return float(values["SECONDS"]), float(values["TEAM_SECONDS"])
+
+
 def _subprocess_value(script, env, *arguments):
     output = subprocess.run([sys.executable, "-c", script, *arguments], env=env,
                             capture_output=True, text=True, timeout=600)
@@ -232,6 +290,12 @@ def main(argv=None):
         print(line)
     if not has_onnx:
         print("onnxruntime: not installed (optional peer, `pip install onnx onnxruntime`)")
+    for label, size, times, _ in rows:
+        if size[0] == 1:
+            default, team_of_two = alone(size)
+            print(f"{label} compiled IR program alone in a fresh process: "
+                  f"{default * 1e3:.3f} ms = {times['reference'] / default:.1f}x the "
+                  f"reference time above ({team_of_two * 1e3:.3f} ms with team_size=2)")
     if "S4" in args.sizes:
         rates = sgemm_rate()
         s4 = [row for row in rows if row[0] == "S4"][0]

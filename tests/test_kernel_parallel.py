@@ -124,20 +124,14 @@ def test_failing_team_member_stops_the_team(monkeypatch):
     _assert_close(compiled(*case.inputs, team_size=2), case.reference())
 
 
-def test_automatic_choice_follows_the_rules(monkeypatch):
+def test_team_size_is_asked_for_and_bounded(monkeypatch):
     case, compiled = _compiled_case(zoo.keras_lstm, split_every_matmul=True)
     kernel = compiled.kernel
-    monkeypatch.setattr(team, "usable_cores", lambda: 2)
-    monkeypatch.setattr(team, "_others_idle", lambda members: True)
-    monkeypatch.setattr(kernel, "team_weight_bytes", 1024 * 1024)
-    assert team.team_size_for(kernel, batch=1, steps=100) == 2
-    assert team.team_size_for(kernel, batch=2, steps=100) == 1      # rows: no team
-    assert team.team_size_for(kernel, batch=1, steps=2) == 1        # too short
-    monkeypatch.setattr(team, "_others_idle", lambda members: False)
-    assert team.team_size_for(kernel, batch=1, steps=100) == 1      # cores busy
-    monkeypatch.setattr(team, "_others_idle", lambda members: True)
-    monkeypatch.setattr(kernel, "team_weight_bytes", 16 * 1024)
-    assert team.team_size_for(kernel, batch=1, steps=100) == 1      # fits one cache
+    assert team.team_size_for(kernel) == 1                  # never formed unasked
+    assert team.team_size_for(kernel, 2) == 2
+    assert team.team_size_for(kernel, 10 ** 6) == min(team.MAX_TEAM, kernel.team_columns)
+    with pytest.raises(ValueError, match="team_size must be >= 1"):
+        compiled(*case.inputs, team_size=0)
     monkeypatch.setattr(row_split, "usable_cores", lambda: 2)
     assert row_split.slice_count(256, 1e9) == 2
     assert row_split.slice_count(32, 1e9) == 1                      # too few rows
@@ -186,3 +180,35 @@ def test_programs_mixing_rows_are_not_independent():
 
     for build in (batch_sum, batch_softmax, batch_gram, reversed_batch, contracted_batch):
         assert not rows_independent(_program(build)), build.__name__
+
+
+def test_core_load_ignores_this_process_and_sees_others(monkeypatch):
+    """Busy time of this process never counts as load; another process's busy core
+    does (one spinning process is about one core of load)."""
+    import subprocess
+    import sys
+    import time
+
+    from rshop_ir.kernels.cpu import core_load
+
+    if core_load._busy_seconds() is None:
+        pytest.skip("no /proc/stat on this system: the load average decides instead")
+    monkeypatch.setattr(core_load, "_STATE", {"time": None, "busy": 0.0, "own": 0.0,
+                                              "load": None})
+    monkeypatch.setattr(core_load, "WINDOW_S", 0.3)
+    assert core_load.others_load() is None          # the first sample
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:              # this process: one busy core
+        pass
+    assert core_load.others_load() < 0.7
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        core_load._STATE["time"] = None
+        core_load.others_load()
+        time.sleep(0.5)
+        assert core_load.others_load() > 0.7
+        assert not core_load.others_idle()
+    finally:
+        spinner.kill()
+        spinner.wait()

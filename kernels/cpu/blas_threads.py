@@ -5,8 +5,8 @@ per-step recurrent GEMM 3-30x SLOWER (they spin and wake each step, and fight th
 pool); on idle cores they pay from about 1 MFLOP per step (LSTM H=256: batch 32 1.65x
 faster, batch 8 1.6x, batch 2 1.1x; batch 1 H=512 1.75x). So a kernel call runs BLAS
 single-threaded unless its per-step GEMMs are big enough (`THREADED_MIN_STEP_FLOPS`)
-AND the cores are idle (1-minute load average at most the core count minus one), then
-with OpenBLAS's own default.
+AND other processes leave the cores idle (core_load.py), then with OpenBLAS's own
+default.
 The kernels themselves are never `parallel=True`, so there is one pool at a time.
 If SciPy's OpenBLAS cannot be found (another BLAS), nothing is changed.
 """
@@ -17,6 +17,8 @@ import ctypes
 import glob
 import os
 from contextlib import contextmanager
+
+from rshop_ir.kernels.cpu.core_load import others_idle
 
 THREADED_MIN_STEP_FLOPS = 1e6
 
@@ -46,15 +48,6 @@ def _api():
     return _API
 
 
-def _cores_idle() -> bool:
-    """Threads pay only on idle cores: under load (others' processes) threaded
-    OpenBLAS was 3x SLOWER at S4 (1.4 s vs 0.45 s single-threaded, 2 cores)."""
-    try:
-        return os.getloadavg()[0] <= (os.cpu_count() or 1) - 1
-    except OSError:
-        return False
-
-
 @contextmanager
 def blas_threads_for(step_flops: float):
     """Run the block with 1 BLAS thread, or the default count for big step GEMMs."""
@@ -63,7 +56,7 @@ def blas_threads_for(step_flops: float):
         yield
         return
     getter, setter, default = api
-    wanted = default if step_flops >= THREADED_MIN_STEP_FLOPS and _cores_idle() else 1
+    wanted = default if step_flops >= THREADED_MIN_STEP_FLOPS and others_idle() else 1
     previous = getter()
     if previous != wanted:
         setter(wanted)

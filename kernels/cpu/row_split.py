@@ -82,3 +82,4 @@ def run_in_slices(run_slice, batch: int, slices: int, batched_outputs) -> list:
     parts = [first, *rest]
     return [np.concatenate(outputs, axis=0) if batched else outputs[0]
             for outputs, batched in zip(zip(*parts), batched_outputs)]
+

@@ -74,13 +74,14 @@ class CompiledProgram(CompiledProgramBase):
     def __call__(self, *inputs, initial_state=None, initial_readout=None, chunk_steps=None,
                  team_size=None, **named_inputs):
         """Run the kernel. `chunk_steps` bounds the steps per input-projection GEMM;
-        `team_size` forces the number of threads splitting each step's matmul columns
-        (default: chosen per call; 1 = this thread only)."""
+        `team_size` > 1 runs the call on that many threads splitting each step's
+        matmul columns (kernels/cpu/team.py; default: one thread per call, or row
+        slices on all cores for a big batch)."""
         if len(inputs) == 1 and not named_inputs and initial_state is None \
-                and initial_readout is None and chunk_steps is None and team_size is None:
+                and initial_readout is None and chunk_steps is None:
             fast = self._fast_inputs(inputs[0])
             if fast is not None:
-                return self._launch(*fast)
+                return self._launch(*fast, team_size)
         program = self.program
         inputs, named_inputs = self._call_inputs(inputs, initial_state, initial_readout,
                                                  named_inputs)
@@ -123,7 +124,7 @@ class CompiledProgram(CompiledProgramBase):
         splitting each step's matmul columns (kernels/cpu/team.py), or as row slices
         on several cores (kernels/cpu/row_split.py)."""
         kernel = self.kernel
-        members = team_size_for(kernel, batch, steps, team_size)
+        members = team_size_for(kernel, team_size)
         self.refresh_weights()
         weights = self._weight_arguments
         slices = 1

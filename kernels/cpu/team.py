@@ -10,65 +10,34 @@ gathers the whole product; the rest of the step runs on every member alike. The
 members are the calling thread (rank 0, whose outputs are returned) and pool threads
 running the same `nogil` kernel.
 
-A team is used only while the machine's other cores are idle (the count of runnable
-tasks in /proc/loadavg): a barrier per step is cheap between running threads, but
-waits a whole scheduler slice for a member whose core was taken.
+A team is formed only when asked for: `compiled(x, team_size=2)`. A barrier per step
+is cheap between threads that keep their cores, but waits a scheduler slice for a
+member whose core was taken, and on the 2-vCPU development machine that happened
+often: at S2 (batch 1, H=256) a team of 2 took 0.6x to 1.5x the time of one thread
+from run to run (alone in a process; 2-3x slower next to ONNX Runtime's spinning
+pool). So it is an option for machines with dedicated cores, measured there first.
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from rshop_ir.kernels.cpu.row_split import usable_cores, worker_pool
+from rshop_ir.kernels.cpu.row_split import worker_pool
 from rshop_ir.kernels.cpu.team_sync import ABORT, COUNTER_SIZE
 
-MAX_TEAM = 4                 # members at most (barriers get dearer with more)
-# Teams pay for one batch row (a matrix-vector product per step). Measured at 2-8 rows
-# (LSTM H=256, T=100, interleaved medians): 1.9-2x SLOWER than one thread, as
-# OpenBLAS's sgemm on a member's column block packs it again every step.
-MAX_TEAM_BATCH = 1
-MIN_TEAM_WEIGHT_BYTES = 512 * 1024   # smaller weights stay in one core's cache anyway
-MAX_MEMBER_WEIGHT_BYTES = 1024 * 1024   # a member's share must fit its core's L2
-MIN_TEAM_STEPS = 8
+MAX_TEAM = 16                # members at most
 
 _SOLO = {}
-_IDLE_CACHE = [0.0, False]
 
 
-def _others_idle(members: int) -> bool:
-    """True when at most this thread runs now, cached for 50 ms. Where /proc/loadavg
-    is missing, the 1-minute load average decides."""
-    now = time.monotonic()
-    if now - _IDLE_CACHE[0] > 0.05:
-        try:
-            with open("/proc/loadavg") as handle:
-                running = int(handle.read().split()[3].split("/")[0])
-            idle = running + members - 1 <= usable_cores()
-        except (OSError, ValueError, IndexError):
-            import os
-
-            try:
-                idle = os.getloadavg()[0] + members - 1 <= usable_cores()
-            except OSError:
-                idle = False
-        _IDLE_CACHE[:] = [now, idle]
-    return _IDLE_CACHE[1]
-
-
-def team_size_for(kernel, batch: int, steps: int, requested=None) -> int:
-    """How many threads run a call (1: the calling thread alone)."""
-    if not kernel.team_columns:
+def team_size_for(kernel, requested=None) -> int:
+    """How many threads run a call: `requested` (None: 1), at most `MAX_TEAM` and the
+    width of the kernel's widest split matmul; 1 when the kernel splits none."""
+    if not kernel.team_columns or requested is None:
         return 1
-    if requested is not None:
-        return max(1, min(int(requested), MAX_TEAM, kernel.team_columns))
-    members = min(usable_cores(), MAX_TEAM)
-    if members < 2 or not 1 <= batch <= MAX_TEAM_BATCH or steps < MIN_TEAM_STEPS \
-            or not MIN_TEAM_WEIGHT_BYTES <= kernel.team_weight_bytes \
-            <= MAX_MEMBER_WEIGHT_BYTES * members:
-        return 1
-    return members if _others_idle(members) else 1
+    if int(requested) < 1:
+        raise ValueError(f"team_size must be >= 1. Received: team_size={requested}")
+    return min(int(requested), MAX_TEAM, kernel.team_columns)
 
 
 def solo_arguments(kernel) -> tuple:
