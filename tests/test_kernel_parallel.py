@@ -57,7 +57,10 @@ def _compiled_case(entry, split_every_matmul=False):
             if split_every_matmul:
                 patch.setattr(codegen, "TEAM_MIN_COLUMNS", 1)
                 patch.setattr(codegen, "TEAM_MIN_CONTRACTION", 1)
-            _COMPILED[key] = (case, rshop_ir.compile(case.target, target="cpu"))
+            compiled = rshop_ir.compile(case.target, target="cpu")
+            if split_every_matmul:
+                compiled._team_kernel()  # the team variant, generated under the patch
+            _COMPILED[key] = (case, compiled)
     return _COMPILED[key]
 
 
@@ -73,7 +76,8 @@ def test_team_of_threads_matches_keras(entry, members):
 def test_most_zoo_kernels_can_split_their_matmuls():
     """The team test above is not vacuous: these kernels take the team path."""
     splitting = [entry.__name__ for entry in zoo.ZOO
-                 if _compiled_case(entry, split_every_matmul=True)[1].kernel.team_columns > 0]
+                 if _compiled_case(entry, split_every_matmul=True)[1]._team_kernel()[0]
+                 .team_columns > 0]
     assert len(splitting) >= len(zoo.ZOO) - 3, splitting
     assert "keras_lstm" in splitting and "mgu" in splitting
 
@@ -126,7 +130,8 @@ def test_failing_team_member_stops_the_team(monkeypatch):
 
 def test_team_size_is_asked_for_and_bounded(monkeypatch):
     case, compiled = _compiled_case(zoo.keras_lstm, split_every_matmul=True)
-    kernel = compiled.kernel
+    assert compiled.kernel.team_columns == 0                # the default kernel: no team
+    kernel = compiled._team_kernel()[0]
     assert team.team_size_for(kernel) == 1                  # never formed unasked
     assert team.team_size_for(kernel, 2) == 2
     assert team.team_size_for(kernel, 10 ** 6) == min(team.MAX_TEAM, kernel.team_columns)

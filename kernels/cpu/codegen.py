@@ -109,8 +109,9 @@ class _Function:
 
 
 class CpuGenerator:
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, team: bool = False):
         self.program = program
+        self.team = team             # write the team variant (see `_team_matmul`)
         reserved = {"np", "math", "njit", "B", "T", "chunk", "PHASE_BASE", "team_wait",
                     *TEAM_ARGUMENTS, *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
@@ -135,7 +136,8 @@ class CpuGenerator:
         header.line("import math")
         header.line("import numpy as np")
         header.line("from numba import njit")
-        header.line("from rshop_ir.kernels.cpu.team_sync import PHASE_BASE, team_wait")
+        if self.team:
+            header.line("from rshop_ir.kernels.cpu.team_sync import PHASE_BASE, team_wait")
         header.line("from rshop_ir.kernels.cpu.mathlib import (")
         for name in _MATH_MODULE_NAMES:
             header.line(f"    {name},")
@@ -828,7 +830,7 @@ class CpuGenerator:
                                                               inner["readout"][0].ndim)
         for name, constant_var in zip(constants, inner["constants"]):
             function.values[constant_var] = ArrayValue(name, constant_var.ndim)
-        if top_level:
+        if top_level and self.team:
             function.team_constants = dict(zip(inner["constants"], constants))
         results = ["y_all" if params["return_sequences"] else "y_last"]
         results += [current for current, _ in state_buffers]
@@ -972,6 +974,6 @@ class CpuGenerator:
         return width
 
 
-def generate(program: Program) -> KernelSource:
+def generate(program: Program, team: bool = False) -> KernelSource:
     """The Numba CPU module for an optimised program (see the module docstring)."""
-    return CpuGenerator(program).generate()
+    return CpuGenerator(program, team).generate()

@@ -23,7 +23,7 @@ from rshop_ir.kernels.batch_rows import has_batch_rows, rows_independent
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
 from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
-from rshop_ir.kernels.cpu.team import run_team, solo_arguments, team_size_for
+from rshop_ir.kernels.cpu.team import run_team, team_size_for
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 
 DEFAULT_CHUNK_STEPS = 256
@@ -52,6 +52,7 @@ class CompiledProgram(CompiledProgramBase):
         self._batched_inputs = [has_batch_rows(var) for var in self.program.inputs]
         self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
         self._fast_call = None
+        self._team = None
         self._set_weights(optimized.weights)
 
     def __repr__(self) -> str:
@@ -124,33 +125,47 @@ class CompiledProgram(CompiledProgramBase):
         splitting each step's matmul columns (kernels/cpu/team.py), or as row slices
         on several cores (kernels/cpu/row_split.py)."""
         kernel = self.kernel
-        members = team_size_for(kernel, team_size)
+        members = 1 if team_size is None or team_size == 1 else \
+            team_size_for(self._team_kernel()[0], team_size)
         self.refresh_weights()
         weights = self._weight_arguments
         slices = 1
         if members == 1 and self._rows_independent:
             slices = slice_count(batch, batch * steps * kernel.step_flops_per_row)
-        solo = solo_arguments(kernel) if kernel.team_columns else ()
         if members > 1:
+            team_kernel, team_run = self._team_kernel()
             chunk = self._chunk(batch, chunk_steps)
             with blas_threads_for(0.0):
                 results = list(run_team(
-                    lambda *team: self._run(batch, steps, chunk, *arrays, *weights, *team),
-                    kernel, batch, members))
+                    lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team),
+                    team_kernel, batch, members))
         elif slices > 1:
             def run_slice(start, stop):
                 rows = stop - start
                 sliced = [array[start:stop] if has_rows else array
                           for array, has_rows in zip(arrays, self._batched_inputs)]
                 return self._run(rows, steps, self._chunk(rows, chunk_steps), *sliced,
-                                 *weights, *solo)
+                                 *weights)
             with blas_threads_for(0.0):
                 results = run_in_slices(run_slice, batch, slices, self._batched_outputs)
         else:
             chunk = self._chunk(batch, chunk_steps)
             with blas_threads_for(batch * kernel.step_flops_per_row):
-                results = list(self._run(batch, steps, chunk, *arrays, *weights, *solo))
+                results = list(self._run(batch, steps, chunk, *arrays, *weights))
         return self._finish(results)
+
+    def _team_kernel(self) -> tuple:
+        """(KernelSource, run) of the team variant, generated at the first call asking
+        for a team (kernels/cpu/team.py): the branches and barriers it adds cost every
+        first compile ~0.5 s, so kernels without a team never carry them."""
+        if self._team is None:
+            from rshop_ir.kernels.cpu.cache import load_module
+            from rshop_ir.kernels.cpu.codegen import generate
+
+            kernel = generate(self.program, team=True)
+            module = load_module(kernel.source, kernel.globals)
+            self._team = (kernel, getattr(module, kernel.entry))
+        return self._team
 
     def _finish(self, results: list):
         if self._fast_call is not None and any(

@@ -27,9 +27,6 @@ from rshop_ir.kernels.cpu.team_sync import ABORT, COUNTER_SIZE
 
 MAX_TEAM = 16                # members at most
 
-_SOLO = {}
-
-
 def team_size_for(kernel, requested=None) -> int:
     """How many threads run a call: `requested` (None: 1), at most `MAX_TEAM` and the
     width of the kernel's widest split matmul; 1 when the kernel splits none."""
@@ -38,15 +35,6 @@ def team_size_for(kernel, requested=None) -> int:
     if int(requested) < 1:
         raise ValueError(f"team_size must be >= 1. Received: team_size={requested}")
     return min(int(requested), MAX_TEAM, kernel.team_columns)
-
-
-def solo_arguments(kernel) -> tuple:
-    """The team arguments of a call run by the calling thread alone."""
-    key = kernel.team_dtype
-    if key not in _SOLO:
-        _SOLO[key] = (0, 1, np.zeros(COUNTER_SIZE, np.int64),
-                      np.zeros((2, 1), np.dtype(kernel.team_dtype)))
-    return _SOLO[key]
 
 
 def run_team(run_member, kernel, batch: int, members: int):
