@@ -81,6 +81,30 @@ def test_auto_sees_new_weights_after_set_weights():
     np.testing.assert_allclose(fast(x), reference(x), atol=1e-5)
 
 
+def test_auto_in_predict_sees_weights_changed_by_fit_and_set_weights():
+    """Inside `predict` the kernel keeps the variables' buffers of its last call and
+    skips comparing them while they are the same: training and set_weights must still
+    be seen on the next predict."""
+    x = RNG.standard_normal((4, 6, 3)).astype("float32")
+    fast, reference = _pair(lambda b: _step_rnn(b, f"fit_{b}", return_sequences=True),
+                            x.shape)
+    inputs = keras.Input((6, 3))
+    model = keras.Model(inputs, fast(inputs))
+    expected_model = keras.Model(inputs, reference(inputs))
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               expected_model.predict(x, verbose=0), atol=1e-5)
+    model.compile(keras.optimizers.SGD(0.3), "mse")
+    model.fit(x, np.ones((4, 6, 4), np.float32), epochs=2, verbose=0)
+    reference.set_weights(fast.get_weights())
+    after_fit = model.predict(x, verbose=0)
+    np.testing.assert_allclose(after_fit, expected_model.predict(x, verbose=0), atol=1e-5)
+    fast.set_weights([w * 0.5 for w in fast.get_weights()])
+    reference.set_weights(fast.get_weights())
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               expected_model.predict(x, verbose=0), atol=1e-5)
+    assert not np.allclose(model.predict(x, verbose=0), after_fit, atol=1e-4)
+
+
 def test_training_runs_the_differentiable_reference():
     x = RNG.standard_normal((4, 6, 3)).astype("float32")
     fast, reference = _pair(lambda b: _step_rnn(b, f"t_{b}"), x.shape)

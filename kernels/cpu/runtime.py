@@ -10,8 +10,12 @@
   3. re-reads the weights if a `weight_reader` is set (e.g. Keras variables) and
      recomputes the weight prologue only when they changed;
   4. calls `run(B, T, chunk, *inputs, *weights)` with `chunk` sized so the chunk
-     buffers of the input projection stay under `max_chunk_bytes` whatever T is.
-Nothing here imports Keras.
+     buffers of the input projection stay under `max_chunk_bytes` whatever T is: on
+     this thread, as row slices on all cores for a big batch (row_split.py), or on a
+     team of threads when `team_size=` asks for one (team.py, its own kernel variant).
+A call with one positional array of the same shape and dtype as the previous such
+call skips steps 1-2 (the defaults filled then are reused; the kernel never writes its
+inputs). Nothing here imports Keras.
 """
 
 from __future__ import annotations
