@@ -147,6 +147,21 @@ def test_unchanged_variables_are_not_compared_again():
     assert watcher.poll() is None
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])
+def test_few_rows_recurrent_matmul_matches_keras(batch):
+    """2-4 rows with a big recurrent weight take the contraction-outer loop (not
+    OpenBLAS); its neighbours take np.dot: all must agree with Keras."""
+    units, features = 257, 7          # contraction 257: the 4-term passes plus a rest
+    layer = keras.layers.GRU(units, return_sequences=True, return_state=True)
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 6, features)).astype(np.float32)
+    layer(x)
+    _randomize(layer, seed=batch, scale=0.1)
+    compiled = rshop_ir.compile(layer)
+    assert "if 2 <= B <= 4:" in compiled.source and "range(256, 257)" in compiled.source
+    _assert_matches(compiled, layer, x)
+
+
 def test_repeated_calls_skip_the_checks_but_never_share_buffers():
     """A call like the previous one (same shape and dtype) skips the input checks and
     reuses the filled default states: the results must stay exact and independent."""
