@@ -13,7 +13,7 @@ running the same `nogil` kernel.
 A team is formed only when asked for: `compiled(x, team_size=2)`. A barrier per step
 is cheap between threads that keep their cores, but waits a scheduler slice for a
 member whose core was taken, and on the 2-vCPU development machine that happened
-often: at S2 (batch 1, H=256) a team of 2 took 0.6x to 1.5x the time of one thread
+often: at S2 (batch 1, H=256) a team of 2 took 0.7x to 1.7x the time of one thread
 from run to run (alone in a process; 2-3x slower next to ONNX Runtime's spinning
 pool). So it is an option for machines with dedicated cores, measured there first.
 """
