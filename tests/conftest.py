@@ -33,3 +33,16 @@ def layer_backend(request, monkeypatch):
         monkeypatch.setattr(recurrent_model, "check_backend_name",
                             lambda backend: check("keras" if backend == "auto" else backend))
     return request.param
+
+
+@pytest.fixture(scope="module")
+def kernel_cache(tmp_path_factory):
+    """A fresh kernel disk cache (RSHOP_CACHE_DIR) for one test module; its path."""
+    previous = os.environ.get("RSHOP_CACHE_DIR")
+    directory = str(tmp_path_factory.mktemp("kernel_cache"))
+    os.environ["RSHOP_CACHE_DIR"] = directory
+    yield directory
+    if previous is None:
+        os.environ.pop("RSHOP_CACHE_DIR", None)
+    else:
+        os.environ["RSHOP_CACHE_DIR"] = previous

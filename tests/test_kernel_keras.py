@@ -3,8 +3,6 @@ keras.layers.LSTM/GRU/SimpleRNN, our LSTMCell/GRUCell/RHNCell layers with every 
 option, and weights changed after compiling. (Whole-model cases, readout, decode,
 masking and stacks are in tests/test_kernel_zoo.py.)"""
 
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -16,15 +14,7 @@ ATOL_FLOAT32 = 1e-4
 BATCH, TIME, FEATURES, UNITS = 3, 100, 5, 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _kernel_cache(tmp_path_factory):
-    previous = os.environ.get("RSHOP_CACHE_DIR")
-    os.environ["RSHOP_CACHE_DIR"] = str(tmp_path_factory.mktemp("kernel_cache"))
-    yield
-    if previous is None:
-        os.environ.pop("RSHOP_CACHE_DIR", None)
-    else:
-        os.environ["RSHOP_CACHE_DIR"] = previous
+pytestmark = pytest.mark.usefixtures("kernel_cache")  # a fresh kernel disk cache
 
 
 def _as_list(value):

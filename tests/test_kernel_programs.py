@@ -17,16 +17,7 @@ from rshop_ir.bound import BoundProgram
 ATOL = {"float32": 1e-4, "float64": 1e-10}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernel_cache(tmp_path_factory):
-    previous = os.environ.get("RSHOP_CACHE_DIR")
-    directory = str(tmp_path_factory.mktemp("kernel_cache"))
-    os.environ["RSHOP_CACHE_DIR"] = directory
-    yield directory
-    if previous is None:
-        os.environ.pop("RSHOP_CACHE_DIR", None)
-    else:
-        os.environ["RSHOP_CACHE_DIR"] = previous
+pytestmark = pytest.mark.usefixtures("kernel_cache")  # a fresh kernel disk cache
 
 
 def _as_list(value):

@@ -9,17 +9,7 @@ import zoo
 ATOL_FLOAT32 = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _kernel_cache(tmp_path_factory):
-    import os
-
-    previous = os.environ.get("RSHOP_CACHE_DIR")
-    os.environ["RSHOP_CACHE_DIR"] = str(tmp_path_factory.mktemp("kernel_cache"))
-    yield
-    if previous is None:
-        os.environ.pop("RSHOP_CACHE_DIR", None)
-    else:
-        os.environ["RSHOP_CACHE_DIR"] = previous
+pytestmark = pytest.mark.usefixtures("kernel_cache")  # a fresh kernel disk cache
 
 
 def _as_list(value):

@@ -75,7 +75,6 @@ class KernelSource:
     scan_functions: tuple = field(default_factory=tuple)
     team_columns: int = 0        # > 0: `run` takes the team arguments (kernels/cpu/team.py);
                                  # the widest matmul whose columns a team splits
-    team_weight_bytes: int = 0   # the largest weight matrix a team splits, in bytes
     team_dtype: str = "float32"  # dtype of the team's exchange buffer
 
 
@@ -131,8 +130,7 @@ class CpuGenerator:
         self.projection_row_bytes = 0
         self.step_flops_per_row = 0.0
         self.team_columns = 0
-        self.team_weight_bytes = 0
-        self.team_dtypes = set()
+        self.team_dtype = None       # the dtype of the matmuls a team splits (one only)
 
     # ---- module --------------------------------------------------------------------
 
@@ -158,12 +156,11 @@ class CpuGenerator:
         chunks = [header.text()]
         for writer in self.functions + [run_writer]:
             chunks.append("\n\n" + writer.text())
-        team_dtype = self.team_dtypes.pop() if len(self.team_dtypes) == 1 else "float32"
         return KernelSource("".join(chunks), dict(self.globals), "run",
                             tuple(self.program.input_names), tuple(weight_slots),
                             self.projection_row_bytes, self.step_flops_per_row,
                             tuple(self.scan_functions), self.team_columns,
-                            self.team_weight_bytes, team_dtype)
+                            self.team_dtype or "float32")
 
     def _render_run(self, plan):
         function = _Function(self.names.child())
@@ -665,13 +662,14 @@ class CpuGenerator:
         else:
             self._hand_matmul(function, a_value, b_value, name, out, contraction)
 
-    @staticmethod
-    def _team_splits(function, weight, contraction, out) -> bool:
+    def _team_splits(self, function, weight, contraction, out) -> bool:
         """A recurrent matmul of a top-level scan by a weight constant of the scan, with
-        static sizes: its columns may be split over a team of threads."""
+        static sizes: its columns may be split over a team of threads (all split
+        matmuls share one exchange buffer, so they must have one dtype)."""
         return function.team_constants is not None and weight in function.team_constants \
             and isinstance(contraction, int) and isinstance(out.shape[1], int) \
-            and contraction >= TEAM_MIN_CONTRACTION and out.shape[1] >= TEAM_MIN_COLUMNS
+            and contraction >= TEAM_MIN_CONTRACTION and out.shape[1] >= TEAM_MIN_COLUMNS \
+            and self.team_dtype in (None, out.dtype)
 
     def _team_matmul(self, function, a_value, b_value, name, out, contraction) -> None:
         """`name = a @ b`, each member of the team computing its block of columns.
@@ -722,9 +720,7 @@ class CpuGenerator:
             self._plain_matmul(function, a_value, b_value, name, out, contraction, True)
         function.team_used = True
         self.team_columns = max(self.team_columns, columns)
-        self.team_weight_bytes = max(self.team_weight_bytes, contraction * columns *
-                                     np.dtype(out.dtype).itemsize)
-        self.team_dtypes.add(out.dtype)
+        self.team_dtype = out.dtype
 
     def _few_rows_matmul(self, function, a_value, b_value, name, out, contraction) -> None:
         """`name = a @ b` for a few rows and a big weight: the contraction index
