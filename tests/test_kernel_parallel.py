@@ -129,7 +129,8 @@ def test_team_size_is_asked_for_and_bounded(monkeypatch):
         compiled(*case.inputs, team_size=0)
     monkeypatch.setattr(row_split, "usable_cores", lambda: 2)
     assert row_split.slice_count(256, 1e9) == 2
-    assert row_split.slice_count(32, 1e9) == 1                      # too few rows
+    assert row_split.slice_count(32, 1e9) == 2                      # a tile per slice
+    assert row_split.slice_count(7, 1e9) == 1                       # too few rows
     assert row_split.slice_count(256, 1e3) == 1                     # too little work
 
 

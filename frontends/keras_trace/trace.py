@@ -108,8 +108,11 @@ def _layer_signature(layer):
 
 
 def _trace_recurrent_layer(layer):
-    """Inputs: x, then one optional input per initial state and the initial readout."""
-    context = TraceContext()
+    """Inputs: x, then one optional input per initial state and the initial readout,
+    in the layer's compute dtype (float64 for `dtype="float64"`, else float32)."""
+    float_dtype = "float64" if getattr(layer, "compute_dtype", None) == "float64" \
+        else "float32"
+    context = TraceContext(float_dtype=float_dtype)
     builder = context.builder
     step_shape, state_shapes, readout_shape, decode = _layer_signature(layer)
     x_shape = ("B", *step_shape) if decode else ("B", "T", *step_shape)

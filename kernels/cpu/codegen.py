@@ -9,8 +9,9 @@ kernels/scalar_ops.py, shared with other renderers; this file only writes Numba 
 Inside a scan function, per chunk of up to `chunk` steps: the absorbed input projection
 is ONE GEMM (`np.dot`, BLAS) over the chunk's rows in time-major order (B rows per
 step), then the element-wise eqns that followed it; then per step the recurrent
-matmul(s) (`np.dot` at batch >= 8 or contraction >= 16, a hand loop below, where
-BLAS call overhead dominates) and each fused region as ONE loop nest, then the states,
+matmul(s) (register tiles over a weight packed once per call from 2 batch rows on,
+kernels/cpu/tiles.py; `np.dot` for one row, or a hand loop where BLAS call overhead
+dominates) and each fused region as ONE loop nest, then the states,
 readout and output are committed (keeping the old rows where the mask is False) by
 swapping double buffers. Weights and prologue results are ARGUMENTS of `run`, never
 constants of the source, so new weights need no recompilation.
@@ -34,7 +35,7 @@ from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/4"
+GENERATOR_VERSION = "numba-cpu/5"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -44,15 +45,16 @@ BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS
 TEAM_ARGUMENTS = ("team_rank", "team_size", "team_counter", "team_pool")
 TEAM_MIN_COLUMNS = 32       # narrower matmuls are not worth a barrier
 TEAM_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
-# A recurrent matmul with 2..FEW_ROWS_MAX_BATCH rows and a weight at least this big
-# runs as a contraction-outer loop instead of OpenBLAS's sgemm (`_few_rows_matmul`).
-# Measured (LSTM, T=100, interleaved medians, 2 cores), loop vs sgemm: H=256 2 rows
-# 3.02 vs 3.02 ms, 4 rows 5.58 vs 7.47; H=384 6.15 vs 14.86, 10.61 vs 16.25; H=512
-# 15.28 vs 25.67, 25.87 vs 28.19; but 8 rows H=512 45.96 vs 34.12 (threaded BLAS);
-# H=128 (contraction 128) slower at every batch.
-FEW_ROWS_MAX_BATCH = 4
-FEW_ROWS_MIN_CONTRACTION = 256
-FEW_ROWS_MIN_COLUMNS = 256
+# A recurrent matmul by a weight constant of its scan, with at least this contraction
+# and columns, runs as register tiles over a weight packed once per call
+# (kernels/cpu/tiles.py) when the call has 2+ rows; one row keeps np.dot (the product
+# is then bound by streaming the weight, and sgemv streams it as fast). The functions
+# using tiles take TILE_ARGUMENT: the addresses of the tile callbacks, per TILE_DTYPES.
+TILE_ROWS, TILE_COLUMNS = 4, 16    # the shape of one register tile
+TILE_DTYPES = ("float32", "float64")   # one tile callback each (tiles.py)
+TILE_ARGUMENT = "tile_functions"
+TILE_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
+TILE_MIN_COLUMNS = 16
 
 _MATH_MODULE_NAMES = sorted({impl.split(".")[0] for pair in mathlib.FUNCTIONS.values()
                              for impl in pair if "." not in impl and impl != "abs"})
@@ -76,6 +78,7 @@ class KernelSource:
     team_columns: int = 0        # > 0: `run` takes the team arguments (kernels/cpu/team.py);
                                  # the widest matmul whose columns a team splits
     team_dtype: str = "float32"  # dtype of the team's exchange buffer
+    tile_dtypes: tuple = ()      # non-empty: `run` takes TILE_ARGUMENT before the team's
 
 
 def dtype_expression(dtype: str) -> str:
@@ -105,6 +108,9 @@ class _Function:
         self.preamble = None         # SourceWriter for buffers allocated before the loop
         self.values = {}
         self.team_constants = None   # in a top-level scan: constant Var -> argument name
+        self.constants = {}          # in a scan: constant Var -> argument name
+        self.packed = {}             # constant Var -> names of its packed copy and scratch
+        self.tiles_used = False      # it, or a scan it calls, takes TILE_ARGUMENT
         self.team_used = False       # a matmul of this function splits its columns
         self.abort_return = None     # the statement leaving a scan function early
 
@@ -121,6 +127,7 @@ class CpuGenerator:
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
         reserved = {"np", "math", "njit", "B", "T", "chunk", "PHASE_BASE", "team_wait",
+                    "pack_columns", "call_tiles", TILE_ARGUMENT,
                     *TEAM_ARGUMENTS, *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
         self.ctx = CpuScalarContext()
@@ -131,6 +138,7 @@ class CpuGenerator:
         self.step_flops_per_row = 0.0
         self.team_columns = 0
         self.team_dtype = None       # the dtype of the matmuls a team splits (one only)
+        self.tile_dtypes = set()     # dtypes of the matmuls run as register tiles
 
     # ---- module --------------------------------------------------------------------
 
@@ -145,6 +153,8 @@ class CpuGenerator:
         header.line("from numba import njit")
         if self.team:
             header.line("from rshop_ir.kernels.cpu.team_sync import PHASE_BASE, team_wait")
+        if self.tile_dtypes:
+            header.line("from rshop_ir.kernels.cpu.tiles import call_tiles, pack_columns")
         header.line("from rshop_ir.kernels.cpu.mathlib import (")
         for name in _MATH_MODULE_NAMES:
             header.line(f"    {name},")
@@ -160,7 +170,8 @@ class CpuGenerator:
                             tuple(self.program.input_names), tuple(weight_slots),
                             self.projection_row_bytes, self.step_flops_per_row,
                             tuple(self.scan_functions), self.team_columns,
-                            self.team_dtype or "float32")
+                            self.team_dtype or "float32",
+                            tuple(d for d in TILE_DTYPES if d in self.tile_dtypes))
 
     def _render_run(self, plan):
         function = _Function(self.names.child())
@@ -185,6 +196,8 @@ class CpuGenerator:
                 self._emit_scan_call(function, item, top_level=True)
             else:
                 self._emit_eqn(function, item)
+        if function.tiles_used:
+            arguments.append(TILE_ARGUMENT)
         if self.team_columns:
             arguments += list(TEAM_ARGUMENTS)
         results = [self._output_array(function, atom) for atom in program.outputs]
@@ -607,10 +620,10 @@ class CpuGenerator:
                 self.step_flops_per_row = max(self.step_flops_per_row,
                                               2.0 * contraction * out.shape[1])
             if blas_ready and self._team_splits(function, b, contraction, out):
-                self._team_matmul(function, a_value, b_value, name, out, contraction)
+                self._team_matmul(function, a_value, b_value, name, out, contraction, b)
             else:
                 self._plain_matmul(function, a_value, b_value, name, out, contraction,
-                                   blas_ready)
+                                   blas_ready, b)
             function.values[out] = ArrayValue(name, 2)
             return
         if not is_float:
@@ -640,15 +653,14 @@ class CpuGenerator:
         function.values[out] = ArrayValue(name, out.ndim)
 
     def _plain_matmul(self, function, a_value, b_value, name, out, contraction,
-                      blas_ready: bool) -> None:
+                      blas_ready: bool, weight: Var) -> None:
         """`name = a @ b` on one thread: BLAS, or a hand loop where BLAS's call costs
         more than the product (small batch and contraction inside a scan)."""
         body = function.body
-        if blas_ready and function.preamble is not None and isinstance(contraction, int) \
-                and contraction >= FEW_ROWS_MIN_CONTRACTION \
-                and isinstance(out.shape[1], int) and out.shape[1] >= FEW_ROWS_MIN_COLUMNS:
-            with body.block(f"if 2 <= B <= {FEW_ROWS_MAX_BATCH}:"):
-                self._few_rows_matmul(function, a_value, b_value, name, out, contraction)
+        if blas_ready and self._tiles_apply(function, weight, contraction, out):
+            with body.block("if B >= 2:"):
+                self._tiled_matmul(function, a_value, b_value, name, out, contraction,
+                                   weight)
             with body.block("else:"):
                 body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
         elif blas_ready and (function.preamble is None or (
@@ -662,6 +674,38 @@ class CpuGenerator:
         else:
             self._hand_matmul(function, a_value, b_value, name, out, contraction)
 
+    def _tiles_apply(self, function, weight: Var, contraction, out) -> bool:
+        """A matmul inside a scan by one of the scan's constants, big enough for tiles."""
+        return function.preamble is not None and weight in function.constants \
+            and out.dtype in TILE_DTYPES \
+            and isinstance(contraction, int) and contraction >= TILE_MIN_CONTRACTION \
+            and isinstance(out.shape[1], int) and out.shape[1] >= TILE_MIN_COLUMNS
+
+    def _tiled_matmul(self, function, a_value, b_value, name, out, contraction,
+                      weight: Var) -> None:
+        """`name = a @ b` as register tiles (kernels/cpu/tiles.py). The weight is packed
+        once per call in the preamble, only when the call has 2+ rows (one packed copy
+        per weight, whatever number of matmuls use it)."""
+        if weight not in function.packed:
+            names, preamble = function.names, function.preamble
+            dtype = dtype_expression(out.dtype)
+            packed, rows, overhang = (names.fresh(h) for h in
+                                      ("packed", "tiled_rows", "tile_overhang"))
+            blocks = -(-out.shape[1] // TILE_COLUMNS)
+            preamble.line(f"{packed} = np.zeros(({blocks} if B >= 2 else 0, {contraction}, "
+                          f"{TILE_COLUMNS}), {dtype})")
+            preamble.line(f"pack_columns({b_value.array()}, {packed})")
+            preamble.line(f"{rows} = np.empty(((B + {TILE_ROWS - 1}) // {TILE_ROWS}, "
+                          f"{contraction}, {TILE_ROWS}), {dtype})")
+            preamble.line(f"{overhang} = np.empty(({TILE_ROWS}, {TILE_COLUMNS}), {dtype})")
+            function.packed[weight] = (packed, rows, overhang)
+        packed, rows, overhang = function.packed[weight]
+        callback = f"{TILE_ARGUMENT}[{TILE_DTYPES.index(out.dtype)}]"
+        function.body.line(f"call_tiles({callback}, {a_value.array()}, {packed}, {name}, "
+                           f"{rows}, {overhang})")
+        function.tiles_used = True
+        self.tile_dtypes.add(out.dtype)
+
     def _team_splits(self, function, weight, contraction, out) -> bool:
         """A recurrent matmul of a top-level scan by a weight constant of the scan, with
         static sizes: its columns may be split over a team of threads (all split
@@ -671,7 +715,8 @@ class CpuGenerator:
             and contraction >= TEAM_MIN_CONTRACTION and out.shape[1] >= TEAM_MIN_COLUMNS \
             and self.team_dtype in (None, out.dtype)
 
-    def _team_matmul(self, function, a_value, b_value, name, out, contraction) -> None:
+    def _team_matmul(self, function, a_value, b_value, name, out, contraction,
+                     weight: Var) -> None:
         """`name = a @ b`, each member of the team computing its block of columns.
 
         Member `team_rank` copies its columns of the weight once (preamble), computes
@@ -717,41 +762,11 @@ class CpuGenerator:
                         body.line(f"{name}[{i}, {member_low} + {j}] = "
                                   f"{member_part}[{i}, {j}]")
         with body.block("else:"):
-            self._plain_matmul(function, a_value, b_value, name, out, contraction, True)
+            self._plain_matmul(function, a_value, b_value, name, out, contraction, True,
+                               weight)
         function.team_used = True
         self.team_columns = max(self.team_columns, columns)
         self.team_dtype = out.dtype
-
-    def _few_rows_matmul(self, function, a_value, b_value, name, out, contraction) -> None:
-        """`name = a @ b` for a few rows and a big weight: the contraction index
-        outermost, so each weight row is read once for all batch rows, four terms per
-        pass (summed in order). OpenBLAS's sgemm packs the whole weight on every call,
-        which dominates for a few rows (numbers at FEW_ROWS_MAX_BATCH)."""
-        names, body = function.names, function.body
-        columns = out.shape[1]
-        i, j, k = names.fresh("i"), names.fresh("j"), names.fresh("k")
-        terms = [names.fresh("a") for _ in range(4)]
-        weight = b_value.array()
-        zero = self.ctx.const(0, out.dtype)
-        with body.block(f"for {i} in range(B):"):
-            with body.block(f"for {j} in range({columns}):"):
-                body.line(f"{name}[{i}, {j}] = {zero}")
-        full = contraction - contraction % 4
-        with body.block(f"for {k} in range(0, {full}, 4):"):
-            with body.block(f"for {i} in range(B):"):
-                for offset, term in enumerate(terms):
-                    body.line(f"{term} = {a_value.element([i, f'{k} + {offset}'])}")
-                with body.block(f"for {j} in range({columns}):"):
-                    total = f"{name}[{i}, {j}]"
-                    for offset, term in enumerate(terms):
-                        total = f"({total} + {term} * {weight}[{k} + {offset}, {j}])"
-                    body.line(f"{name}[{i}, {j}] = {total}")
-        if full < contraction:
-            with body.block(f"for {k} in range({full}, {contraction}):"):
-                with body.block(f"for {i} in range(B):"):
-                    body.line(f"{terms[0]} = {a_value.element([i, k])}")
-                    with body.block(f"for {j} in range({columns}):"):
-                        body.line(f"{name}[{i}, {j}] += {terms[0]} * {weight}[{k}, {j}]")
 
     def _hand_matmul(self, function, a_value, b_value, name, out, contraction) -> None:
         names, body = function.names, function.body
@@ -768,10 +783,13 @@ class CpuGenerator:
     # ---- scans -------------------------------------------------------------------------
 
     def _emit_scan_call(self, function, plan, top_level: bool = False) -> None:
-        scan_name, arguments, team = self._render_scan(plan, top_level)
+        scan_name, arguments, tiles, team = self._render_scan(plan, top_level)
         call_arguments = ["B", "T", "chunk"]
         for atom in arguments:
             call_arguments.append(self._array(function, atom, contiguous=True))
+        if tiles:
+            call_arguments.append(TILE_ARGUMENT)
+            function.tiles_used = True
         if team:
             call_arguments += list(TEAM_ARGUMENTS)
         outputs = [function.names.fresh("scan_out") for _ in plan.eqn.outputs]
@@ -781,7 +799,8 @@ class CpuGenerator:
 
     def _render_scan(self, plan, top_level: bool = False) -> tuple:
         """Write one module-level function for a scan; returns (name, outer args,
-        whether it takes the team arguments). The recurrent matmuls of a top-level
+        whether it takes TILE_ARGUMENT, whether it takes the team arguments). The
+        recurrent matmuls of a scan may run as register tiles; those of a top-level
         scan may split their columns over a team of threads (`_team_matmul`)."""
         scan_name = self.names.fresh(f"scan_{len(self.scan_functions)}")
         self.scan_functions.append(scan_name)
@@ -873,6 +892,7 @@ class CpuGenerator:
                                                               inner["readout"][0].ndim)
         for name, constant_var in zip(constants, inner["constants"]):
             function.values[constant_var] = ArrayValue(name, constant_var.ndim)
+        function.constants = dict(zip(inner["constants"], constants))
         if top_level and self.team:
             function.team_constants = dict(zip(inner["constants"], constants))
         results = ["y_all" if params["return_sequences"] else "y_last"]
@@ -926,7 +946,9 @@ class CpuGenerator:
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
         team_arguments = list(TEAM_ARGUMENTS) if function.team_used else []
-        signature = ", ".join(["B", "T", "chunk", *argument_names, *team_arguments])
+        tile_arguments = [TILE_ARGUMENT] if function.tiles_used else []
+        signature = ", ".join(["B", "T", "chunk", *argument_names, *tile_arguments,
+                               *team_arguments])
         with writer.block(f"def {scan_name}({signature}):"):
             writer.line(f'"""scan {plan.layout}; go_backwards={backwards}, '
                         f'return_sequences={bool(params["return_sequences"])}."""')
@@ -934,7 +956,7 @@ class CpuGenerator:
             writer.extend(loop)
             writer.line(f"return ({', '.join(results)},)")
         self.functions.append(writer)
-        return scan_name, outer_arguments, function.team_used
+        return scan_name, outer_arguments, function.tiles_used, function.team_used
 
     def _emit_nested_scan(self, function, eqn) -> None:
         plan = lowering.plan_scan(eqn)

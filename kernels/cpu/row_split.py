@@ -4,13 +4,14 @@ The generated kernels release the GIL (`nogil=True`) and a program whose batch r
 are independent (kernels/batch_rows.py) gives the same rows whether it runs the whole
 batch or a slice. So a big call is cut into one slice of rows per core; the calling
 thread runs the first slice and a small thread pool the others, each slice with
-single-threaded BLAS, and the outputs are joined along axis 0.
+single-threaded BLAS and its own packed copy of the recurrent weights, and the
+outputs are joined along axis 0.
 
 Why not always threaded BLAS: OpenBLAS's threads wake, split and join once per step
 (per recurrent GEMM); slices synchronise once per call, and a slice whose core is taken
-by another process only delays the join instead of stalling every step. But each slice
-streams all the weights every step, so slices pay only for big batches (compute-bound
-GEMMs); smaller ones keep threaded BLAS, which splits the weights' columns instead.
+by another process only delays the join instead of stalling every step. Each slice
+streams all the weights every step, which the register tiles make cheap enough from
+one tile of rows per slice on.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import numpy as np
 # A call is split only when its matmuls amount to this many FLOPs (about a millisecond
 # of single-threaded work): below it, handing a slice to a thread costs too much.
 MIN_SPLIT_FLOPS = 3e7
-# ... and into slices of at least this many rows. With fewer, a step's recurrent GEMM
-# is bound by streaming the weights, which every slice streams again: measured on 2
-# cores (LSTM H=256, T=100), batch 8 as 2 slices took 16.2 ms against 9.9 ms with
-# OpenBLAS's threads, batch 32 23.2 vs 22.1 ms; batch 256 (H=512, T=50) 238 vs 257 ms.
-MIN_ROWS_PER_SLICE = 64
+# ... and into slices of at least one whole register tile of rows (kernels/cpu/tiles.py:
+# from 2 rows on, each slice's recurrent matmuls run as tiles over a weight the slice
+# packs once). Measured on 2 cores, LSTM T=100, one slice vs slices of >= 4 rows:
+# H=256 batch 8 6.34 vs 4.16 ms, batch 32 25.1 vs 15.0 ms; batch 4 (2 slices of 2
+# rows, half-empty tiles) 3.26 vs 3.31 ms. With OpenBLAS's sgemm instead of tiles
+# (earlier), slices only paid from 128 rows on.
+MIN_ROWS_PER_SLICE = 4
 
 _POOL = None
 _POOL_LOCK = threading.Lock()

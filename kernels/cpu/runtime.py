@@ -9,8 +9,10 @@
      made C-contiguous;
   3. re-reads the weights if a `weight_reader` is set (e.g. Keras variables) and
      recomputes the weight prologue only when they changed;
-  4. calls `run(B, T, chunk, *inputs, *weights)` with `chunk` sized so the chunk
-     buffers of the input projection stay under `max_chunk_bytes` whatever T is: on
+  4. calls `run(B, T, chunk, *inputs, *weights)` (plus the addresses of the register
+     tile callbacks when it uses them, kernels/cpu/tiles.py) with `chunk` sized so
+     the chunk buffers of the input projection stay under `max_chunk_bytes`, whatever
+     T is: on
      this thread, as row slices on all cores for a big batch (row_split.py), or on a
      team of threads when `team_size=` asks for one (team.py, its own kernel variant).
 A call with one positional array of the same shape and dtype as the previous such
@@ -132,12 +134,13 @@ class CompiledProgram(CompiledProgramBase):
         members = 1 if team_size is None or team_size == 1 else \
             team_size_for(self._team_kernel()[0], team_size)
         self.refresh_weights()
-        weights = self._weight_arguments
+        weights = self._weight_arguments + self._tile_arguments(kernel, batch)
         slices = 1
         if members == 1 and self._rows_independent:
             slices = slice_count(batch, batch * steps * kernel.step_flops_per_row)
         if members > 1:
             team_kernel, team_run = self._team_kernel()
+            weights = self._weight_arguments + self._tile_arguments(team_kernel, batch)
             chunk = self._chunk(batch, chunk_steps)
             with blas_threads_for(0.0):
                 results = list(run_team(
@@ -157,6 +160,17 @@ class CompiledProgram(CompiledProgramBase):
             with blas_threads_for(batch * kernel.step_flops_per_row):
                 results = list(self._run(batch, steps, chunk, *arrays, *weights))
         return self._finish(results)
+
+    @staticmethod
+    def _tile_arguments(kernel, batch: int) -> list:
+        """[the addresses of the tile callbacks] for a kernel running matmuls as register
+        tiles (kernels/cpu/tiles.py; compiled at the first call with 2+ rows, as one
+        row never calls them), else []."""
+        if not kernel.tile_dtypes:
+            return []
+        from rshop_ir.kernels.cpu.tiles import tile_addresses
+
+        return [tile_addresses(kernel.tile_dtypes if batch >= 2 else ())]
 
     def _team_kernel(self) -> tuple:
         """(KernelSource, run) of the team variant, generated at the first call asking
