@@ -88,6 +88,27 @@ def test_row_slices_match_keras(entry, monkeypatch):
     _assert_close(got, case.reference())
 
 
+def test_row_slices_see_the_work_of_a_static_time_axis(monkeypatch):
+    """A model whose inputs fix the time length binds no T; the slicing decision must
+    still count its steps (KernelSource.fixed_steps), or it sees no work at all."""
+    import keras
+
+    x = np.random.default_rng(5).standard_normal((8, 7, 5)).astype(np.float32)
+    inputs = keras.Input((7, 5))
+    model = keras.Model(inputs, keras.layers.LSTM(6, return_sequences=True)(inputs))
+    compiled = rshop_ir.compile(model, target="cpu")
+    assert compiled.kernel.fixed_steps == 7
+    work = 8 * 7 * compiled.kernel.step_flops_per_row
+    monkeypatch.setattr(row_split, "MIN_SPLIT_FLOPS", work)      # just enough
+    monkeypatch.setattr(row_split, "usable_cores", lambda: 2)
+    calls = []
+    original = row_split.run_in_slices
+    monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_in_slices",
+                        lambda *args: calls.append(args[2]) or original(*args))
+    _assert_close(compiled(x), np.asarray(model(x)))
+    assert calls == [2], "the call ran as two row slices"
+
+
 def test_row_bounds_cover_the_batch_evenly():
     assert row_split.row_bounds(5, 2) == [(0, 2), (2, 5)] or \
         row_split.row_bounds(5, 2) == [(0, 3), (3, 5)]

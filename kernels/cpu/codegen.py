@@ -79,6 +79,7 @@ class KernelSource:
                                  # the widest matmul whose columns a team splits
     team_dtype: str = "float32"  # dtype of the team's exchange buffer
     tile_dtypes: tuple = ()      # non-empty: `run` takes TILE_ARGUMENT before the team's
+    fixed_steps: int = 0         # steps of the longest top-level scan of static length
 
 
 def dtype_expression(dtype: str) -> str:
@@ -139,6 +140,7 @@ class CpuGenerator:
         self.team_columns = 0
         self.team_dtype = None       # the dtype of the matmuls a team splits (one only)
         self.tile_dtypes = set()     # dtypes of the matmuls run as register tiles
+        self.fixed_steps = 0         # the longest top-level scan of static length
 
     # ---- module --------------------------------------------------------------------
 
@@ -171,7 +173,8 @@ class CpuGenerator:
                             self.projection_row_bytes, self.step_flops_per_row,
                             tuple(self.scan_functions), self.team_columns,
                             self.team_dtype or "float32",
-                            tuple(d for d in TILE_DTYPES if d in self.tile_dtypes))
+                            tuple(d for d in TILE_DTYPES if d in self.tile_dtypes),
+                            self.fixed_steps)
 
     def _render_run(self, plan):
         function = _Function(self.names.child())
@@ -857,8 +860,12 @@ class CpuGenerator:
             first = sequences[0]
             source_name = first[2] if first[1] == "direct" else projections[0][2]
             preamble.line(f"steps = {source_name}.shape[1]")
+            length = groups["sequences"][0].shape[1]
         else:
-            preamble.line(f"steps = {int(params['length'])}")
+            length = int(params["length"])
+            preamble.line(f"steps = {length}")
+        if top_level and isinstance(length, int):
+            self.fixed_steps = max(self.fixed_steps, length)
         for position, (body_var, kind, data) in enumerate(sequences):
             if kind == "projection":
                 continue

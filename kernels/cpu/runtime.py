@@ -137,7 +137,9 @@ class CompiledProgram(CompiledProgramBase):
         weights = self._weight_arguments + self._tile_arguments(kernel, batch)
         slices = 1
         if members == 1 and self._rows_independent:
-            slices = slice_count(batch, batch * steps * kernel.step_flops_per_row)
+            # `steps` is 0 when the time axis has a static length (no T to bind)
+            work_steps = steps or kernel.fixed_steps
+            slices = slice_count(batch, batch * work_steps * kernel.step_flops_per_row)
         if members > 1:
             team_kernel, team_run = self._team_kernel()
             weights = self._weight_arguments + self._tile_arguments(team_kernel, batch)
