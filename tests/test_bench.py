@@ -204,3 +204,21 @@ def test_cli_quick_writes_json_and_png(tmp_path, capsys):
         assert len(row["samples_s"]) == 2 and all(s > 0 for s in row["samples_s"])
         assert row["median_s"] == pytest.approx(float(np.median(row["samples_s"])))
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tiles_bench_checks_and_prints_every_shape(monkeypatch, capsys):
+    """`python -m bench.tiles` compares the tiles with np.dot (it asserts they agree)
+    and prints one line per dtype and shape with both rates and their ratio."""
+    from rshop_ir.bench import tiles
+
+    monkeypatch.setattr(tiles, "SHAPES", [(3, 17, 20), (4, 16, 16)])
+    tiles.main(["--repeats", "1"])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()
+             if line.startswith("float")]
+    assert [(line[0], line[1:6]) for line in lines] == [
+        (dtype, shape) for dtype in ("float32", "float64")
+        for shape in (["3", "x", "17", "x", "20"], ["4", "x", "16", "x", "16"])]
+    for line in lines:
+        blas_rate, tile_rate, ratio = float(line[6]), float(line[7]), float(line[8][:-1])
+        assert blas_rate > 0 and tile_rate > 0
+        assert ratio == pytest.approx(tile_rate / blas_rate, rel=0.1, abs=0.05)

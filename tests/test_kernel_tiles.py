@@ -13,7 +13,7 @@ from numba import njit
 
 from rshop_ir.kernels.cpu import codegen
 from rshop_ir.kernels.cpu.slp import slp_vectorizer
-from rshop_ir.kernels.cpu.tiles import call_tiles, pack_columns, tile_addresses, tile_source
+from rshop_ir.kernels.cpu.tiles import call_tiles, tile_addresses, tile_source
 
 ROWS, COLUMNS = codegen.TILE_ROWS, codegen.TILE_COLUMNS
 
@@ -27,8 +27,11 @@ def _multiply(a: np.ndarray, weight: np.ndarray) -> np.ndarray:
     dtype = a.dtype
     rows, contraction = a.shape
     columns = weight.shape[1]
-    packed = np.zeros((-(-columns // COLUMNS), contraction, COLUMNS), dtype)
-    pack_columns(weight, packed)
+    blocks = -(-columns // COLUMNS)
+    padded = np.zeros((contraction, blocks * COLUMNS), dtype)
+    padded[:, :columns] = weight
+    packed = np.ascontiguousarray(padded.reshape(contraction, blocks, COLUMNS)
+                                  .transpose(1, 0, 2))
     out = np.full((rows, columns), np.nan, dtype)
     a_tiles = np.full((-(-rows // ROWS), contraction, ROWS), np.nan, dtype)
     overhang = np.full((ROWS, COLUMNS), np.nan, dtype)

@@ -128,7 +128,7 @@ class CpuGenerator:
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
         reserved = {"np", "math", "njit", "B", "T", "chunk", "PHASE_BASE", "team_wait",
-                    "pack_columns", "call_tiles", TILE_ARGUMENT,
+                    "call_tiles", TILE_ARGUMENT,
                     *TEAM_ARGUMENTS, *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
         self.ctx = CpuScalarContext()
@@ -156,7 +156,7 @@ class CpuGenerator:
         if self.team:
             header.line("from rshop_ir.kernels.cpu.team_sync import PHASE_BASE, team_wait")
         if self.tile_dtypes:
-            header.line("from rshop_ir.kernels.cpu.tiles import call_tiles, pack_columns")
+            header.line("from rshop_ir.kernels.cpu.tiles import call_tiles")
         header.line("from rshop_ir.kernels.cpu.mathlib import (")
         for name in _MATH_MODULE_NAMES:
             header.line(f"    {name},")
@@ -697,7 +697,14 @@ class CpuGenerator:
             blocks = -(-out.shape[1] // TILE_COLUMNS)
             preamble.line(f"{packed} = np.zeros(({blocks} if B >= 2 else 0, {contraction}, "
                           f"{TILE_COLUMNS}), {dtype})")
-            preamble.line(f"pack_columns({b_value.array()}, {packed})")
+            # Block b holds columns b*TILE_COLUMNS on; the last one is zero-padded.
+            block, k, j = (names.fresh(h) for h in ("block", "k", "j"))
+            with preamble.block(f"for {block} in range({packed}.shape[0]):"):
+                with preamble.block(f"for {k} in range({contraction}):"):
+                    with preamble.block(f"for {j} in range(min({TILE_COLUMNS}, "
+                                        f"{out.shape[1]} - {block} * {TILE_COLUMNS})):"):
+                        preamble.line(f"{packed}[{block}, {k}, {j}] = "
+                                      f"{b_value.array()}[{k}, {block} * {TILE_COLUMNS} + {j}]")
             preamble.line(f"{rows} = np.empty(((B + {TILE_ROWS - 1}) // {TILE_ROWS}, "
                           f"{contraction}, {TILE_ROWS}), {dtype})")
             preamble.line(f"{overhang} = np.empty(({TILE_ROWS}, {TILE_COLUMNS}), {dtype})")

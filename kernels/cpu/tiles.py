@@ -2,36 +2,36 @@
 
 `np.dot` (OpenBLAS's sgemm) repacks its whole right operand on every call, and its
 paths for a few dozen rows stay far from the core's FMA rate. Here a kernel packs each
-recurrent weight ONCE per call (`pack_columns`: blocks of TILE_COLUMNS columns,
-(blocks, contraction, TILE_COLUMNS), zero-padded), and every step computes the product
-in TILE_ROWS x TILE_COLUMNS tiles: the left rows are first laid out tile by tile with
-the rows of a tile side by side, then each tile keeps its 64 sums in 64 scalar
-variables while it walks the contraction, loading one row of the packed block and
-TILE_ROWS left-hand values per index. LLVM's SLP vectoriser (slp_compiler.py) packs
+recurrent weight ONCE per call, in its preamble: blocks of TILE_COLUMNS columns,
+(blocks, contraction, TILE_COLUMNS), the last block zero-padded. Every step then
+computes the product in TILE_ROWS x TILE_COLUMNS tiles: the left rows are laid out
+tile by tile with the rows of a tile side by side, and each tile keeps its 64 sums in
+64 scalar variables while it walks the contraction, loading one row of the packed
+block and TILE_ROWS left-hand values per index. LLVM's SLP vectoriser (slp.py) packs
 those scalars into 4 vector registers of fused multiply-adds.
 
 Measured on one core here (float32, median of 5, GFLOP/s, tiles vs `np.dot`):
-(4,256)x(256,1024) 107 vs 21; (8,256)x(256,1024) 109 vs 35; (32,256)x(256,1024)
-106 vs 68; (128,512)x(512,2048) 108 vs 87. With 2 rows (half a tile wasted) it is
-level with `np.dot`, and with one row the product is bound by streaming the weight,
-so the generated kernels use tiles from 2 rows on and `np.dot` for one. Tile shapes
-tried: 2x16 and 2x32 were slower, 4x32 and 8x16 no faster and slower to compile. Left
-rows read in place (strided) made LLVM emit gathers (36 GFLOP/s), hence the layout
-copy of the left rows on every product.
+(4,256)x(256,1024) 103 vs 21; (8,256)x(256,1024) 111 vs 34; (32,256)x(256,1024)
+114 vs 69; (128,512)x(512,2048) 115 vs 94 (float64: 52-55 vs 21-50). With 2 rows
+(half a tile wasted) it is level with `np.dot`, and with one row the product is bound
+by streaming the weight, so the kernels use tiles from 2 rows on and `np.dot` for
+one. Tile shapes tried: 2x16 and 2x32 were slower, 4x32 and 8x16 no faster and slower
+to compile. Left rows read in place (strided) made LLVM emit gathers (36 GFLOP/s),
+hence their layout copy on every product.
 
 The tile function compiles in ~4 s, too long to link into every kernel (LLVM would
-optimise it again inside each one, +0.5 s per kernel). So it is a C callback (`cfunc`)
-compiled once per dtype and cache directory, and only when a call first needs it
-(`tile_addresses`: compiled, or loaded from the disk cache, once per process);
-kernels receive its address as an argument and call it through `call_tiles`, an
-indirect call that keeps them cacheable (no address is baked into their code).
+optimise it again inside each one). So it is a C callback (`cfunc`), compiled only
+when a call first needs it (`tile_addresses`: compiled, or loaded from the disk
+cache, once per process and dtype); kernels receive its address as an argument and
+call it through `call_tiles`, an indirect call that keeps them cacheable (no address
+is baked into their code).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core.extending import intrinsic
 
 from rshop_ir.kernels.cpu.cache import load_module
@@ -43,8 +43,8 @@ _ADDRESSES = {}      # dtypes -> the array `tile_addresses` returns (one per pro
 
 def tile_source(dtype: str) -> str:
     """The module text of the `cfunc` `multiply(a, packed, out, a_tiles, overhang,
-    rows, columns, contraction)`: out = a @ weight where `packed` came from
-    `pack_columns(weight, packed)`; the pointers address C-contiguous arrays of
+    rows, columns, contraction)`: out = a @ weight where `packed` holds the weight's
+    columns in blocks (module docstring); the pointers address C-contiguous arrays of
     `dtype`: a (rows, contraction), packed (blocks, contraction, TILE_COLUMNS), out
     (rows, columns), and the scratch a_tiles (ceil(rows / TILE_ROWS), contraction,
     TILE_ROWS) and overhang (TILE_ROWS, TILE_COLUMNS), which takes the tiles that stick
@@ -124,7 +124,7 @@ def tile_addresses(dtypes) -> np.ndarray:
 @intrinsic
 def call_tiles(typingctx, address, a, packed, out, a_tiles, overhang):
     """Call the tile callback at `address` (an int64 from `tile_addresses`) on these
-    C-contiguous arrays: out = a @ weight, `packed` from `pack_columns`."""
+    C-contiguous arrays: out = a @ weight, `packed` the weight in column blocks."""
     arrays = (a, packed, out, a_tiles, overhang)
     if not isinstance(address, types.Integer) or not all(
             isinstance(array, types.Array) and array.layout == "C" for array in arrays):
@@ -146,16 +146,3 @@ def call_tiles(typingctx, address, a, packed, out, a_tiles, overhang):
         return context.get_dummy_value()
 
     return types.void(address, *arrays), codegen
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def pack_columns(weight, packed):
-    """Copy `weight` (contraction, columns) into `packed` (blocks, contraction,
-    TILE_COLUMNS), zero before the call: block b holds columns b*TILE_COLUMNS on."""
-    contraction, columns = weight.shape
-    for block in range(packed.shape[0]):
-        low = block * TILE_COLUMNS
-        width = min(TILE_COLUMNS, columns - low)
-        for k in range(contraction):
-            for j in range(width):
-                packed[block, k, j] = weight[k, low + j]
