@@ -711,8 +711,12 @@ class CpuGenerator:
             function.packed[weight] = (packed, rows, overhang)
         packed, rows, overhang = function.packed[weight]
         callback = f"{TILE_ARGUMENT}[{TILE_DTYPES.index(out.dtype)}]"
-        function.body.line(f"call_tiles({callback}, {a_value.array()}, {packed}, {name}, "
-                           f"{rows}, {overhang})")
+        left = a_value.array()
+        if not isinstance(a_value, ArrayValue):
+            # A view (e.g. rows of a chunk buffer): typed C-contiguous for the callback.
+            left = f"np.ascontiguousarray({left})"
+        function.body.line(f"call_tiles({callback}, {left}, {packed}, {name}, {rows}, "
+                           f"{overhang})")
         function.tiles_used = True
         self.tile_dtypes.add(out.dtype)
 

@@ -46,10 +46,10 @@ def usable_cores() -> int:
 
 def slice_count(batch: int, flops: float) -> int:
     """How many slices a call of `batch` rows and `flops` FLOPs runs as (1: no split)."""
+    if batch < 2 * MIN_ROWS_PER_SLICE or flops < MIN_SPLIT_FLOPS:
+        return 1                 # decided before the affinity system call
     cores = usable_cores()
-    if cores < 2 or batch < 2 * MIN_ROWS_PER_SLICE or flops < MIN_SPLIT_FLOPS:
-        return 1
-    return min(cores, batch // MIN_ROWS_PER_SLICE)
+    return 1 if cores < 2 else min(cores, batch // MIN_ROWS_PER_SLICE)
 
 
 def worker_pool(workers: int) -> ThreadPoolExecutor:
