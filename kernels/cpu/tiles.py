@@ -10,10 +10,11 @@ tile by tile with the rows of a tile side by side, and each tile keeps its 64 su
 block and TILE_ROWS left-hand values per index. LLVM's SLP vectoriser (slp.py) packs
 those scalars into 4 vector registers of fused multiply-adds.
 
-Measured on one core here (float32, median of 5, GFLOP/s, tiles vs `np.dot`):
-(4,256)x(256,1024) 103 vs 21; (8,256)x(256,1024) 111 vs 34; (32,256)x(256,1024)
-114 vs 69; (128,512)x(512,2048) 115 vs 94 (float64: 52-55 vs 21-50). With 2 rows
-(half a tile wasted) it is level with `np.dot`, and with one row the product is bound
+Measured on one core here (`python -m bench.tiles`, BENCHMARKS.md run 8; float32,
+GFLOP/s, tiles vs `np.dot`): (4,256)x(256,1024) 104 vs 21; (8,256)x(256,1024) 107 vs
+34; (32,256)x(256,1024) 111 vs 69; (128,512)x(512,2048) 112 vs 94 (float64: 52-55 vs
+21-50). With 33 rows and 300 columns, padding makes them 0.86-0.92x. With 2 rows
+(half a tile wasted) it is 1.1-1.2x `np.dot`, and with one row the product is bound
 by streaming the weight, so the kernels use tiles from 2 rows on and `np.dot` for
 one. Tile shapes tried: 2x16 and 2x32 were slower, 4x32 and 8x16 no faster and slower
 to compile. Left rows read in place (strided) made LLVM emit gathers (36 GFLOP/s),
