@@ -12,9 +12,9 @@
   4. calls `run(B, T, chunk, *inputs, *weights)` (plus the addresses of the register
      tile callbacks when it uses them, kernels/cpu/tiles.py) with `chunk` sized so
      the chunk buffers of the input projection stay under `max_chunk_bytes`, whatever
-     T is: on
-     this thread, as row slices on all cores for a big batch (row_split.py), or on a
-     team of threads when `team_size=` asks for one (team.py, its own kernel variant).
+     T is: on this thread, as row slices on all cores for a batch of 8+ rows
+     (row_split.py), or on a team of threads when `team_size=` asks for one (team.py,
+     its own kernel variant).
 A call with one positional array of the same shape and dtype as the previous such
 call skips steps 1-2 (the defaults filled then are reused; the kernel never writes its
 inputs). Nothing here imports Keras.
