@@ -134,7 +134,8 @@ class CompiledProgram(CompiledProgramBase):
         members = 1 if team_size is None or team_size == 1 else \
             team_size_for(self._team_kernel()[0], team_size)
         self.refresh_weights()
-        weights = self._weight_arguments + self._tile_arguments(kernel, batch)
+        running = self._team_kernel()[0] if members > 1 else kernel
+        weights = self._weight_arguments + self._tile_arguments(running, batch)
         slices = 1
         if members == 1 and self._rows_independent:
             # `steps` is 0 when the time axis has a static length (no T to bind)
@@ -142,7 +143,6 @@ class CompiledProgram(CompiledProgramBase):
             slices = slice_count(batch, batch * work_steps * kernel.step_flops_per_row)
         if members > 1:
             team_kernel, team_run = self._team_kernel()
-            weights = self._weight_arguments + self._tile_arguments(team_kernel, batch)
             chunk = self._chunk(batch, chunk_steps)
             with blas_threads_for(0.0):
                 results = list(run_team(
