@@ -31,6 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from bench.backend_base import RunSettings  # noqa: E402
+from bench.runner import settle  # noqa: E402
+
 SIZES = {  # (batch, time, input features, hidden units)
     "S1": (1, 100, 32, 64),
     "S2": (1, 100, 128, 256),
@@ -40,12 +43,14 @@ SIZES = {  # (batch, time, input features, hidden units)
 TARGET_SPEEDUP = {"S1": 15.0, "S2": 5.0, "S3": 1.5, "S4": 1.5}
 
 
-def _median_times(functions, repeats, min_sample_s=0.02):
+def _median_times(functions, repeats, min_sample_s=0.02, settings=RunSettings()):
     """Median seconds per call of each function over `repeats` interleaved rounds.
 
-    In each round every function takes one sample: one untimed call (the previous
-    function's thread pools, e.g. TensorFlow's spinning Eigen threads, settle and the
-    caches refill for this one), then enough timed calls to last `min_sample_s`.
+    In each round every function takes one sample: `settings.quiet_s` idle (the
+    previous function's thread pools stop spinning: ONNX Runtime's spins ~40 ms after
+    its last run), `settings.warm_s` of untimed calls (the caches refill and this
+    function's own threads wake, as in steady use; see bench.backend_base.RunSettings),
+    then enough timed calls to last `min_sample_s`.
     """
     calls = {}
     for name, function in functions.items():
@@ -57,7 +62,7 @@ def _median_times(functions, repeats, min_sample_s=0.02):
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
-            function()
+            settle(function, settings.quiet_s, settings.warm_s)
             start = time.perf_counter()
             for _ in range(calls[name]):
                 function()

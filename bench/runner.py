@@ -12,7 +12,10 @@ For every (model, size):
 3. warm-up calls (untimed); the number of calls per sample is chosen so that a sample
    lasts at least `min_sample_s` (short calls are timed in loops, long ones once);
 4. `repeat` rounds; in each round every passing backend takes one sample, in an order
-   rotated by one each round, so that machine drift hits every backend alike;
+   rotated by one each round, so that machine drift hits every backend alike; each
+   sample starts after `settings.quiet_s` idle and `settings.warm_s` of untimed
+   calls, so that no other backend's thread pool still spins on a core and the
+   sampled one's threads are awake (see RunSettings);
 5. medians, and the ratios between backends of the same case within this run.
 
 Each result is a plain dict (one row of the JSON, see report.py for the schema).
@@ -128,8 +131,20 @@ def _calibrate(function, inputs, settings):
                    max(1, math.ceil(settings.min_sample_s / single))))
 
 
-def _sample(function, inputs, calls):
+def settle(call, quiet_s: float, warm_s: float) -> None:
+    """Idle `quiet_s` (other libraries' thread pools stop spinning), then `call()`
+    untimed for `warm_s`, at least once (its own threads wake); see RunSettings."""
+    time.sleep(quiet_s)
+    start = time.perf_counter()
+    call()
+    while time.perf_counter() - start < warm_s:
+        call()
+
+
+def _sample(function, inputs, calls, settings=None):
     gc.collect()
+    if settings is not None:
+        settle(lambda: function(*inputs), settings.quiet_s, settings.warm_s)
     gc.disable()
     try:
         start = time.perf_counter()
@@ -147,7 +162,8 @@ def _time_interleaved(timed, inputs, settings, bar):
     for round_index in range(settings.repeat):
         shift = round_index % max(len(timed), 1)
         for row, function in timed[shift:] + timed[:shift]:
-            row["samples_s"].append(_sample(function, inputs, row["calls_per_sample"]))
+            row["samples_s"].append(_sample(function, inputs, row["calls_per_sample"],
+                                            settings))
         bar.update(1)
 
 

@@ -51,7 +51,8 @@ class CompiledProgramBase:
 
     @property
     def weights(self) -> dict:
-        return dict(self._weights)
+        """The current weights, name -> a copy (change them with `set_weights`)."""
+        return {name: np.array(value) for name, value in self._weights.items()}
 
     def set_weights(self, weights: dict) -> None:
         """Replace the weights (name -> array); what the kernels read from them is

@@ -18,7 +18,8 @@ from rshop_ir.bench.sizes import PRESETS, Size, parse_size, parse_sizes
 from rshop_ir.bench.suites import ALL_CASES, select_cases
 
 TINY = PRESETS["S0"]
-FAST = RunSettings(repeat=2, warmup=0, min_sample_s=0.0, max_calls_per_sample=1)
+FAST = RunSettings(repeat=2, warmup=0, min_sample_s=0.0, max_calls_per_sample=1,
+                   quiet_s=0.0, warm_s=0.0)
 
 
 def _rows_by_backend(rows):
@@ -95,9 +96,10 @@ def test_gate_reports_a_wrong_backend_and_never_times_it():
         assert fake.calls == 1  # the checking call only
         assert by_backend[name]["samples_s"] == [] and by_backend[name]["median_s"] is None
         assert by_backend[name]["speedup_vs_reference"] is None
-    # A backend within the tolerance is timed: 1 check + 1 calibration + 2 samples.
+    # A backend within the tolerance is timed: 1 check + 1 calibration + 2 samples,
+    # each after one untimed settling call.
     assert by_backend["fake-right"]["status"] == "ok"
-    assert right.calls == 4 and len(by_backend["fake-right"]["samples_s"]) == 2
+    assert right.calls == 6 and len(by_backend["fake-right"]["samples_s"]) == 2
     assert by_backend[REFERENCE]["speedup_vs_reference"] == 1.0
     shown = "\n".join(" ".join(row) for row in report.table_rows(rows))
     assert "fake-wrong" in shown and "WRONG" in shown

@@ -4,15 +4,21 @@ Two ways a call uses more cores (kernels/cpu/): row slices (independent batch ro
 at once, outputs joined) and teams (threads splitting each step's matmul columns, a
 barrier per step). Both are forced here whatever the machine's load or the size, and
 compared with Keras on every zoo model; the row-independence analysis is checked on
-hand-built programs; a failing team member must stop the others, not hang them.
+hand-built programs; a failing team member must stop the others, not hang them. The
+team's parts (split input projection, weight copies kept between calls, the automatic
+choice, pinning) are checked against the interpreter.
 """
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import rshop_ir
 import zoo
-from rshop_ir import ProgramBuilder
+from rshop_ir import ProgramBuilder, examples
+from rshop_ir.bound import BoundProgram
+from rshop_ir.interpret import interpret
 from rshop_ir.kernels.batch_rows import rows_independent
 from rshop_ir.kernels.cpu import codegen, row_split, team
 
@@ -125,18 +131,162 @@ def test_failing_team_member_stops_the_team(monkeypatch):
     case, compiled = _compiled_case(zoo.keras_lstm, split_every_matmul=True)
     original = team.run_team
 
-    def failing_member(run_member, kernel, batch, members):
-        def member(rank, size, counter, pool):
+    def failing_member(run_member, buffers, batch, chunk):
+        def member(rank, size, counter, pool, shared):
             if rank == 1:
                 raise RuntimeError("member 1 failed")
-            return run_member(rank, size, counter, pool)
-        return original(member, kernel, batch, members)
+            return run_member(rank, size, counter, pool, shared)
+        return original(member, buffers, batch, chunk)
 
     monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_team", failing_member)
     with pytest.raises(RuntimeError, match="member 1 failed"):
         compiled(*case.inputs, team_size=2)
     monkeypatch.undo()
     _assert_close(compiled(*case.inputs, team_size=2), case.reference())
+
+
+def test_team_splits_the_input_projection_of_every_chunk():
+    """The members compute the steps of each chunk's input projection between them
+    (a barrier before each chunk after the first): several chunk sizes, vs Keras."""
+    case, compiled = _compiled_case(zoo.keras_lstm, split_every_matmul=True)
+    source = compiled._team_kernel()[0].source
+    assert "team_shared[" in source and "step_low" in source
+    for chunk in (1, 2, 3):
+        _assert_close(compiled(*case.inputs, team_size=2, chunk_steps=chunk, **case.kwargs),
+                      case.reference())
+
+
+def _lstm(input_size=8, units=16):
+    """A small LSTM program whose recurrent matmul a team splits by default."""
+    program = examples.lstm_program(input_size, units, return_sequences=True)
+    weights = examples.random_weights(program, scale=0.3)
+    rng = np.random.default_rng(11)
+    inputs = [rng.standard_normal(shape).astype(np.float32)
+              for shape in ((1, 9, input_size), (1, units), (1, units))]
+    return program, weights, inputs
+
+
+def test_team_weight_copies_follow_weight_changes():
+    """Each member keeps its weight columns between calls and copies them again only
+    for a new weight version: every change must reach the team's next call, and
+    arrays changed in place behind the compiled object's back must not."""
+    program, weights, inputs = _lstm()
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    assert compiled.kernel.team_weight_bytes == 16 * 64 * 4   # the plain kernel knows
+    source = compiled._team_kernel()[0].source
+    assert "if team_stamps[team_rank, 0] != team_version:" in source
+    for scale in (1.0, 0.5, -1.5):
+        changed = {name: scale * value for name, value in weights.items()}
+        compiled.set_weights(changed)
+        expected = interpret(program, *inputs, weights=changed)
+        _assert_close(compiled(*inputs, team_size=2), expected)
+        _assert_close(compiled(*inputs, team_size=2), expected)   # the kept copies
+        for value in changed.values():
+            value *= 3.0                          # the caller's arrays, in place
+        compiled.weights["lstm/Uf"][...] = 0.0    # a copy: changes nothing
+        _assert_close(compiled(*inputs, team_size=2), expected)
+        _assert_close(compiled(*inputs, team_size=1), expected)
+
+
+def test_team_copies_a_constant_that_is_not_a_weight_at_every_call():
+    """A split matmul by a scan constant computed from an input (not a weight) must be
+    copied anew by every call: no version stamp guards it."""
+    body = ProgramBuilder()
+    x_t = body.input("float32", ("B", 4))
+    h = body.input("float32", ("B", 32))
+    matrix = body.input("float32", (32, 32))
+    kernel = body.input("float32", (4, 32))
+    new_h = body.apply("tanh", body.apply("add", body.apply("matmul", x_t, kernel),
+                                          body.apply("matmul", h, matrix)))
+    builder = ProgramBuilder()
+    xs = builder.input("float32", ("B", "T", 4), name="x")
+    h0 = builder.input("float32", ("B", 32), name="h0")
+    recurrent = builder.input("float32", (32, 32), name="recurrent")
+    w = builder.param("w", "float32", (4, 32))
+    y, _ = builder.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0],
+                        constants=[recurrent, w], return_sequences=True)
+    program = builder.build([y])
+    weights = {"w": np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)}
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    source = compiled._team_kernel()[0].source
+    assert "team_store[team_rank]" in source      # the matmul is split ...
+    assert "team_stamps[" not in source           # ... and its copy never skipped
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 6, 4)).astype(np.float32)
+    h_start = np.zeros((1, 32), np.float32)
+    for _ in range(3):
+        matrix_value = (0.3 * rng.standard_normal((32, 32))).astype(np.float32)
+        expected = interpret(program, x, h_start, matrix_value, weights=weights)
+        _assert_close(compiled(x, h_start, matrix_value, team_size=2), expected)
+
+
+def test_automatic_team_rule(monkeypatch):
+    """A call that does not ask forms a team of 2 only for one row, enough steps, a
+    weight too big for one core's cache, 2+ usable cores and no other busy process."""
+    monkeypatch.setattr(team, "usable_cores", lambda: 2)
+    monkeypatch.setattr(team, "others_idle", lambda: True)
+    big = SimpleNamespace(team_weight_bytes=team.AUTO_MIN_WEIGHT_BYTES)
+    small = SimpleNamespace(team_weight_bytes=team.AUTO_MIN_WEIGHT_BYTES - 1)
+    steps = team.AUTO_MIN_STEPS
+    assert team.auto_team_size(big, 1, steps) == 2
+    assert team.auto_team_size(big, 2, steps) == 1          # tiles serve 2+ rows
+    assert team.auto_team_size(big, 0, steps) == 1
+    assert team.auto_team_size(big, 1, steps - 1) == 1      # too few steps
+    assert team.auto_team_size(small, 1, steps) == 1        # fits one core's cache
+    monkeypatch.setattr(team, "others_idle", lambda: False)
+    assert team.auto_team_size(big, 1, steps) == 1          # another process is busy
+    monkeypatch.setattr(team, "others_idle", lambda: True)
+    monkeypatch.setattr(team, "usable_cores", lambda: 1)
+    assert team.auto_team_size(big, 1, steps) == 1
+
+
+def test_automatic_team_runs_and_matches(monkeypatch):
+    program, weights, inputs = _lstm()
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    monkeypatch.setattr(team, "usable_cores", lambda: 2)
+    monkeypatch.setattr(team, "others_idle", lambda: True)
+    monkeypatch.setattr(team, "AUTO_MIN_WEIGHT_BYTES", 1)
+    monkeypatch.setattr(team, "AUTO_MIN_STEPS", 1)
+    teams = []
+    original = team.run_team
+    monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_team",
+                        lambda *args: teams.append(args[1].members) or original(*args))
+    expected = interpret(program, *inputs, weights=weights)
+    _assert_close(compiled(*inputs), expected)
+    assert teams == [2], "the call formed a team of two by itself"
+    _assert_close(compiled(inputs[0]), interpret(program, inputs[0], weights=weights))
+    assert teams == [2, 2]                      # the fast call path decides alike
+    _assert_close(compiled(*inputs, team_size=1), expected)
+    assert teams == [2, 2], "team_size=1 never forms a team"
+
+
+def test_team_members_run_on_cores_of_their_own():
+    """For the call, each member is pinned to its own core (the caller to the one it
+    is on); the caller's affinity is restored afterwards."""
+    import os
+
+    from rshop_ir.kernels.cpu import pinning
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no os.sched_setaffinity on this system: members are not pinned")
+    before = os.sched_getaffinity(0)
+    cores = pinning.member_cores(2)
+    if len(before) < 2:
+        assert cores is None
+        return
+    assert len(set(cores)) == 2 and set(cores) <= before
+    program, weights, _ = _lstm()
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    buffers = team.TeamBuffers(compiled._team_kernel()[0], 2)
+    seen = {}
+
+    def member(rank, *rest):
+        seen[rank] = os.sched_getaffinity(0)
+        return [rank]
+
+    assert team.run_team(member, buffers, 1, 1) == [0]
+    assert len(seen[0]) == len(seen[1]) == 1 and seen[0] != seen[1]
+    assert os.sched_getaffinity(0) == before
 
 
 def test_team_size_is_asked_for_and_bounded(monkeypatch):

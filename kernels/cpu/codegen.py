@@ -35,14 +35,19 @@ from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/5"
+GENERATOR_VERSION = "numba-cpu/6"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
                             # sgemm beat the hand loop from (1,16)x(16,64) up)
 
 # The arguments `run` and the top-level scans take when a matmul splits over a team.
-TEAM_ARGUMENTS = ("team_rank", "team_size", "team_counter", "team_pool")
+# `team_shared`: bytes every member sees (the input projection's chunk buffers, each
+# member computing some of its steps); `team_store` / `team_stamps`: each member's copy
+# of its weight columns, kept between calls and copied again only when `team_version`
+# (the weights' version, kernels/cpu/team.py) differs from the copy's stamp.
+TEAM_ARGUMENTS = ("team_rank", "team_size", "team_counter", "team_pool", "team_shared",
+                  "team_store", "team_stamps", "team_version")
 TEAM_MIN_COLUMNS = 32       # narrower matmuls are not worth a barrier
 TEAM_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
 # A recurrent matmul by a weight constant of its scan, with at least this contraction
@@ -80,6 +85,12 @@ class KernelSource:
     team_dtype: str = "float32"  # dtype of the team's exchange buffer
     tile_dtypes: tuple = ()      # non-empty: `run` takes TILE_ARGUMENT before the team's
     fixed_steps: int = 0         # steps of the longest top-level scan of static length
+    team_shared_row_bytes: int = 0   # team_shared bytes per (step x batch row) ...
+    team_shared_buffers: int = 0     # ... in this many buffers (each 64-byte aligned)
+    team_store_shapes: tuple = ()    # (contraction, columns) of each split matmul, in
+                                     # the order of their team_stamps columns
+    team_weight_bytes: int = 0   # the largest weight a team would split (also set in
+                                 # the plain kernel: the runtime's choice, team.py)
 
 
 def dtype_expression(dtype: str) -> str:
@@ -109,6 +120,7 @@ class _Function:
         self.preamble = None         # SourceWriter for buffers allocated before the loop
         self.values = {}
         self.team_constants = None   # in a top-level scan: constant Var -> argument name
+        self.weight_constants = set()  # those of them passed from weights unchanged
         self.constants = {}          # in a scan: constant Var -> argument name
         self.packed = {}             # constant Var -> names of its packed copy and scratch
         self.tiles_used = False      # it, or a scan it calls, takes TILE_ARGUMENT
@@ -141,6 +153,14 @@ class CpuGenerator:
         self.team_dtype = None       # the dtype of the matmuls a team splits (one only)
         self.tile_dtypes = set()     # dtypes of the matmuls run as register tiles
         self.fixed_steps = 0         # the longest top-level scan of static length
+        self.team_shared_row_bytes = 0
+        self.team_shared_buffers = 0
+        self.team_store_shapes = []
+        self.team_weight_bytes = 0
+        self.weight_vars = {var for _, var in program.params}
+        if program.prologue is not None:
+            self.weight_vars |= {var for var in program.prologue.outputs
+                                 if isinstance(var, Var)}
 
     # ---- module --------------------------------------------------------------------
 
@@ -174,7 +194,9 @@ class CpuGenerator:
                             tuple(self.scan_functions), self.team_columns,
                             self.team_dtype or "float32",
                             tuple(d for d in TILE_DTYPES if d in self.tile_dtypes),
-                            self.fixed_steps)
+                            self.fixed_steps, self.team_shared_row_bytes,
+                            self.team_shared_buffers, tuple(self.team_store_shapes),
+                            self.team_weight_bytes)
 
     def _render_run(self, plan):
         function = _Function(self.names.child())
@@ -623,6 +645,9 @@ class CpuGenerator:
                 self.step_flops_per_row = max(self.step_flops_per_row,
                                               2.0 * contraction * out.shape[1])
             if blas_ready and self._team_splits(function, b, contraction, out):
+                self.team_weight_bytes = max(self.team_weight_bytes, contraction * out.shape[1]
+                                             * np.dtype(out.dtype).itemsize)
+            if self.team and blas_ready and self._team_splits(function, b, contraction, out):
                 self._team_matmul(function, a_value, b_value, name, out, contraction, b)
             else:
                 self._plain_matmul(function, a_value, b_value, name, out, contraction,
@@ -730,19 +755,20 @@ class CpuGenerator:
             and self.team_dtype in (None, out.dtype)
 
     def _team_matmul(self, function, a_value, b_value, name, out, contraction,
-                     weight: Var) -> None:
+                     weight_var: Var) -> None:
         """`name = a @ b`, each member of the team computing its block of columns.
 
-        Member `team_rank` copies its columns of the weight once (preamble), computes
-        them into its row of the exchange buffer `team_pool`, waits at the barrier, then
-        gathers every member's block into its own `name`; everything else of the step
-        runs on every member (the same numbers), so one barrier per split matmul
-        suffices. Rows (phase % 2) * team_size + member alternate between barriers:
-        a block is rewritten two barriers later, when every member has read it.
+        Member `team_rank` keeps a copy of its columns of the weight in its row of
+        `team_store` (preamble; copied again only when the weights changed, for a
+        weight passed in unchanged, else at every call), computes them into its row of
+        the exchange buffer `team_pool`, waits at the barrier, then gathers every
+        member's block into its own `name`; everything else of the step runs on every
+        member (the same numbers), so one barrier per split matmul suffices. Rows
+        (phase % 2) * team_size + member alternate between barriers: a block is
+        rewritten two barriers later, when every member has read it.
         """
         names, preamble, body = function.names, function.preamble, function.body
         columns = out.shape[1]
-        dtype = dtype_expression(out.dtype)
         width, low, count, weight = (names.fresh(h) for h in
                                      ("team_width", "team_low", "team_count", "team_weight"))
         k, j = names.fresh("k"), names.fresh("j")
@@ -750,10 +776,23 @@ class CpuGenerator:
                       f"if team_size > 1 else 0")
         preamble.line(f"{low} = min({columns}, team_rank * {width})")
         preamble.line(f"{count} = min({columns}, {low} + {width}) - {low}")
-        preamble.line(f"{weight} = np.zeros(({contraction}, {width}), {dtype})")
-        with preamble.block(f"for {k} in range({contraction}):"):
-            with preamble.block(f"for {j} in range({count}):"):
-                preamble.line(f"{weight}[{k}, {j}] = {b_value.array()}[{k}, {low} + {j}]")
+        # Where this weight's copy starts in the member's store row: after the earlier ones.
+        start = " + ".join(f"{rows} * (({width_of} + team_size - 1) // team_size)"
+                           for rows, width_of in self.team_store_shapes) or "0"
+        stamp = len(self.team_store_shapes)
+        self.team_store_shapes.append((contraction, columns))
+        preamble.line(f"{weight} = team_store[team_rank][{start}:{start} + "
+                      f"{contraction} * {width}].reshape(({contraction}, {width}))")
+        copy = SourceWriter()
+        with copy.block(f"for {k} in range({contraction}):"):
+            with copy.block(f"for {j} in range({count}):"):
+                copy.line(f"{weight}[{k}, {j}] = {b_value.array()}[{k}, {low} + {j}]")
+        if weight_var in function.weight_constants:
+            with preamble.block(f"if team_stamps[team_rank, {stamp}] != team_version:"):
+                preamble.extend(copy)
+                preamble.line(f"team_stamps[team_rank, {stamp}] = team_version")
+        else:
+            preamble.extend(copy)
         phase, part, member, member_low, member_count, member_part, i = (
             names.fresh(h) for h in ("phase", "team_part", "member", "member_low",
                                      "member_count", "member_part", "i"))
@@ -777,7 +816,7 @@ class CpuGenerator:
                                   f"{member_part}[{i}, {j}]")
         with body.block("else:"):
             self._plain_matmul(function, a_value, b_value, name, out, contraction, True,
-                               weight)
+                               weight_var)
         function.team_used = True
         self.team_columns = max(self.team_columns, columns)
         self.team_dtype = out.dtype
@@ -911,8 +950,11 @@ class CpuGenerator:
         for name, constant_var in zip(constants, inner["constants"]):
             function.values[constant_var] = ArrayValue(name, constant_var.ndim)
         function.constants = dict(zip(inner["constants"], constants))
-        if top_level and self.team:
+        if top_level:
             function.team_constants = dict(zip(inner["constants"], constants))
+            function.weight_constants = {
+                body_var for body_var, outer in zip(inner["constants"], groups["constants"])
+                if outer in self.weight_vars}
         results = ["y_all" if params["return_sequences"] else "y_last"]
         results += [current for current, _ in state_buffers]
         function.abort_return = f"return ({', '.join(results)},)"
@@ -920,47 +962,49 @@ class CpuGenerator:
         if projections:
             preamble.line("chunk_steps = max(1, min(chunk, steps))")
         for index, projection, source, weight, _ in projections:
-            in_size, out_size = projection.weight.shape
-            dtype = dtype_expression(projection.output.dtype)
-            staged, projected = names.fresh(f"staged_{index}"), names.fresh(f"projected_{index}")
-            preamble.line(f"{staged} = np.empty((chunk_steps * B, {in_size}), {dtype})")
-            preamble.line(f"{projected} = np.empty((chunk_steps * B, {out_size}), {dtype})")
-            chunk_buffers[index] = (staged, projected)
+            chunk_buffers[index] = (names.fresh(f"staged_{index}"),
+                                    names.fresh(f"projected_{index}"))
 
-        # --- the loop over chunks, then over steps
+        # --- the steps of a chunk (first: whether a team splits a matmul decides how
+        # the chunk's input projection is computed)
         backwards = bool(params["go_backwards"])
         function.preamble = preamble
+        step_loop = function.body = SourceWriter()
+        with step_loop.block("for step in range(chunk_start, chunk_stop):"):
+            step_loop.line("t = steps - 1 - step" if backwards else "t = step")
+            step_loop.line("row = (t - time_low) * B")
+            for body_var, kind, data in sequences:
+                if kind == "direct":
+                    function.values[body_var] = SequenceStep(data, "t", body_var.ndim)
+                else:
+                    function.values[body_var] = ChunkRows(chunk_buffers[data][1], "row")
+            for eqn in body_program.eqns:
+                if eqn.op == "scan":
+                    self._emit_nested_scan(function, eqn)
+                else:
+                    self._emit_eqn(function, eqn)
+            self._render_commit(function, plan, state_buffers, readout_buffers, mask)
+
+        # --- the loop over chunks: the chunk's input projection, then its steps
         function.body = loop
+        shared = bool(projections) and function.team_used
+        self._projection_buffers(function, projections, chunk_buffers, shared)
         step_chunk = "chunk_steps" if projections else "max(1, steps)"
         with loop.block(f"for chunk_start in range(0, steps, {step_chunk}):"):
             loop.line(f"chunk_stop = min(chunk_start + {step_chunk}, steps)")
             loop.line("rows = (chunk_stop - chunk_start) * B")
             loop.line("time_low = steps - chunk_stop" if backwards else
                       "time_low = chunk_start")
-            for index, projection, source, weight, chain_operands in projections:
-                staged, projected = chunk_buffers[index]
-                with loop.block("for step in range(chunk_stop - chunk_start):"):
-                    with loop.block("for b in range(B):"):
-                        with loop.block(f"for k in range({staged}.shape[1]):"):
-                            loop.line(f"{staged}[step * B + b, k] = "
-                                      f"{source}[b, time_low + step, k]")
-                loop.line(f"np.dot({staged}[:rows], {weight}, {projected}[:rows])")
-                if projection.chain:
-                    self._render_chain(function, projection, projected, chain_operands)
-            with loop.block("for step in range(chunk_start, chunk_stop):"):
-                loop.line("t = steps - 1 - step" if backwards else "t = step")
-                loop.line("row = (t - time_low) * B")
-                for body_var, kind, data in sequences:
-                    if kind == "direct":
-                        function.values[body_var] = SequenceStep(data, "t", body_var.ndim)
-                    else:
-                        function.values[body_var] = ChunkRows(chunk_buffers[data][1], "row")
-                for eqn in body_program.eqns:
-                    if eqn.op == "scan":
-                        self._emit_nested_scan(function, eqn)
-                    else:
-                        self._emit_eqn(function, eqn)
-                self._render_commit(function, plan, state_buffers, readout_buffers, mask)
+            if shared:
+                with loop.block("if team_size > 1:"):
+                    self._team_projections(function, projections, chunk_buffers)
+                with loop.block("else:"):
+                    self._projections(function, projections, chunk_buffers,
+                                      "0", "chunk_stop - chunk_start")
+            else:
+                self._projections(function, projections, chunk_buffers,
+                                  "0", "chunk_stop - chunk_start")
+            loop.extend(step_loop)
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
         team_arguments = list(TEAM_ARGUMENTS) if function.team_used else []
@@ -980,11 +1024,75 @@ class CpuGenerator:
         plan = lowering.plan_scan(eqn)
         self._emit_scan_call(function, plan)
 
-    def _render_chain(self, function, projection, projected, chain_operands) -> None:
+    def _projection_buffers(self, function, projections, chunk_buffers, shared) -> None:
+        """Allocate each projection's chunk buffers (preamble). With `shared`, a team
+        member's projected buffer is a view of `team_shared` (every member computes
+        some steps of it, all read all of it); its own staging buffer stays private."""
+        preamble, names = function.preamble, function.names
+        at = names.fresh("team_shared_at") if shared else None
+        if shared:
+            preamble.line(f"{at} = 0")
+        for index, projection, _, _, _ in projections:
+            staged, projected = chunk_buffers[index]
+            in_size, out_size = projection.weight.shape
+            dtype = dtype_expression(projection.output.dtype)
+            preamble.line(f"{staged} = np.empty((chunk_steps * B, {in_size}), {dtype})")
+            if not shared:
+                preamble.line(f"{projected} = np.empty((chunk_steps * B, {out_size}), {dtype})")
+                continue
+            size = f"chunk_steps * B * {out_size * np.dtype(projection.output.dtype).itemsize}"
+            with preamble.block("if team_size > 1:"):
+                preamble.line(f"{projected} = team_shared[{at}:{at} + {size}].view({dtype})"
+                              f".reshape((chunk_steps * B, {out_size}))")
+                preamble.line(f"{at} = ({at} + {size} + 63) // 64 * 64")
+            with preamble.block("else:"):
+                preamble.line(f"{projected} = np.empty((chunk_steps * B, {out_size}), {dtype})")
+        if shared:
+            self.team_shared_row_bytes = max(self.team_shared_row_bytes, sum(
+                p.weight.shape[1] * np.dtype(p.output.dtype).itemsize
+                for _, p, _, _, _ in projections))
+            self.team_shared_buffers = max(self.team_shared_buffers, len(projections))
+
+    def _projections(self, function, projections, chunk_buffers, low, high) -> None:
+        """Stage the chunk's steps `low` to `high` of each projected sequence, project
+        them with one GEMM and apply the element-wise chain that follows it."""
+        loop = function.body
+        for index, projection, source, weight, chain_operands in projections:
+            staged, projected = chunk_buffers[index]
+            with loop.block(f"for step in range({low}, {high}):"):
+                with loop.block("for b in range(B):"):
+                    with loop.block(f"for k in range({staged}.shape[1]):"):
+                        loop.line(f"{staged}[step * B + b, k] = "
+                                  f"{source}[b, time_low + step, k]")
+            rows = f"({low}) * B:({high}) * B"
+            with loop.block(f"if {high} > {low}:"):
+                loop.line(f"np.dot({staged}[{rows}], {weight}, {projected}[{rows}])")
+            if projection.chain:
+                self._render_chain(function, projection, projected, chain_operands,
+                                   f"({low}) * B, ({high}) * B")
+
+    def _team_projections(self, function, projections, chunk_buffers) -> None:
+        """The chunk's projections on a team: each member computes a block of its steps
+        into the shared buffers; barriers before (the previous chunk's rows are read)
+        and after (all rows are written)."""
+        loop, names = function.body, function.names
+        count, low, high = (names.fresh(h) for h in ("team_steps", "step_low", "step_high"))
+        with loop.block("if chunk_start > 0:"):
+            with loop.block("if not team_wait(team_counter, team_size):"):
+                loop.line(function.abort_return)
+        loop.line(f"{count} = (chunk_stop - chunk_start + team_size - 1) // team_size")
+        loop.line(f"{low} = min(chunk_stop - chunk_start, team_rank * {count})")
+        loop.line(f"{high} = min(chunk_stop - chunk_start, {low} + {count})")
+        self._projections(function, projections, chunk_buffers, low, high)
+        with loop.block("if not team_wait(team_counter, team_size):"):
+            loop.line(function.abort_return)
+
+    def _render_chain(self, function, projection, projected, chain_operands,
+                      row_range: str) -> None:
         """The element-wise eqns after the projection GEMM, in place, one loop nest."""
         loop = function.body
         out_size = projection.weight.shape[1]
-        with loop.block("for r in range(rows):"):
+        with loop.block(f"for r in range({row_range}):"):
             with loop.block(f"for j in range({out_size}):"):
                 current = f"{projected}[r, j]"
                 value_shape = ("R", out_size)

@@ -22,6 +22,8 @@ inputs). Nothing here imports Keras.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from rshop_ir.bound import BoundProgram
@@ -29,7 +31,7 @@ from rshop_ir.kernels.batch_rows import has_batch_rows, rows_independent
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
 from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
-from rshop_ir.kernels.cpu.team import run_team, team_size_for
+from rshop_ir.kernels.cpu.team import TeamBuffers, auto_team_size, run_team, team_size_for
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 
 DEFAULT_CHUNK_STEPS = 256
@@ -59,6 +61,8 @@ class CompiledProgram(CompiledProgramBase):
         self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
         self._fast_call = None
         self._team = None
+        self._team_buffers_kept = {}
+        self._weights_version = -1
         self._set_weights(optimized.weights)
 
     def __repr__(self) -> str:
@@ -70,7 +74,11 @@ class CompiledProgram(CompiledProgramBase):
     def _set_weights(self, weights: dict) -> None:
         """Bind `weights` and recompute the prologue."""
         checked = bind_weights(self.program, weights)
-        self._weights = {name: checked[var] for name, var in self.program.params}
+        # Own copies: a caller changing its arrays in place must not change the
+        # kernel's weights behind the team's copies (their version is below).
+        self._weights = {name: np.array(checked[var]) for name, var in self.program.params}
+        checked = {var: self._weights[name] for name, var in self.program.params}
+        self._weights_version += 1
         self._prologue = tuple(np.ascontiguousarray(value) for value in
                                run_prologue(self.program, checked))
         self._weight_arguments = [self._weights[key] if kind == "param" else
@@ -131,8 +139,10 @@ class CompiledProgram(CompiledProgramBase):
         splitting each step's matmul columns (kernels/cpu/team.py), or as row slices
         on several cores (kernels/cpu/row_split.py)."""
         kernel = self.kernel
-        members = 1 if team_size is None or team_size == 1 else \
-            team_size_for(self._team_kernel()[0], team_size)
+        if team_size is None:
+            # `steps` is 0 when the time axis has a static length (no T to bind)
+            team_size = auto_team_size(kernel, batch, steps or kernel.fixed_steps)
+        members = 1 if team_size == 1 else team_size_for(self._team_kernel()[0], team_size)
         self.refresh_weights()
         running = self._team_kernel()[0] if members > 1 else kernel
         weights = self._weight_arguments + self._tile_arguments(running, batch)
@@ -144,10 +154,13 @@ class CompiledProgram(CompiledProgramBase):
         if members > 1:
             team_kernel, team_run = self._team_kernel()
             chunk = self._chunk(batch, chunk_steps)
+            buffers = self._team_buffers(team_kernel, members)
+            store, stamps, version = buffers.store, buffers.stamps, self._weights_version
             with blas_threads_for(0.0):
                 results = list(run_team(
-                    lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team),
-                    team_kernel, batch, members))
+                    lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team,
+                                           store, stamps, version),
+                    buffers, batch, chunk))
         elif slices > 1:
             def run_slice(start, stop):
                 rows = stop - start
@@ -173,6 +186,14 @@ class CompiledProgram(CompiledProgramBase):
         from rshop_ir.kernels.cpu.tiles import tile_addresses
 
         return [tile_addresses(kernel.tile_dtypes if batch >= 2 else ())]
+
+    def _team_buffers(self, team_kernel, members: int) -> TeamBuffers:
+        """What a team keeps between calls (team.TeamBuffers), one per team size and
+        calling thread (two threads calling at once never share one)."""
+        key = (members, threading.get_ident())
+        if key not in self._team_buffers_kept:
+            self._team_buffers_kept[key] = TeamBuffers(team_kernel, members)
+        return self._team_buffers_kept[key]
 
     def _team_kernel(self) -> tuple:
         """(KernelSource, run) of the team variant, generated at the first call asking

@@ -1,31 +1,52 @@
 """Running one kernel call on a team of threads that split each step's matmul columns.
 
 For a small batch, a step's recurrent matmul is a matrix-vector product bound by
-streaming its weights from cache (LSTM H=256: 1 MB per step, ~12 us on one core of
+streaming its weights from cache (LSTM H=256: 1 MB per step, ~13 us on one core of
 the 2-core development machine), and row slices (row_split.py) cannot help: each slice
 would stream all of it again. A team splits the weight's COLUMNS instead: member r
 of P keeps its 1/P of the columns (which then fit its own core's cache), computes its
 block of the product, meets the others at a barrier (kernels/cpu/team_sync.py), and
 gathers the whole product; the rest of the step runs on every member alike. The
-members are the calling thread (rank 0, whose outputs are returned) and pool threads
-running the same `nogil` kernel.
+input projection of each chunk of steps is split too: each member computes some of
+its steps into buffers all members read. The members are the calling thread (rank 0,
+whose outputs are returned) and pool threads running the same `nogil` kernel, each
+pinned to a core of its own for the call (pinning.py).
 
-A team is formed only when asked for: `compiled(x, team_size=2)`. A barrier per step
-is cheap between threads that keep their cores, but waits a scheduler slice for a
-member whose core was taken, and on the 2-vCPU development machine that happened
-often: at S2 (batch 1, H=256) a team of 2 took 0.7x to 1.7x the time of one thread
-from run to run (alone in a process; 2-3x slower next to ONNX Runtime's spinning
-pool). So it is an option for machines with dedicated cores, measured there first.
+When: `compiled(x, team_size=N)` asks for N members (1: never a team). Without it,
+`auto_team_size` forms a team of 2 for a one-row call of at least `AUTO_MIN_STEPS`
+steps whose split weight is too big for one core's cache (`AUTO_MIN_WEIGHT_BYTES`),
+when 2+ cores are usable and other processes leave them idle (core_load.py): a
+barrier per step waits a scheduler slice for a member whose core was taken.
+Measured on the 2-core development machine (LSTM, batch 1, 100 steps, single / team
+time): H=256 (1 MB weight) 1.45x faster, H=192 (576 KB) 1.0x, H=128 0.8x, H=64 0.5x;
+batch 2 and 4 at H=256 0.8x and 0.7x (register tiles, which a team does not use,
+serve them better).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rshop_ir.kernels.cpu.row_split import worker_pool
+from rshop_ir.kernels.cpu.core_load import others_idle
+from rshop_ir.kernels.cpu.pinning import member_cores, pinned
+from rshop_ir.kernels.cpu.row_split import usable_cores, worker_pool
 from rshop_ir.kernels.cpu.team_sync import ABORT, COUNTER_SIZE
 
 MAX_TEAM = 16                # members at most
+AUTO_MAX_ROWS = 1            # the automatic team: one-row calls ...
+AUTO_MIN_STEPS = 32          # ... of this many steps or more ...
+AUTO_MIN_WEIGHT_BYTES = 768 * 2 ** 10   # ... splitting a weight of this size or more
+
+
+def auto_team_size(kernel, batch: int, steps: int) -> int:
+    """Members of the team a call forms when it does not ask (see the module
+    docstring); `kernel` is the plain kernel, whose `team_weight_bytes` tells what a
+    team would split."""
+    if not 1 <= batch <= AUTO_MAX_ROWS or steps < AUTO_MIN_STEPS \
+            or kernel.team_weight_bytes < AUTO_MIN_WEIGHT_BYTES:
+        return 1
+    return 2 if usable_cores() >= 2 and others_idle() else 1
+
 
 def team_size_for(kernel, requested=None) -> int:
     """How many threads run a call: `requested` (None: 1), at most `MAX_TEAM` and the
@@ -37,15 +58,56 @@ def team_size_for(kernel, requested=None) -> int:
     return min(int(requested), MAX_TEAM, kernel.team_columns)
 
 
-def run_team(run_member, kernel, batch: int, members: int):
-    """`run_member(*team_arguments)` on `members` threads; rank 0's results."""
+class TeamBuffers:
+    """What a team of `members` threads running `kernel` keeps between calls (the
+    caller holds one per team size and calling thread):
+
+    * `store` / `stamps`: row r of `store` holds member r's copies of its weight
+      columns, `stamps[r, i]` the weight version of copy i (-1: none yet), so a member
+      copies its columns again only after the weights changed;
+    * the exchange buffer of the split matmuls' blocks and the bytes of the input
+      projections' chunk buffers every member sees, grown when a call needs more
+      (fresh megabytes per call would cost page faults, and freeing them a TLB
+      shootdown on every core).
+    """
+
+    def __init__(self, kernel, members: int):
+        self.kernel, self.members = kernel, members
+        dtype = np.dtype(kernel.team_dtype)
+        size = sum(rows * -(-columns // members) for rows, columns in kernel.team_store_shapes)
+        self.store = np.empty((members, max(1, size)), dtype)
+        self.stamps = np.full((members, max(1, len(kernel.team_store_shapes))), -1, np.int64)
+        self._pool = np.empty((2 * members, 1), dtype)
+        self._shared = np.empty(0, np.uint8)
+
+    def pool(self, batch: int) -> np.ndarray:
+        width = batch * -(-self.kernel.team_columns // self.members)
+        if self._pool.shape[1] < width:
+            self._pool = np.empty((2 * self.members, width), self._pool.dtype)
+        return self._pool
+
+    def shared(self, batch: int, chunk: int) -> np.ndarray:
+        kernel = self.kernel
+        size = chunk * batch * kernel.team_shared_row_bytes \
+            + 64 * (kernel.team_shared_buffers + 1)
+        if self._shared.size < size:
+            self._shared = np.empty(size, np.uint8)
+        return self._shared
+
+
+def run_team(run_member, buffers: TeamBuffers, batch: int, chunk: int):
+    """`run_member(rank, members, counter, pool, shared)` on `buffers.members` threads;
+    rank 0's results. `shared` holds the input projections' chunk buffers every
+    member sees (`chunk` steps)."""
+    members = buffers.members
     counter = np.zeros(COUNTER_SIZE, np.int64)
-    width = -(-kernel.team_columns // members)
-    pool = np.empty((2 * members, max(1, batch * width)), np.dtype(kernel.team_dtype))
+    pool, shared = buffers.pool(batch), buffers.shared(batch, chunk)
+    cores = member_cores(members) or [None] * members
 
     def member(rank):
         try:
-            return run_member(rank, members, counter, pool)
+            with pinned(cores[rank]):
+                return run_member(rank, members, counter, pool, shared)
         except BaseException:
             counter[ABORT] = 1     # the others stop waiting for this member
             raise
