@@ -289,6 +289,51 @@ def test_team_members_run_on_cores_of_their_own():
     assert os.sched_getaffinity(0) == before
 
 
+def test_team_runs_unpinned_where_the_system_refuses_pinning(monkeypatch):
+    import os
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no os.sched_setaffinity on this system: members are not pinned")
+
+    def refuse(pid, cores):
+        raise OSError(22, "Invalid argument")
+
+    program, weights, inputs = _lstm()
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    expected = interpret(program, *inputs, weights=weights)
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    _assert_close(compiled(*inputs, team_size=2), expected)
+
+
+def test_threads_calling_one_compiled_object_with_teams_at_once():
+    """Each calling thread has its own team buffers; results stay exact."""
+    import threading
+
+    program, weights, inputs = _lstm()
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    rng = np.random.default_rng(21)
+    sequences = [rng.standard_normal(inputs[0].shape).astype(np.float32)
+                 for _ in range(4)]
+    expected = [interpret(program, x, *inputs[1:], weights=weights) for x in sequences]
+    got, failures = [None] * 4, []
+
+    def call(index):
+        try:
+            for _ in range(5):
+                got[index] = compiled(sequences[index], *inputs[1:], team_size=2)
+        except BaseException as failure:    # reported below, in the test's thread
+            failures.append(failure)
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures and not any(thread.is_alive() for thread in threads)
+    for result, reference in zip(got, expected):
+        _assert_close(result, reference)
+
+
 def test_team_size_is_asked_for_and_bounded(monkeypatch):
     case, compiled = _compiled_case(zoo.keras_lstm, split_every_matmul=True)
     assert compiled.kernel.team_columns == 0                # the default kernel: no team

@@ -7,7 +7,7 @@ same core take turns: each barrier then waits for a context switch. Measured on 
 the scheduler moving a thread only after milliseconds. So for the length of a call
 each member is pinned to a core of its own (the caller to the core it is on), and
 its previous affinity is restored afterwards. Linux only (`os.sched_setaffinity`);
-elsewhere nothing is pinned.
+elsewhere, or where the system refuses, nothing is pinned.
 """
 
 from __future__ import annotations
@@ -53,12 +53,15 @@ def member_cores(members: int):
 @contextmanager
 def pinned(core):
     """The calling thread runs on `core` only (None: unchanged) inside the block."""
-    if core is None:
-        yield
-        return
-    previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {core})
+    previous = None
+    if core is not None:
+        try:
+            previous = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {core})
+        except OSError:          # e.g. a container refusing it: run unpinned
+            previous = None
     try:
         yield
     finally:
-        os.sched_setaffinity(0, previous)
+        if previous is not None:
+            os.sched_setaffinity(0, previous)

@@ -61,7 +61,7 @@ class CompiledProgram(CompiledProgramBase):
         self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
         self._fast_call = None
         self._team = None
-        self._team_buffers_kept = {}
+        self._team_buffers_kept = threading.local()   # per calling thread
         self._weights_version = -1
         self._set_weights(optimized.weights)
 
@@ -189,11 +189,14 @@ class CompiledProgram(CompiledProgramBase):
 
     def _team_buffers(self, team_kernel, members: int) -> TeamBuffers:
         """What a team keeps between calls (team.TeamBuffers), one per team size and
-        calling thread (two threads calling at once never share one)."""
-        key = (members, threading.get_ident())
-        if key not in self._team_buffers_kept:
-            self._team_buffers_kept[key] = TeamBuffers(team_kernel, members)
-        return self._team_buffers_kept[key]
+        calling thread (two threads calling at once never share one; a thread's go
+        when it ends)."""
+        kept = getattr(self._team_buffers_kept, "by_size", None)
+        if kept is None:
+            kept = self._team_buffers_kept.by_size = {}
+        if members not in kept:
+            kept[members] = TeamBuffers(team_kernel, members)
+        return kept[members]
 
     def _team_kernel(self) -> tuple:
         """(KernelSource, run) of the team variant, generated at the first call asking
