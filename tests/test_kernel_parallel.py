@@ -260,6 +260,31 @@ def test_automatic_team_runs_and_matches(monkeypatch):
     assert teams == [2, 2], "team_size=1 never forms a team"
 
 
+def test_automatic_team_of_a_keras_lstm_matches_keras(monkeypatch):
+    """A compiled Keras LSTM layer (its weights re-read from the variables) forms the
+    automatic team for a one-row call and gives Keras's numbers, also after a
+    `set_weights` on the layer (the team's weight copies follow)."""
+    import keras
+
+    inputs = keras.Input((9, 8))
+    layer = keras.layers.LSTM(16, return_sequences=True)
+    model = keras.Model(inputs, layer(inputs))
+    compiled = rshop_ir.compile(layer, target="cpu")
+    monkeypatch.setattr(team, "usable_cores", lambda: 2)
+    monkeypatch.setattr(team, "others_idle", lambda: True)
+    monkeypatch.setattr(team, "AUTO_MIN_WEIGHT_BYTES", 1)
+    monkeypatch.setattr(team, "AUTO_MIN_STEPS", 1)
+    teams = []
+    original = team.run_team
+    monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_team",
+                        lambda *args: teams.append(args[1].members) or original(*args))
+    x = np.random.default_rng(4).standard_normal((1, 9, 8)).astype(np.float32)
+    _assert_close(compiled(x), np.asarray(model(x)))
+    layer.set_weights([0.5 * weight for weight in layer.get_weights()])
+    _assert_close(compiled(x), np.asarray(model(x)))
+    assert teams == [2, 2], "both calls formed a team of two by themselves"
+
+
 def test_team_members_run_on_cores_of_their_own():
     """For the call, each member is pinned to its own core (the caller to the one it
     is on); the caller's affinity is restored afterwards."""

@@ -644,10 +644,11 @@ class CpuGenerator:
                     isinstance(d, int) for d in (contraction, out.shape[1])):
                 self.step_flops_per_row = max(self.step_flops_per_row,
                                               2.0 * contraction * out.shape[1])
-            if blas_ready and self._team_splits(function, b, contraction, out):
+            splits = blas_ready and self._team_splits(function, b, contraction, out)
+            if splits:   # recorded in the plain kernel too: the automatic team's rule
                 self.team_weight_bytes = max(self.team_weight_bytes, contraction * out.shape[1]
                                              * np.dtype(out.dtype).itemsize)
-            if self.team and blas_ready and self._team_splits(function, b, contraction, out):
+            if splits and self.team:
                 self._team_matmul(function, a_value, b_value, name, out, contraction, b)
             else:
                 self._plain_matmul(function, a_value, b_value, name, out, contraction,
