@@ -120,12 +120,27 @@ def test_weights_changed_by_training_or_assignment_are_seen(how):
     _assert_matches(compiled, layer, x)
 
 
-def test_unchanged_variables_are_not_compared_again():
+@pytest.mark.parametrize("reader", ["read_all", "read_each"])
+def test_unchanged_variables_are_not_compared_again(reader, monkeypatch):
+    """Both TensorFlow read paths: every variable in one op, or (where that op is
+    missing) one op per variable."""
+    from tensorflow.python.eager import execute
+
     from rshop_ir.keras_variables import VariableWatcher
 
+    if reader == "read_each":
+        original = execute.quick_execute
+
+        def without_batched_reads(op_name, *args, **kwargs):
+            if op_name == "_ReadVariablesOp":
+                raise RuntimeError("no such op in this build")
+            return original(op_name, *args, **kwargs)
+
+        monkeypatch.setattr(execute, "quick_execute", without_batched_reads)
     layer = keras.layers.LSTM(UNITS)
     layer(_x(time=3))
     watcher = VariableWatcher({variable.path: variable for variable in layer.weights})
+    assert watcher._read_all.__name__ == reader
     first = watcher()
     assert watcher.poll() is None
     layer.cell.bias.assign(np.ones(4 * UNITS, np.float32))

@@ -35,7 +35,7 @@ from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/6"
+GENERATOR_VERSION = "numba-cpu/7"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -140,7 +140,7 @@ class CpuGenerator:
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
         reserved = {"np", "math", "njit", "B", "T", "chunk", "PHASE_BASE", "team_wait",
-                    "call_tiles", TILE_ARGUMENT,
+                    "call_tiles", "row_sum", "row_squared_deviations", TILE_ARGUMENT,
                     *TEAM_ARGUMENTS, *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
         self.ctx = CpuScalarContext()
@@ -177,6 +177,8 @@ class CpuGenerator:
             header.line("from rshop_ir.kernels.cpu.team_sync import PHASE_BASE, team_wait")
         if self.tile_dtypes:
             header.line("from rshop_ir.kernels.cpu.tiles import call_tiles")
+        header.line("from rshop_ir.kernels.cpu.reductions import row_squared_deviations, "
+                    "row_sum")
         header.line("from rshop_ir.kernels.cpu.mathlib import (")
         for name in _MATH_MODULE_NAMES:
             header.line(f"    {name},")
@@ -362,10 +364,24 @@ class CpuGenerator:
                      f"np.ascontiguousarray({source}[{', '.join(index)}])")
 
     def _op_concatenate(self, function, eqn) -> None:
+        """One copy loop nest per part into a buffer allocated once before a scan's
+        time loop (np.concatenate would allocate at every step)."""
         out = eqn.outputs[0]
         axis = normalize_axis(eqn.params["axis"], out.ndim)
-        parts = [self._array(function, atom, contiguous=True) for atom in eqn.inputs]
-        self._define(function, out, f"np.concatenate(({', '.join(parts)},), axis={axis})")
+        name = function.alloc(out, self.shape_text(out.shape), "joined")
+        offset = "0"
+        for atom in eqn.inputs:
+            if isinstance(atom, Literal):
+                raise UnsupportedError(f"A literal operand is not supported here ({atom}).")
+            indices = self._loops(function, atom.shape)
+            target = list(indices)
+            target[axis] = f"{offset} + {indices[axis]}" if offset != "0" else indices[axis]
+            function.body.line(f"{name}[{', '.join(target)}] = "
+                               f"{function.values[atom].element(indices)}")
+            self._close(function, len(indices))
+            offset = f"{offset} + {atom.shape[axis]}" if offset != "0" \
+                else str(atom.shape[axis])
+        function.values[out] = ArrayValue(name, out.ndim)
 
     def _op_broadcast_to(self, function, eqn) -> None:
         out = eqn.outputs[0]
@@ -453,19 +469,27 @@ class CpuGenerator:
                            f".reshape(({kept_size}, {reduced}))")
         return name, reduced, kept
 
+    def _row_buffer(self, function, kept, reduced, dtype: str, hint: str) -> str:
+        """A (kept rows, prod(reduced)) C array (kept alone when `reduced` is empty) of
+        `dtype`, allocated once before a scan's time loop when its size is known there
+        (`_Function.alloc`), not at every step."""
+        kept_size = " * ".join(str(d) for d in kept) or "1"
+        shape = [kept_size] if not reduced else \
+            [kept_size, " * ".join(str(d) for d in reduced)]
+        return function.alloc(Var(dtype, (*kept, *reduced)), self.shape_text(shape), hint)
+
     def _reduction(self, function, eqn, kind: str) -> None:
         x, out = eqn.inputs[0], eqn.outputs[0]
         if kind in ("argmax", "argmin"):
             axes = (normalize_axis(eqn.params["axis"], x.ndim),)
         else:
             axes = normalize_axes(eqn.params["axes"], x.ndim)
-        rows, reduced, _ = self._rows_view(function, x, axes)
+        rows, reduced, kept = self._rows_view(function, x, axes)
         names = function.names
-        result, row, k, accumulator, value = (names.fresh(h) for h in
-                                              ("reduced", "r", "k", "acc", "x"))
+        row, k, accumulator, value = (names.fresh(h) for h in ("r", "k", "acc", "x"))
         body = function.body
-        out_dtype = dtype_expression("int64" if kind.startswith("arg") else out.dtype)
-        body.line(f"{result} = np.empty({rows}.shape[0], {out_dtype})")
+        result = self._row_buffer(function, kept, (),
+                                  "int64" if kind.startswith("arg") else out.dtype, "reduced")
         with body.block(f"for {row} in range({rows}.shape[0]):"):
             if kind.startswith("arg"):
                 best = names.fresh("best")
@@ -485,15 +509,22 @@ class CpuGenerator:
                            "reduce_prod": "{a} * {x}",
                            "reduce_max": "maximum_any({a}, {x})",
                            "reduce_min": "minimum_any({a}, {x})"}[kind]
-                if kind in start:
+                if kind in ("reduce_sum", "reduce_mean") and x.dtype == out.dtype \
+                        and out.dtype in ("float32", "float64"):
+                    # vectorised (kernels/cpu/reductions.py)
+                    body.line(f"{accumulator} = row_sum({rows}, {row}, "
+                              f"{self.ctx.const(0, out.dtype)})")
+                    first = None
+                elif kind in start:
                     body.line(f"{accumulator} = {self.ctx.const(start[kind], out.dtype)}")
                     first = "0"
                 else:
                     body.line(f"{accumulator} = {rows}[{row}, 0]")
                     first = "1"
-                with body.block(f"for {k} in range({first}, {reduced}):"):
-                    body.line(f"{accumulator} = " + combine.format(
-                        a=accumulator, x=f"{rows}[{row}, {k}]"))
+                if first is not None:
+                    with body.block(f"for {k} in range({first}, {reduced}):"):
+                        body.line(f"{accumulator} = " + combine.format(
+                            a=accumulator, x=f"{rows}[{row}, {k}]"))
                 if kind == "reduce_mean":
                     body.line(f"{accumulator} = {accumulator} / {reduced}")
             body.line(f"{result}[{row}] = {accumulator}")
@@ -524,20 +555,18 @@ class CpuGenerator:
     def _softmax(self, function, eqn, log: bool) -> None:
         x, out = eqn.inputs[0], eqn.outputs[0]
         axis = normalize_axis(eqn.params["axis"], x.ndim)
-        rows, reduced, _ = self._rows_view(function, x, (axis,))
+        rows, reduced, kept = self._rows_view(function, x, (axis,))
         names = function.names
-        result, row, k, top, total = (names.fresh(h) for h in
-                                      ("softmax", "r", "k", "top", "total"))
+        row, k, top, total = (names.fresh(h) for h in ("r", "k", "top", "total"))
         body = function.body
-        body.line(f"{result} = np.empty_like({rows})")
+        result = self._row_buffer(function, kept, (x.shape[axis],), out.dtype, "softmax")
         with body.block(f"for {row} in range({rows}.shape[0]):"):
             body.line(f"{top} = {rows}[{row}, 0]")
             with body.block(f"for {k} in range(1, {reduced}):"):
                 body.line(f"{top} = maximum_any({top}, {rows}[{row}, {k}])")
-            body.line(f"{total} = {self.ctx.const(0, out.dtype)}")
             with body.block(f"for {k} in range({reduced}):"):
                 body.line(f"{result}[{row}, {k}] = math.exp({rows}[{row}, {k}] - {top})")
-                body.line(f"{total} += {result}[{row}, {k}]")
+            body.line(f"{total} = row_sum({result}, {row}, {self.ctx.const(0, out.dtype)})")
             with body.block(f"for {k} in range({reduced}):"):
                 if log:
                     body.line(f"{result}[{row}, {k}] = {rows}[{row}, {k}] - {top} "
@@ -565,22 +594,20 @@ class CpuGenerator:
         if list(axes) != list(range(x.ndim - len(axes), x.ndim)):
             raise UnsupportedError("layer_norm over non-trailing axes is not supported by "
                                    "the Numba CPU generator.")
-        rows, reduced, _ = self._rows_view(function, x, axes)
+        rows, reduced, kept = self._rows_view(function, x, axes)
         names = function.names
-        normal, row, k, mean, variance, scale = (names.fresh(h) for h in (
-            "normalized", "r", "k", "mean", "variance", "scale"))
+        row, k, mean, variance, scale = (names.fresh(h) for h in (
+            "r", "k", "mean", "variance", "scale"))
         epsilon = self.ctx.const(eqn.params["epsilon"], out.dtype)
         body = function.body
-        body.line(f"{normal} = np.empty_like({rows})")
+        zero = self.ctx.const(0, out.dtype)
+        normal = self._row_buffer(function, kept, [x.shape[axis] for axis in axes],
+                                  out.dtype, "normalized")
         with body.block(f"for {row} in range({rows}.shape[0]):"):
-            body.line(f"{mean} = {self.ctx.const(0, out.dtype)}")
-            with body.block(f"for {k} in range({reduced}):"):
-                body.line(f"{mean} += {rows}[{row}, {k}]")
-            body.line(f"{mean} = {mean} / {reduced}")
-            body.line(f"{variance} = {self.ctx.const(0, out.dtype)}")
-            with body.block(f"for {k} in range({reduced}):"):
-                body.line(f"{variance} += ({rows}[{row}, {k}] - {mean}) ** 2")
-            body.line(f"{variance} = {variance} / {reduced}")
+            # two vectorised sums (kernels/cpu/reductions.py)
+            body.line(f"{mean} = row_sum({rows}, {row}, {zero}) / {reduced}")
+            body.line(f"{variance} = row_squared_deviations({rows}, {row}, {mean}, {zero}) "
+                      f"/ {reduced}")
             body.line(f"{scale} = math.sqrt({variance} + {epsilon})")
             with body.block(f"for {k} in range({reduced}):"):
                 body.line(f"{normal}[{row}, {k}] = ({rows}[{row}, {k}] - {mean}) / {scale}")
