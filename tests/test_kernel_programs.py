@@ -143,6 +143,49 @@ def test_nan_and_inf_propagate_like_the_interpreter():
             np.testing.assert_allclose(a, b, atol=ATOL[dtype], rtol=0)
 
 
+def _row_sums_program(width: int, dtype: str):
+    """A scan whose step takes a layer norm, a softmax and a mean along rows of
+    `width` (the sums kernels/cpu/reductions.py vectorises, buffers allocated before
+    the time loop) and a top-level reduce_sum after it."""
+    from rshop_ir import ProgramBuilder
+
+    body = ProgramBuilder()
+    x_t = body.input(dtype, ("B", width))
+    h = body.input(dtype, ("B", width))
+    gamma = body.input(dtype, (width,))
+    beta = body.input(dtype, (width,))
+    total = body.apply("add", x_t, h)
+    normal = body.apply("layer_norm", total, gamma, beta, axis=-1, epsilon=1e-3)
+    weights = body.apply("softmax", normal, axis=-1)
+    mean = body.apply("reduce_mean", total, axes=1, keepdims=True)
+    new_h = body.apply("add", body.apply("mul", body.apply("tanh", normal), weights),
+                       body.apply("tanh", mean))
+    builder = ProgramBuilder()
+    xs = builder.input(dtype, ("B", "T", width), name="x")
+    h0 = builder.input(dtype, ("B", width), name="h0", default=0.0)
+    params = [builder.param(name, dtype, (width,)) for name in ("gamma", "beta")]
+    y, h_last = builder.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0],
+                             constants=params, return_sequences=True)
+    return builder.build([y, builder.apply("reduce_sum", h_last, axes=1)])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("width", [1, 7, 16, 67])
+def test_row_sums_match_the_interpreter_with_nan_and_inf(width, dtype):
+    """Row widths around the vector width (tails), and rows holding NaN or inf: the
+    reassociated sums give the interpreter's numbers and its NaN/inf."""
+    program = _row_sums_program(width, dtype)
+    bound = BoundProgram(program, examples.random_weights(program, seed=width))
+    compiled = rshop_ir.compile(bound)
+    assert "row_sum(" in compiled.source and "row_squared_deviations(" in compiled.source
+    x = np.random.default_rng(width).standard_normal((3, 5, width)).astype(dtype)
+    _check(compiled, bound, [x], dtype)
+    x[0, 2, width // 2] = np.nan
+    x[1, 1, 0] = np.inf
+    got = _check(compiled, bound, [x], dtype)
+    assert np.isnan(got[0][0, 2:]).all() and not np.isnan(got[0][2]).any()
+
+
 def test_bad_inputs_raise_clear_errors():
     compiled, bound = compiled_example("lstm", "float32")
     good = np.zeros((2, 5, 3), np.float32)
