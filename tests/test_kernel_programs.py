@@ -146,7 +146,8 @@ def test_nan_and_inf_propagate_like_the_interpreter():
 def _row_sums_program(width: int, dtype: str):
     """A scan whose step takes a layer norm, a softmax and a mean along rows of
     `width` (the sums kernels/cpu/reductions.py vectorises, buffers allocated before
-    the time loop) and a top-level reduce_sum after it."""
+    the time loop), then top-level reductions of its outputs (sum, argmax, max over
+    time)."""
     from rshop_ir import ProgramBuilder
 
     body = ProgramBuilder()
@@ -166,7 +167,9 @@ def _row_sums_program(width: int, dtype: str):
     params = [builder.param(name, dtype, (width,)) for name in ("gamma", "beta")]
     y, h_last = builder.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0],
                              constants=params, return_sequences=True)
-    return builder.build([y, builder.apply("reduce_sum", h_last, axes=1)])
+    return builder.build([y, builder.apply("reduce_sum", h_last, axes=1),
+                          builder.apply("argmax", h_last, axis=1),
+                          builder.apply("reduce_max", y, axes=1)])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

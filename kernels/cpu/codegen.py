@@ -488,8 +488,8 @@ class CpuGenerator:
         names = function.names
         row, k, accumulator, value = (names.fresh(h) for h in ("r", "k", "acc", "x"))
         body = function.body
-        result = self._row_buffer(function, kept, (),
-                                  "int64" if kind.startswith("arg") else out.dtype, "reduced")
+        buffer_dtype = "int64" if kind.startswith("arg") else out.dtype
+        result = self._row_buffer(function, kept, (), buffer_dtype, "reduced")
         with body.block(f"for {row} in range({rows}.shape[0]):"):
             if kind.startswith("arg"):
                 best = names.fresh("best")
@@ -528,8 +528,10 @@ class CpuGenerator:
                 if kind == "reduce_mean":
                     body.line(f"{accumulator} = {accumulator} / {reduced}")
             body.line(f"{result}[{row}] = {accumulator}")
-        self._define(function, out, f"{result}.astype({dtype_expression(out.dtype)})"
-                     f".reshape({self.shape_text(out.shape) if out.ndim else '()'})")
+        typed = result if buffer_dtype == out.dtype else \
+            f"{result}.astype({dtype_expression(out.dtype)})"   # astype copies: only if needed
+        self._define(function, out,
+                     f"{typed}.reshape({self.shape_text(out.shape) if out.ndim else '()'})")
 
     def _op_reduce_sum(self, function, eqn):
         self._reduction(function, eqn, "reduce_sum")
