@@ -240,9 +240,9 @@ def test_automatic_team_rule(monkeypatch):
     assert team.auto_team_size(big, 1, steps) == 1
 
 
-def test_automatic_team_runs_and_matches(monkeypatch):
-    program, weights, inputs = _lstm()
-    compiled = rshop_ir.compile(BoundProgram(program, weights))
+def _spy_on_automatic_teams(monkeypatch) -> list:
+    """Let every call qualify for the automatic team (2 idle cores, no size or length
+    threshold); the returned list receives the member count of each team formed."""
     monkeypatch.setattr(team, "usable_cores", lambda: 2)
     monkeypatch.setattr(team, "others_idle", lambda: True)
     monkeypatch.setattr(team, "AUTO_MIN_WEIGHT_BYTES", 1)
@@ -251,6 +251,13 @@ def test_automatic_team_runs_and_matches(monkeypatch):
     original = team.run_team
     monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_team",
                         lambda *args: teams.append(args[1].members) or original(*args))
+    return teams
+
+
+def test_automatic_team_runs_and_matches(monkeypatch):
+    program, weights, inputs = _lstm()
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    teams = _spy_on_automatic_teams(monkeypatch)
     expected = interpret(program, *inputs, weights=weights)
     _assert_close(compiled(*inputs), expected)
     assert teams == [2], "the call formed a team of two by itself"
@@ -270,14 +277,7 @@ def test_automatic_team_of_a_keras_lstm_matches_keras(monkeypatch):
     layer = keras.layers.LSTM(16, return_sequences=True)
     model = keras.Model(inputs, layer(inputs))
     compiled = rshop_ir.compile(layer, target="cpu")
-    monkeypatch.setattr(team, "usable_cores", lambda: 2)
-    monkeypatch.setattr(team, "others_idle", lambda: True)
-    monkeypatch.setattr(team, "AUTO_MIN_WEIGHT_BYTES", 1)
-    monkeypatch.setattr(team, "AUTO_MIN_STEPS", 1)
-    teams = []
-    original = team.run_team
-    monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_team",
-                        lambda *args: teams.append(args[1].members) or original(*args))
+    teams = _spy_on_automatic_teams(monkeypatch)
     x = np.random.default_rng(4).standard_normal((1, 9, 8)).astype(np.float32)
     _assert_close(compiled(x), np.asarray(model(x)))
     layer.set_weights([0.5 * weight for weight in layer.get_weights()])
