@@ -16,8 +16,11 @@ stays small (about 45 MB for the default sizes).
 
 --run never imports Keras or TensorFlow (rshop_ir.load + compile are Keras-free). It
 prints and writes to OUT (markdown; OUT.json beside it) the max abs error of every
-correctness case against both references, then per timing size (batch, hidden, length)
-the median time per step of our kernel and of torch.nn.LSTM (cuDNN) with the same
+correctness case against both references, in each layout of the scan kernels (a block
+per rows; groups of blocks splitting the rows' work, automatic and forced sizes, which
+is the grid-synchronised path the simulator cannot check), then per timing size (batch, hidden, length)
+the median time per step of our kernel (its automatic layout; when that is a group of
+blocks, the block layout is timed too) and of torch.nn.LSTM (cuDNN) with the same
 weights, inputs already on the device for both, timed with CUDA events after a warm-up,
 plus the max abs difference between the two outputs. Without torch (or without a GPU
 for torch) the torch column says so and the checks still run. `--budget-seconds` stops
@@ -155,16 +158,20 @@ def run(directory: str, out: str, budget_seconds: float = 270.0,
         compiled = build(rshop_ir.optimize(bound), bound,
                          rows_per_block=check["rows_per_block"],
                          shared_memory_bytes=check["shared_memory_bytes"])
-        got = compiled(arrays["x"])
-        on_device = compiled(device.to_device(arrays["x"])).copy_to_host()
         blocks = -(-check["batch"] // check["rows_per_block"])
-        report["checks"].append({
-            **check, "blocks": blocks,
-            "error_vs_cpu": float(np.abs(got - arrays["cpu"]).max()),
-            "error_vs_keras": float(np.abs(got - arrays["keras"]).max()),
-            "device_input_error": float(np.abs(on_device - got).max())})
-        print(f"check {check['name']}: {report['checks'][-1]['error_vs_keras']:.2e}",
-              flush=True)
+        for layout in _layouts(blocks, device):
+            compiled.blocks_per_group = layout
+            got = compiled(arrays["x"])
+            on_device = compiled(device.to_device(arrays["x"])).copy_to_host()
+            used = compiled.group_blocks_used
+            report["checks"].append({
+                **check, "blocks": blocks * max(1, used),
+                "layout": f"groups of {used} blocks" if used else "block per rows",
+                "error_vs_cpu": float(np.abs(got - arrays["cpu"]).max()),
+                "error_vs_keras": float(np.abs(got - arrays["keras"]).max()),
+                "device_input_error": float(np.abs(on_device - got).max())})
+            print(f"check {check['name']} ({report['checks'][-1]['layout']}): "
+                  f"{report['checks'][-1]['error_vs_keras']:.2e}", flush=True)
 
     compiled_models = {}
     for timing in manifest["timings"]:
@@ -189,6 +196,16 @@ def run(directory: str, out: str, budget_seconds: float = 270.0,
     return report
 
 
+def _layouts(groups: int, device) -> list:
+    """The `blocks_per_group` values a correctness case runs with: the block layout, the
+    automatic choice, and groups of 2 and 8 blocks where the GPU holds them all at once
+    (kernels/cuda/runtime.py; the simulator runs one block per group only)."""
+    if device.in_simulator():
+        return [0, 1]
+    fitting = [size for size in (2, 8) if groups * size <= device.device_count_of_sms()]
+    return [0, None, *fitting]
+
+
 def _torch():
     try:
         import torch
@@ -206,9 +223,17 @@ def _time_one(compiled, bound, entry, timing, torch, device, repeats, model) -> 
     rng = np.random.default_rng(timing["seed"])
     x_host = rng.standard_normal((batch, length, entry["input"])).astype(np.float32)
     x = device.to_device(x_host)
+    compiled.blocks_per_group = None
     ours, y = _median_seconds(lambda: compiled(x), device, repeats)
     row = {"model": model, "batch": batch, "hidden": hidden, "length": length,
-           "ours_us_per_step": ours / length * 1e6}
+           "ours_us_per_step": ours / length * 1e6,
+           "group_blocks": compiled.group_blocks_used, "block_layout_us_per_step": None}
+    if compiled.group_blocks_used:       # the automatic choice was the group layout
+        compiled.blocks_per_group = 0
+        block_layout, y_blocks = _median_seconds(lambda: compiled(x), device, repeats)
+        compiled.blocks_per_group = None
+        row["block_layout_us_per_step"] = block_layout / length * 1e6
+        row["max_abs_diff_layouts"] = float(np.abs(_host(y_blocks) - _host(y)).max())
     if model != "lstm":
         row["torch_us_per_step"] = None
         return row
@@ -231,9 +256,12 @@ def _time_one(compiled, bound, entry, timing, torch, device, repeats, model) -> 
 
         theirs, y_torch = _median_seconds(call, device, repeats, torch=torch)
     row["torch_us_per_step"] = theirs / length * 1e6
-    ours_y = y.copy_to_host() if hasattr(y, "copy_to_host") else np.asarray(y)
-    row["max_abs_diff_vs_torch"] = float(np.abs(ours_y - y_torch.cpu().numpy()).max())
+    row["max_abs_diff_vs_torch"] = float(np.abs(_host(y) - y_torch.cpu().numpy()).max())
     return row
+
+
+def _host(array) -> np.ndarray:
+    return array.copy_to_host() if hasattr(array, "copy_to_host") else np.asarray(array)
 
 
 def _median_seconds(call, device, repeats, torch=None):
@@ -269,21 +297,26 @@ def _write(report: dict, out: str) -> None:
              f"Device: {report['device']}; input-projection GEMM: {report['gemm']}; "
              f"{report['seconds']:.0f} s.", "",
              "## Correctness (max abs error)", "",
-             "| case | batch | blocks | vs CPU kernel | vs Keras | device input |",
-             "|---|---|---|---|---|---|"]
+             "| case | batch | layout | blocks | vs CPU kernel | vs Keras | device input |",
+             "|---|---|---|---|---|---|---|"]
     for check in report["checks"]:
-        lines.append(f"| {check['name']} | {check['batch']} | {check['blocks']} | "
+        lines.append(f"| {check['name']} | {check['batch']} | {check['layout']} | "
+                     f"{check['blocks']} | "
                      f"{check['error_vs_cpu']:.2e} | {check['error_vs_keras']:.2e} | "
                      f"{check['device_input_error']:.2e} |")
     lines += ["", "## Time per step (median of %d, inputs on the device)" % REPEATS, "",
-              "| model | batch | hidden | length | ours (us/step) | torch cuDNN (us/step) "
-              "| torch / ours | max abs diff vs torch |", "|---|---|---|---|---|---|---|---|"]
+              "| model | batch | hidden | length | blocks per group | ours (us/step) "
+              "| block layout (us/step) | torch cuDNN (us/step) | torch / ours "
+              "| max abs diff vs torch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["timings"]:
         theirs = row.get("torch_us_per_step")
         speed = f"{theirs / row['ours_us_per_step']:.2f}x" if theirs else "-"
         diff = row.get("max_abs_diff_vs_torch")
+        blocks = row.get("block_layout_us_per_step")
         lines.append(f"| {row['model']} | {row['batch']} | {row['hidden']} | {row['length']} "
+                     f"| {row.get('group_blocks') or '-'} "
                      f"| {row['ours_us_per_step']:.1f} | "
+                     f"{'%.1f' % blocks if blocks else '-'} | "
                      f"{'%.1f' % theirs if theirs else '-'} | {speed} | "
                      f"{'%.2e' % diff if diff is not None else '-'} |")
     if report["notes"]:

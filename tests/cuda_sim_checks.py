@@ -9,10 +9,13 @@ blocked here: loading and compiling a saved program must not need them.
 CASES_DIR holds one folder per case, written by the test: `program/` (rshop_ir.save),
 `arrays.npz` (arg0.., kw_<name>_<i>.., keras0.., cpu0..) and `options.json`
 ({"rows_per_block", "threads_per_block", "shared_memory_bytes"}). For each case this
-prints one JSON line {"case", "keras_error", "cpu_error", "shapes"}; then the named extra
+prints one JSON line {"case", "keras_error", "cpu_error", "shapes"} for the block layout
+of the scan kernels and the same with a "group_" prefix for the group layout; then the
+named extra
 checks (device arrays, new weights, unsupported ops, the tiled GEMM) print theirs.
 """
 
+import itertools
 import json
 import os
 import sys
@@ -66,16 +69,23 @@ def run_case(folder: str) -> None:
         named = {key: value if len(value) > 1 or key == "initial_state" else value[0]
                  for key, value in named.items()}
         compiled = _compile(bound, options)
-        got = _as_list(compiled(*positional, **named))
         keras = [arrays[f"keras{i}"] for i in range(options["num_outputs"])]
         cpu = [arrays[f"cpu{i}"] for i in range(options["num_outputs"])]
-        shapes = [list(a.shape) for a in got] == [list(b.shape) for b in keras]
-        keras_error = max(float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, keras))
-        cpu_error = max(float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, cpu))
-        if len(got) != len(keras):
-            shapes = False
-        _report(case=name, keras_error=keras_error, cpu_error=cpu_error, shapes=shapes,
-                outputs=len(got))
+        fields = {}
+        # the block layout, then the group layout (one block per group here: the
+        # simulator runs blocks one at a time)
+        for prefix, blocks_per_group in (("", 0), ("group_", 1)):
+            compiled.blocks_per_group = blocks_per_group
+            got = _as_list(compiled(*positional, **named))
+            shapes = len(got) == len(keras) and \
+                [list(a.shape) for a in got] == [list(b.shape) for b in keras]
+            fields[prefix + "shapes"] = shapes
+            fields[prefix + "used"] = compiled.group_blocks_used
+            fields[prefix + "keras_error"] = max(
+                float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, keras))
+            fields[prefix + "cpu_error"] = max(
+                float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, cpu))
+        _report(case=name, outputs=len(got), **fields)
     except Exception as error:     # reported, so the parent test shows what failed
         _report(case=name, error=f"{type(error).__name__}: {error}")
 
@@ -187,7 +197,9 @@ def check_edges() -> None:
     bound = BoundProgram(program, examples.random_weights(program, seed=1))
     compiled = _compile(bound, {"rows_per_block": 2})
     errors, nan_agree, shapes = [], True, True
-    for batch, steps in ((0, 4), (2, 0), (3, 3)):
+    for (batch, steps), blocks_per_group in itertools.product(((0, 4), (2, 0), (3, 3)),
+                                                              (0, 1)):
+        compiled.blocks_per_group = blocks_per_group     # both layouts of the scan
         inputs = examples.random_inputs(program, batch=batch, steps=steps, seed=8)
         if batch and steps:
             inputs[0][0, 1, 0] = np.nan
@@ -202,9 +214,46 @@ def check_edges() -> None:
     _report(case="edges", errors=errors, nan_agree=nan_agree, shapes=shapes)
 
 
+def check_group_requests() -> None:
+    """What `blocks_per_group` accepts here: several blocks per group is refused in the
+    simulator (its blocks run one after another), as are values that are not ints >= 1."""
+    compiled = _compile(_lstm(), {})
+    x = examples.random_inputs(compiled.program, batch=2, steps=3, seed=2)[0]
+    messages = {}
+    for value in (2, -1, True, 1.5):
+        try:
+            compiled.blocks_per_group = value
+            compiled(x)
+            messages[repr(value)] = ""
+        except ValueError as error:
+            messages[repr(value)] = str(error)
+    # a group barrier whose partner block never arrives times out, sets the flag, and
+    # the barriers after it pass at once; the host then refuses the results
+    from rshop_ir.kernels.cuda import group_sync
+    from rshop_ir.kernels.cuda.device import cuda
+
+    group_sync.MAX_POLLS = 50
+
+    @cuda.jit
+    def wait_for_a_missing_block(arrivals):
+        group_sync.group_barrier(arrivals, 0, 2)
+        group_sync.group_barrier(arrivals, 0, 4)
+
+    arrivals = cuda.to_device(np.zeros(2, np.int64))
+    wait_for_a_missing_block[1, 4](arrivals)
+    counters = arrivals.copy_to_host()
+    try:
+        group_sync.check_barriers(counters)
+        timeout_message = ""
+    except RuntimeError as error:
+        timeout_message = str(error)
+    _report(case="group_requests", messages=messages, counters=counters.tolist(),
+            timeout_message=timeout_message)
+
+
 EXTRA = {"device_arrays": check_device_arrays, "new_weights": check_new_weights,
          "unsupported": check_unsupported, "gemm": check_gemm_methods,
-         "edges": check_edges}
+         "edges": check_edges, "group_requests": check_group_requests}
 
 
 def main(argv) -> None:

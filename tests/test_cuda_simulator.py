@@ -5,7 +5,8 @@ go_backwards, initial states, return_states/return_sequences, batch 1, several b
 workspace in global memory, masking) is built and run in Keras here, traced, saved with
 its inputs, the Keras outputs and the CPU kernel's outputs; ONE subprocess with
 NUMBA_ENABLE_CUDASIM=1 (tests/cuda_sim_checks.py, Keras blocked) compiles each for CUDA
-and compares (max abs error 1e-4), plus device-array in/out, new weights, unsupported
+and compares (max abs error 1e-4) in both layouts of the scan kernels (blocks owning
+rows; a group of blocks splitting them, here with one block per group), plus device-array in/out, new weights, unsupported
 ops and both GEMM kernels. In this process: no GPU -> a clear ValueError, and every
 generated kernel compiles to PTX for a real GPU when NVVM is installed (the simulator
 does not type-check kernels).
@@ -28,7 +29,8 @@ from recurrentshop import GRUCell, LSTMCell, RecurrentSequential
 ATOL = 1e-4
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, TIME, FEATURES, UNITS = 2, 4, 3, 4
-EXTRA_CHECKS = ["device_arrays", "new_weights", "unsupported", "gemm", "edges"]
+EXTRA_CHECKS = ["device_arrays", "new_weights", "unsupported", "gemm", "edges",
+                "group_requests"]
 
 
 def _as_list(value):
@@ -195,9 +197,12 @@ def test_cuda_kernel_matches_keras_and_cpu(simulator_results, case):
     fields = simulator_results.get(case)
     assert fields is not None, f"no result for {case}"
     assert "error" not in fields, fields["error"]
-    assert fields["shapes"], fields
-    assert fields["keras_error"] < ATOL, fields
-    assert fields["cpu_error"] < ATOL, fields
+    # blocks owning rows (0 blocks per group), then a group of blocks splitting them
+    assert (fields["used"], fields["group_used"]) == (0, 1), fields
+    for layout in ("", "group_"):
+        assert fields[layout + "shapes"], fields
+        assert fields[layout + "keras_error"] < ATOL, fields
+        assert fields[layout + "cpu_error"] < ATOL, fields
 
 
 def test_saved_programs_compile_without_keras(simulator_results):
@@ -243,6 +248,43 @@ def test_zero_batch_zero_length_and_nan_like_the_interpreter(simulator_results):
     assert max(fields["errors"]) < ATOL
 
 
+def test_group_layout_requests_are_checked(simulator_results):
+    fields = simulator_results["group_requests"]
+    assert "error" not in fields, fields.get("error")
+    messages = fields["messages"]
+    assert "simulator runs blocks one" in messages["2"] and "blocks_per_group=1" in messages["2"]
+    for value in ("-1", "True", "1.5"):
+        assert "blocks_per_group must be None (automatic), 0 (the block layout) or an int" \
+            in messages[value]
+    # a barrier whose partner block never came: both barriers counted, flag set, refused
+    assert fields["counters"] == [2, 1], fields
+    assert "waited too long" in fields["timeout_message"]
+    assert "blocks_per_group=0" in fields["timeout_message"]
+
+
+def test_group_layout_is_chosen_for_few_rows_on_a_big_gpu(monkeypatch):
+    """The automatic layout (kernels/cuda/runtime.py) with a stand-in GPU of 132
+    multiprocessors: a group of blocks for rows that would leave most of them idle,
+    sized to the step's widest value; the block layout when rows fill the GPU."""
+    from rshop_ir.kernels.cuda import device, runtime
+
+    monkeypatch.setattr(device, "in_simulator", lambda: False)
+    monkeypatch.setattr(device, "device_count_of_sms", lambda: 132)
+    rt = runtime._Runtime(threads=256)
+    assert rt.blocks_per_group(1, 1024) == 4            # LSTM H=256: 4H columns
+    assert rt.blocks_per_group(1, 4 * 4096) == runtime.MAX_GROUP_BLOCKS
+    assert rt.blocks_per_group(40, 4 * 4096) == 3      # 132 // 40 blocks per group fit
+    assert rt.blocks_per_group(1, 256) == 0            # one block has a thread per element
+    assert rt.blocks_per_group(100, 4096) == 0         # rows already fill the GPU
+    assert rt.used_group_blocks == 0
+    rt.requested_group_blocks = 0                      # the block layout, asked for
+    assert rt.blocks_per_group(1, 1024) == 0
+    rt.requested_group_blocks = 8
+    assert rt.blocks_per_group(16, 10) == 8 and rt.used_group_blocks == 8
+    with pytest.raises(ValueError, match="needs 160 blocks resident at once.*132"):
+        rt.blocks_per_group(20, 10)
+
+
 def test_no_gpu_gives_a_clear_error(monkeypatch):
     import rshop_ir.kernels.cuda as cuda_package
 
@@ -272,6 +314,7 @@ def test_generated_kernels_compile_to_ptx():
         optimized = rshop_ir.optimize(rshop_ir.trace(case.target))
         sizes = ptx_check.compile_all(optimized, rows_per_block=4)
         assert sizes and all(size > 1000 for size in sizes.values()), (name, sizes)
+        assert any(kernel.endswith("_groups") for kernel in sizes), sizes   # group layout
 
 
 BLOCK_KERAS = """
@@ -301,7 +344,9 @@ def test_gpu_check_script_prepare_and_run_in_the_simulator(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     with open(out.replace(".md", ".json")) as handle:
         report = json.load(handle)
-    assert len(report["checks"]) == 4
+    assert len(report["checks"]) == 8              # 4 cases x 2 layouts of the scans
+    assert {check["layout"] for check in report["checks"]} == {"block per rows",
+                                                               "groups of 1 blocks"}
     assert max(check["blocks"] for check in report["checks"]) > 1
     for check in report["checks"]:
         assert check["error_vs_cpu"] < ATOL and check["error_vs_keras"] < ATOL, check

@@ -6,7 +6,9 @@ allocates device arrays and launches them in program order:
 * the input projection a scan absorbs (kernels/lowering.py, shared with the CPU
   renderer) runs first as ONE GEMM over all B x T rows (`rt.gemm`: cuBLAS through CuPy,
   or the tiled kernel of gemm.py), then its element-wise chain in place;
-* each scan is ONE launch of its persistent kernel (scan_kernel.py);
+* each scan is ONE launch of its persistent kernel (scan_kernel.py), written in two
+  layouts: blocks that own batch rows, or groups of blocks that split the rows' work
+  (for a few rows on a big GPU); `rt.blocks_per_group` picks one per call;
 * every other top-level eqn (embedding gather, the Dense after the RNN, softmax, masks,
   ...) is a small kernel with one block per batch row (or a GEMM for a matmul by a
   weight).
@@ -36,8 +38,9 @@ from rshop_ir.kernels.cuda.scan_kernel import render_scan
 from rshop_ir.kernels.cuda.values import GLOBAL_ROW, Stored, product
 from rshop_ir.kernels.cuda.weights import WeightLayout
 
-GENERATOR_VERSION = "numba-cuda/1"
+GENERATOR_VERSION = "numba-cuda/2"
 RESERVED = {"np", "math", "cuda", "B", "T", "rt", "weights", "tid", "nthreads", "row0",
+            "G", "group", "arrivals", "barrier_target", "group_barrier",
             "rows_here", "r", "acc", "work", "wbase", "wsh", "par", "step", "steps", "t",
             "keep", "i", "error_flag", "scratch", *eqn_rendering.SCRATCH_NAMES,
             *mathlib.DEVICE_FUNCTION_NAMES}
@@ -117,6 +120,7 @@ class CudaGenerator:
         header.line("import math")
         header.line("import numpy as np")
         header.line("from rshop_ir.kernels.cuda.device import cuda")
+        header.line("from rshop_ir.kernels.cuda.group_sync import group_barrier")
         header.line("from rshop_ir.kernels.cuda.mathlib import (")
         for name in mathlib.DEVICE_FUNCTION_NAMES:
             header.line(f"    {name},")
@@ -252,35 +256,57 @@ class CudaGenerator:
         for index, projection in plan.projections.items():
             projections[index] = self._host_projection(projection, steps)
         name = self.names.fresh(f"scan_{len(self.scan_kernels)}")
-        kernel = render_scan(plan, name, self.names.child(), self.layout, self._outer,
-                             self.rows_per_block, self.float_dtype, projections,
-                             self.shared_memory_bytes)
-        self.scan_kernels.append(name)
-        self.kernel_texts.append(kernel.writer.text)
-        self.kernel_types[name] = kernel.writer.argument_types(("B", "steps"))
+        kernels = [render_scan(plan, kernel_name, self.names.child(), self.layout,
+                               self._outer, self.rows_per_block, self.float_dtype,
+                               projections, self.shared_memory_bytes, grouped=grouped)
+                   for kernel_name, grouped in ((name, False),
+                                                (self.names.fresh(f"{name}_groups"), True))]
+        for kernel in kernels:
+            self.scan_kernels.append(kernel.name)
+            self.kernel_texts.append(kernel.writer.text)
+            self.kernel_types[kernel.name] = kernel.writer.argument_types(("B", "steps"))
         host = self.host
         steps_name = self.host_names.fresh("steps")
         host.line(f"{steps_name} = {steps}")
         blocks = self.host_names.fresh("blocks")
         host.line(f"{blocks} = (B + {self.rows_per_block - 1}) // {self.rows_per_block}")
         output_names = []
-        for position, (var, dims) in enumerate(kernel.outputs):
+        for position, (var, dims) in enumerate(kernels[0].outputs):
             size = product(["B", *( [steps_name] if position == 0 and
                                     params["return_sequences"] else []), *dims])
             output_name = self.host_names.fresh("y" if position == 0 else "state")
             host.line(f"{output_name} = rt.empty({size}, np.{_np_name(var.dtype)})")
             self.host_values[var] = ("array", output_name)
             output_names.append(output_name)
-        launch = list(kernel.launch_arguments)
+        group_blocks = self.host_names.fresh("group_blocks")
+        host.line(f"{group_blocks} = rt.blocks_per_group({blocks}, min(B, "
+                  f"{self.rows_per_block}) * {kernels[1].widest_row}) if B > 0 else 0")
+        with host.block(f"if {group_blocks} > 0:"):
+            self._launch_scan(kernels[1], output_names, steps_name,
+                              f"{blocks} * {group_blocks}", blocks, group_blocks)
+        with host.block("elif B > 0:"):
+            self._launch_scan(kernels[0], output_names, steps_name, blocks, blocks)
+
+    def _launch_scan(self, kernel, output_names, steps_name, grid, blocks,
+                     group_blocks=None) -> None:
+        """Allocate a scan kernel's scratch (and a group layout's barrier counters), then
+        launch it on `grid` blocks."""
+        host = self.host
         outputs = iter(output_names)
-        launch = [next(outputs) if item is None else item for item in launch]
+        launch = [next(outputs) if item is None else item for item in kernel.launch_arguments]
+        if group_blocks is not None:
+            arrivals = self.host_names.fresh("arrivals")
+            host.line(f"{arrivals} = rt.barrier_counters({blocks})")
+            launch = [{"group_blocks": group_blocks, "arrivals": arrivals}.get(item, item)
+                      for item in launch]
         if kernel.uses_scratch:
             scratch = self.host_names.fresh("scratch")
             host.line(f"{scratch} = rt.empty(max(1, {blocks}) * {kernel.work_size}, "
                       f"np.{self.float_dtype})")
             launch = [scratch if item == "scratch" else item for item in launch]
-        with host.block("if B > 0:"):
-            host.line(f"{name}[{blocks}, rt.threads](B, {steps_name}, {', '.join(launch)})")
+        host.line(f"{kernel.name}[{grid}, rt.threads](B, {steps_name}, {', '.join(launch)})")
+        if group_blocks is not None:
+            host.line(f"rt.check_barriers({arrivals})")
 
     def _host_projection(self, projection, steps) -> str:
         """GEMM of the whole sequence, then its element-wise chain in place."""

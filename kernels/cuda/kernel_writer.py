@@ -10,7 +10,11 @@ its threads stride over the elements of those rows:
         ...                    # the element's indices, then the statement
 
 Top-level kernels use ROWS = 1 (one block per batch row, one launch per eqn); the
-persistent scan kernel (scan_kernel.py) uses the block layout it was built with. Where
+persistent scan kernel (scan_kernel.py) uses the block layout it was built with. In the
+group layout (`grouped=True`) G consecutive blocks (the kernel argument `G`) own the
+same rows and stride over their elements together: `tid` and `nthreads` then count the
+threads of the whole group, and `sync()` is the group's barrier (group_sync.py) instead
+of the block's. Where
 a value is stored is the writer's `allocate` hook (a workspace slot in a scan kernel, a
 new device array in a top-level one); how each op is written is eqn_rendering.py.
 """
@@ -26,7 +30,7 @@ from rshop_ir.kernels.cuda.values import Stored, product, unflatten
 
 class KernelWriter:
     def __init__(self, name: str, names, rows_per_block: int, float_dtype: str,
-                 allocate, sizes: dict):
+                 allocate, sizes: dict, grouped: bool = False):
         self.name = name
         self.names = names                  # a Namespace for this kernel's locals
         self.rows_per_block = int(rows_per_block)
@@ -38,6 +42,9 @@ class KernelWriter:
         self.arguments = []                 # (name, "array", dtype) or (name, "int", None)
         self.needs_accumulator = False
         self.needs_error_flag = False
+        self.grouped = bool(grouped)        # the group layout (module docstring)
+        if self.grouped:                    # fixed names, reserved by the generator
+            self.arguments += [("G", "int", None), ("arrivals", "array", "int64")]
 
     # ---- arguments and values ------------------------------------------------------------
 
@@ -91,18 +98,34 @@ class KernelWriter:
     def close(self, levels: int = 1) -> None:
         self.body.depth -= levels
 
+    def sync_lines(self) -> list:
+        """The lines that make every thread wait until the others' writes are visible:
+        the block's barrier, or in the group layout the group's."""
+        if not self.grouped:
+            return ["cuda.syncthreads()"]
+        return ["barrier_target += G", "group_barrier(arrivals, group, barrier_target)"]
+
     def sync(self) -> None:
-        self.body.line("cuda.syncthreads()")
+        for line in self.sync_lines():
+            self.body.line(line)
 
     # ---- the source ----------------------------------------------------------------------
 
     def header_lines(self) -> list:
-        lines = ["tid = cuda.threadIdx.x",
-                 "nthreads = cuda.blockDim.x",
-                 f"row0 = cuda.blockIdx.x * {self.rows_per_block}",
-                 "rows_here = B - row0",
-                 f"if rows_here > {self.rows_per_block}:",
-                 f"    rows_here = {self.rows_per_block}"]
+        if self.grouped:
+            lines = ["group = cuda.blockIdx.x // G",
+                     "tid = (cuda.blockIdx.x - group * G) * cuda.blockDim.x "
+                     "+ cuda.threadIdx.x",
+                     "nthreads = G * cuda.blockDim.x",
+                     "barrier_target = 0",
+                     f"row0 = group * {self.rows_per_block}"]
+        else:
+            lines = ["tid = cuda.threadIdx.x",
+                     "nthreads = cuda.blockDim.x",
+                     f"row0 = cuda.blockIdx.x * {self.rows_per_block}"]
+        lines += ["rows_here = B - row0",
+                  f"if rows_here > {self.rows_per_block}:",
+                  f"    rows_here = {self.rows_per_block}"]
         if self.needs_accumulator:
             lines.append(f"acc = cuda.local.array({self.rows_per_block}, "
                          f"np.{self.float_dtype})")

@@ -12,6 +12,12 @@
      only when they changed (once per weight version);
   4. runs the module's `run` and returns numpy arrays, or numba device arrays (no host
      round trip) when any input was a device array.
+Each scan runs in the block layout (a block per `rows_per_block` rows) or the group layout
+(G blocks per rows, splitting each step's work: kernels/cuda/scan_kernel.py), as
+`blocks_per_group` says: None picks the group layout when the rows leave most of the
+GPU's multiprocessors idle (`_Runtime.blocks_per_group`), 0 keeps the block layout, an
+int G >= 1 forces groups of G blocks. `group_blocks_used` tells what the last scan ran
+with (0: the block layout).
 Nothing here imports Keras.
 """
 
@@ -22,8 +28,11 @@ import numpy as np
 from rshop_ir.bound import BoundProgram
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
-from rshop_ir.kernels.cuda import device, gemm
+from rshop_ir.kernels.cuda import device, gemm, group_sync
 from rshop_ir.shapes import bind_shape, resolve_shape
+
+
+MAX_GROUP_BLOCKS = 32     # blocks per group at most (automatic choice)
 
 
 class _Runtime:
@@ -32,10 +41,59 @@ class _Runtime:
     def __init__(self, threads: int):
         self.threads = int(threads)
         self.gemm = gemm.gemm
+        self.requested_group_blocks = None    # CompiledCudaProgram.blocks_per_group
+        self.used_group_blocks = None         # what the last scan launch ran with
 
     @staticmethod
     def empty(count, dtype):
         return device.empty((int(count),), dtype)
+
+    @staticmethod
+    def barrier_counters(groups: int):
+        """The group layout's barrier counters: one per group, then the timeout flag."""
+        return device.to_device(np.zeros(int(groups) + 1, np.int64))
+
+    @staticmethod
+    def check_barriers(counters) -> None:
+        group_sync.check_barriers(device.to_host(counters))
+
+    def blocks_per_group(self, groups: int, elements: int) -> int:
+        """G for a scan whose rows make `groups` groups, with `elements` values per group
+        in its widest step value; 0 for the block layout. `requested_group_blocks`: 0
+        keeps the block layout, G >= 1 is checked and used.
+
+        Automatic (`requested_group_blocks` None): enough blocks that each thread has one
+        element of the widest value, at most MAX_GROUP_BLOCKS, and only as many as fit
+        on the multiprocessors next to the other groups (every block of the group
+        layout must be resident at once: group_sync.py); the block layout where that
+        leaves fewer than 2, and always in the simulator (it runs blocks one at a time).
+        """
+        self.used_group_blocks = self._choose_group_blocks(groups, elements)
+        return self.used_group_blocks
+
+    def _choose_group_blocks(self, groups: int, elements: int) -> int:
+        requested = self.requested_group_blocks
+        multiprocessors = device.device_count_of_sms()
+        if requested == 0:
+            return 0
+        if requested is not None:
+            if device.in_simulator() and requested > 1:
+                raise ValueError(
+                    f"blocks_per_group={requested}: Numba's CUDA simulator runs blocks one "
+                    f"after another, so a group of several blocks would wait forever at "
+                    f"its barrier. Use blocks_per_group=1 or None there.")
+            if groups * requested > multiprocessors and not device.in_simulator():
+                raise ValueError(
+                    f"blocks_per_group={requested} with {groups} groups of rows needs "
+                    f"{groups * requested} blocks resident at once, but this GPU has "
+                    f"{multiprocessors} multiprocessors. Use at most "
+                    f"{max(1, multiprocessors // groups)}, or None to choose automatically.")
+            return requested
+        if device.in_simulator():
+            return 0
+        wanted = min(MAX_GROUP_BLOCKS, -(-int(elements) // self.threads))
+        chosen = min(wanted, multiprocessors // max(1, groups))
+        return chosen if chosen >= 2 else 0
 
     @staticmethod
     def error_flag():
@@ -56,13 +114,15 @@ class CompiledCudaProgram(CompiledProgramBase):
         source: the generated module source (kernels and the host `run`).
         program: the optimised `Program`; weights: the current weights (name -> array).
         rows_per_block, threads_per_block: the block layout of the scan kernels.
+        blocks_per_group: None (automatic), 0 (the block layout) or the G of the group
+            layout (module docstring); settable.
     """
 
     target = "cuda"
 
     def __init__(self, optimized: BoundProgram, original: BoundProgram, module_source,
                  module, weight_reader=None, name: str = "program",
-                 threads_per_block: int = None):
+                 threads_per_block: int = None, blocks_per_group: int = None):
         super().__init__(optimized, original, module_source, module, weight_reader, name)
         self.rows_per_block = module_source.rows_per_block
         self.threads_per_block = int(threads_per_block or device.default_threads_per_block())
@@ -70,6 +130,7 @@ class CompiledCudaProgram(CompiledProgramBase):
             raise ValueError(f"threads_per_block must be in [1, 1024]. Received: "
                              f"threads_per_block={threads_per_block}")
         self._runtime = _Runtime(self.threads_per_block)
+        self.blocks_per_group = blocks_per_group
         self._device_weights = None
         self.weight_uploads = 0
         self._set_weights(optimized.weights)
@@ -78,6 +139,25 @@ class CompiledCudaProgram(CompiledProgramBase):
         return (f"<CompiledCudaProgram {self.name!r}: target=cuda, inputs "
                 f"{list(self.program.input_names)}, {len(self.program.params)} weights, "
                 f"{self.rows_per_block} rows x {self.threads_per_block} threads per block>")
+
+    @property
+    def blocks_per_group(self):
+        return self._runtime.requested_group_blocks
+
+    @blocks_per_group.setter
+    def blocks_per_group(self, value) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(
+                value, (int, np.integer)) or value < 0):
+            raise ValueError(f"blocks_per_group must be None (automatic), 0 (the block "
+                             f"layout) or an int >= 1 (groups of that many blocks). "
+                             f"Received: blocks_per_group={value!r}")
+        self._runtime.requested_group_blocks = None if value is None else int(value)
+
+    @property
+    def group_blocks_used(self):
+        """Blocks per group of the last scan launch (0: the block layout; None: none
+        yet)."""
+        return self._runtime.used_group_blocks
 
     # ---- weights -----------------------------------------------------------------------
 

@@ -14,6 +14,12 @@ the body reads are then copied to shared memory greedily, largest first, in what
 left; the others are read from global memory (L2). Matmuls keep one accumulator per
 row in registers, so each weight element read serves all the block's rows.
 
+Group layout (`grouped=True`, for few rows on a big GPU): G blocks own the same rows
+and split each step's elements between them (kernel_writer.py): the matmul columns, so
+each block streams only its share of the recurrent weights, and the gate math. Their
+workspace is then one global region per group, and the syncs are the group's barrier
+(group_sync.py). The codegen writes both layouts; the runtime picks one per call.
+
 A step: body eqns (eqn_rendering.py; sync after each that wrote memory), then the
 commit: y_last, the next states and readout (keeping the old rows where the mask is
 False), y_all[:, step] when return_sequences; sync; flip `par`. The absorbed input
@@ -46,9 +52,10 @@ class ScanKernel:
     writer: KernelWriter
     launch_arguments: list          # host expressions, in kernel argument order
     outputs: list                   # (Var, per-row dims) for [y, *final states]
-    work_size: int                  # workspace elements per block
+    work_size: int                  # workspace elements per block (per group if grouped)
     shared_work: bool
     shared_weights: list = field(default_factory=list)   # slot keys copied to shared
+    widest_row: int = 1             # elements per row of the widest value of a step
 
     @property
     def uses_scratch(self) -> bool:
@@ -57,8 +64,10 @@ class ScanKernel:
 
 def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
                 float_dtype: str, projections: dict,
-                shared_memory_bytes: int = SHARED_MEMORY_BYTES) -> ScanKernel:
-    """Write the persistent kernel of `plan` (a lowering.ScanPlan).
+                shared_memory_bytes: int = SHARED_MEMORY_BYTES,
+                grouped: bool = False) -> ScanKernel:
+    """Write the persistent kernel of `plan` (a lowering.ScanPlan), in the block layout
+    or (`grouped`) the group layout (module docstring).
 
     outer(atom) -> ("packed", slot key) | ("array", host name) says how each outer value
     reaches the kernel; projections[index] is the host name of the precomputed (B,
@@ -77,8 +86,9 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
             raise UnsupportedError("A scan nested in a scan body is not supported by the "
                                    "CUDA generator (op 'scan' inside a step).")
     writer = KernelWriter(name, names, rows, float_dtype, allocate=None,
-                          sizes={"B": "B", "T": "steps"})
-    launch = []
+                          sizes={"B": "B", "T": "steps"}, grouped=grouped)
+    # host names of the group layout's own arguments, set by the codegen
+    launch = ["group_blocks", "arrivals"] if grouped else []
 
     def array_argument(hint, host_name, dtype):
         argument = writer.array_argument(hint, dtype)
@@ -117,7 +127,8 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
             reserve(("value", id(var)), per_block(var))
     itemsize = np.dtype(float_dtype).itemsize
     budget = max(0, shared_memory_bytes - SHARED_RESERVE_BYTES)
-    shared_work = work_size * itemsize <= budget
+    # a group's blocks read each other's values: its workspace is in global memory
+    shared_work = not grouped and work_size * itemsize <= budget
     if shared_work:
         budget -= work_size * itemsize
 
@@ -236,12 +247,14 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
         preamble.line("wbase = 0")
     else:
         preamble.line(f"work = {scratch_argument}")
-        preamble.line(f"wbase = cuda.blockIdx.x * {work_size}")
+        preamble.line(f"wbase = {'group' if grouped else 'cuda.blockIdx.x'} * {work_size}")
     if shared_weights:
         preamble.line(f"wsh = cuda.shared.array({shared_size}, np.{float_dtype})")
         for key in shared_weights:
             count = _count(packed[key][1])
-            with preamble.block(f"for i in range(tid, {count}, nthreads):"):
+            # every block fills its own copy (in the group layout too)
+            with preamble.block(f"for i in range(cuda.threadIdx.x, {count}, "
+                                f"cuda.blockDim.x):"):
                 preamble.line(f"wsh[{shared_offsets[key]} + i] = "
                               f"{weights_argument}[{packed[key][0]} + i]")
     preamble.line("par = 0")
@@ -254,7 +267,8 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
     with preamble.block(f"for i in range(tid, rows_here * {y_size}, nthreads):"):
         preamble.line(f"work[wbase + {work_offsets[('y_last', 0)]} + i] = "
                       f"{eqn_rendering.CONTEXT.const(0, float_dtype)}")
-    preamble.line("cuda.syncthreads()")
+    for line in writer.sync_lines():
+        preamble.line(line)
     epilogue = SourceWriter()
     if not return_sequences:
         _copy_rows(epilogue, writer, y_var, output_names[0],
@@ -267,18 +281,30 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
     signature = ", ".join(writer.signature(("B", "steps")))
     text.line("@cuda.jit")
     with text.block(f"def {name}({signature}):"):
+        owner = "a group of G blocks" if grouped else "block"
         text.line(f'"""scan {plan.layout}; go_backwards={backwards}, '
-                  f'return_sequences={return_sequences}; {rows} rows per block; workspace '
-                  f'{work_size} x {float_dtype} in {"shared" if shared_work else "global"} '
-                  f'memory; {len(shared_weights)} of {len(packed)} weights in shared '
-                  f'memory."""')
+                  f'return_sequences={return_sequences}; {rows} rows per {owner}; '
+                  f'workspace {work_size} x {float_dtype} in '
+                  f'{"shared" if shared_work else "global"} memory; {len(shared_weights)} '
+                  f'of {len(packed)} weights in shared memory."""')
         for line in writer.header_lines():
             text.line(line)
         text.extend(preamble)
         text.extend(writer.body)
         text.extend(epilogue)
     writer.text = text.text()
-    return ScanKernel(name, writer, launch, outputs, work_size, shared_work, shared_weights)
+    widest = max([_row_elements(writer, var) for eqn in body.eqns for var in eqn.outputs
+                  if is_batched(var)] + [1])
+    return ScanKernel(name, writer, launch, outputs, work_size, shared_work, shared_weights,
+                      widest)
+
+
+def _row_elements(writer, var) -> int:
+    """Elements per batch row of `var` (a step value's dims are static; 1 if not)."""
+    try:
+        return _count([int(dim) for dim in writer.dims(var)])
+    except (TypeError, ValueError, UnsupportedError):
+        return 1
 
 
 def _count(shape) -> int:
