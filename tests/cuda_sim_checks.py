@@ -85,9 +85,37 @@ def run_case(folder: str) -> None:
                 float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, keras))
             fields[prefix + "cpu_error"] = max(
                 float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, cpu))
+        fields["ordered_errors"] = _ordered_errors(compiled, positional, named, cpu)
         _report(case=name, outputs=len(got), **fields)
     except Exception as error:     # reported, so the parent test shows what failed
         _report(case=name, error=f"{type(error).__name__}: {error}")
+
+
+ORDERED_RUNS = (("reverse", 0), ("reverse", 2), ("forward", 3))
+
+
+def _ordered_errors(compiled, positional, named, cpu) -> dict:
+    """Max abs error vs the CPU kernel with the threads run one at a time between
+    barriers (tests/ordered_threads.py: a missing barrier gives wrong numbers), in the
+    block layout (G=0) and in groups of 2 and 3 blocks that wait for each other, which
+    Numba's simulator cannot run. 4 threads per block keep it quick."""
+    import ordered_threads
+
+    errors = {}
+    module, threads = compiled.module, compiled._runtime.threads
+    compiled._runtime.threads = 4
+    try:
+        for order, group_blocks in ORDERED_RUNS:
+            compiled.module = ordered_threads.load(compiled.source, order)
+            compiled._runtime._choose_group_blocks = \
+                lambda groups, elements, chosen=group_blocks: chosen
+            got = _as_list(compiled(*positional, **named))
+            errors[f"{order} G={group_blocks}"] = max(
+                float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, cpu))
+    finally:
+        compiled.module, compiled._runtime.threads = module, threads
+        del compiled._runtime._choose_group_blocks
+    return errors
 
 
 def _lstm(**kwargs):
@@ -251,9 +279,39 @@ def check_group_requests() -> None:
             timeout_message=timeout_message)
 
 
+def check_ordered_threads_find_races() -> None:
+    """The ordered executor is a real check: with the barriers before eqns left out
+    (kernels/cuda/step_syncs.py), an LSTM's numbers go wrong in both orders and
+    layouts; with them, they are right."""
+    import ordered_threads
+    from rshop_ir.kernels.cuda import step_syncs
+
+    bound = _lstm(return_sequences=True)
+    x = examples.random_inputs(bound.program, batch=3, steps=4, seed=5)[0]
+    expected = _as_list(rshop_ir.interpret(bound, x))
+    errors = {}
+    before_eqn = step_syncs.StepSyncs.before_eqn
+    for label in ("with barriers", "without"):
+        if label == "without":
+            step_syncs.StepSyncs.before_eqn = lambda self, eqn: None
+        try:
+            compiled = _compile(bound, {"rows_per_block": 2, "threads_per_block": 4})
+        finally:
+            step_syncs.StepSyncs.before_eqn = before_eqn
+        for order, group_blocks in (("forward", 0), ("reverse", 0), ("reverse", 2)):
+            compiled.module = ordered_threads.load(compiled.source, order)
+            compiled._runtime._choose_group_blocks = \
+                lambda groups, elements, chosen=group_blocks: chosen
+            got = _as_list(compiled(x))
+            errors[f"{label} {order} G={group_blocks}"] = max(
+                float(np.abs(a - b).max()) for a, b in zip(got, expected))
+    _report(case="ordered_races", errors=errors)
+
+
 EXTRA = {"device_arrays": check_device_arrays, "new_weights": check_new_weights,
          "unsupported": check_unsupported, "gemm": check_gemm_methods,
-         "edges": check_edges, "group_requests": check_group_requests}
+         "edges": check_edges, "group_requests": check_group_requests,
+         "ordered_races": check_ordered_threads_find_races}
 
 
 def main(argv) -> None:

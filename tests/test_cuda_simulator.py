@@ -6,7 +6,9 @@ workspace in global memory, masking) is built and run in Keras here, traced, sav
 its inputs, the Keras outputs and the CPU kernel's outputs; ONE subprocess with
 NUMBA_ENABLE_CUDASIM=1 (tests/cuda_sim_checks.py, Keras blocked) compiles each for CUDA
 and compares (max abs error 1e-4) in both layouts of the scan kernels (blocks owning
-rows; a group of blocks splitting them, here with one block per group), plus device-array in/out, new weights, unsupported
+rows; a group of blocks splitting them, here with one block per group), and once more
+with the threads run one at a time between barriers in both orders, also in groups of
+2 and 3 blocks (tests/ordered_threads.py: what the simulator cannot run), plus device-array in/out, new weights, unsupported
 ops and both GEMM kernels. In this process: no GPU -> a clear ValueError, and every
 generated kernel compiles to PTX for a real GPU when NVVM is installed (the simulator
 does not type-check kernels).
@@ -30,7 +32,7 @@ ATOL = 1e-4
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, TIME, FEATURES, UNITS = 2, 4, 3, 4
 EXTRA_CHECKS = ["device_arrays", "new_weights", "unsupported", "gemm", "edges",
-                "group_requests"]
+                "group_requests", "ordered_races"]
 
 
 def _as_list(value):
@@ -203,6 +205,10 @@ def test_cuda_kernel_matches_keras_and_cpu(simulator_results, case):
         assert fields[layout + "shapes"], fields
         assert fields[layout + "keras_error"] < ATOL, fields
         assert fields[layout + "cpu_error"] < ATOL, fields
+    # threads one at a time between barriers, in both orders, also in groups of several
+    # blocks (tests/ordered_threads.py): a missing barrier would give other numbers
+    assert len(fields["ordered_errors"]) == 3, fields
+    assert max(fields["ordered_errors"].values()) < ATOL, fields
 
 
 def test_saved_programs_compile_without_keras(simulator_results):
@@ -260,6 +266,18 @@ def test_group_layout_requests_are_checked(simulator_results):
     assert fields["counters"] == [2, 1], fields
     assert "waited too long" in fields["timeout_message"]
     assert "blocks_per_group=0" in fields["timeout_message"]
+
+
+def test_ordered_threads_catch_a_missing_barrier(simulator_results):
+    fields = simulator_results["ordered_races"]
+    assert "error" not in fields, fields.get("error")
+    errors = fields["errors"]
+    assert len(errors) == 6, errors
+    for label, error in errors.items():
+        if label.startswith("with barriers"):
+            assert error < ATOL, errors
+        else:
+            assert error > 1e-3, errors
 
 
 def test_group_layout_is_chosen_for_few_rows_on_a_big_gpu(monkeypatch):

@@ -20,8 +20,8 @@ each block streams only its share of the recurrent weights, and the gate math. T
 workspace is then one global region per group, and the syncs are the group's barrier
 (group_sync.py). The codegen writes both layouts; the runtime picks one per call.
 
-A step: body eqns (eqn_rendering.py; sync after each that wrote memory), then the
-commit: y_last, the next states and readout (keeping the old rows where the mask is
+A step: body eqns (eqn_rendering.py; a sync before each that reads what another thread
+may have written since the last one: step_syncs.py), then the commit: y_last, the next states and readout (keeping the old rows where the mask is
 False), y_all[:, step] when return_sequences; sync; flip `par`. The absorbed input
 projection (kernels/lowering.py) arrives precomputed by a GEMM, (B, steps, N).
 """
@@ -38,6 +38,7 @@ from rshop_ir.kernels.cpu.source import SourceWriter
 from rshop_ir.kernels.cuda import eqn_rendering
 from rshop_ir.kernels.cuda.device import SHARED_MEMORY_BYTES
 from rshop_ir.kernels.cuda.kernel_writer import KernelWriter, is_batched
+from rshop_ir.kernels.cuda.step_syncs import StepSyncs
 from rshop_ir.kernels.cuda.values import (GLOBAL_ROW, LOCAL_ROW, Stored, contiguous_strides,
                                           product, total)
 
@@ -222,6 +223,7 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
     loop = writer.body
     backwards = bool(params["go_backwards"])
     return_sequences = bool(params["return_sequences"])
+    syncs = StepSyncs(writer, eqn_rendering.VIEW_OPS)
     with loop.block("for step in range(steps):"):
         loop.line("t = steps - 1 - step" if backwards else "t = step")
         for eqn in body.eqns:
@@ -233,11 +235,15 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
                                                        list(eqn.outputs[0].shape), False,
                                                        offset=offset)
                 continue
-            if eqn_rendering.render_eqn(writer, eqn):
-                writer.sync()
+            syncs.before_eqn(eqn)
+            syncs.after_eqn(eqn, eqn_rendering.render_eqn(writer, eqn))
+        # the commit reads the step's output and new states element by element
+        syncs.before_reads([(y_var, syncs.domain(y_var), True)] +
+                           [(new_state, syncs.domain(var), True) for (var, _, _), new_state
+                            in zip(state_values, body.outputs[1:])])
         _render_commit(writer, plan, y_last, state_values, readout_slot, mask_argument,
                        output_names[0] if return_sequences else None)
-        writer.sync()
+        syncs.sync()
         loop.line("par = 1 - par")
 
     # ---- preamble and epilogue --------------------------------------------------------
