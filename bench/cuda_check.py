@@ -22,7 +22,9 @@ is the grid-synchronised path the simulator cannot check), then per timing size 
 the median time per step of our kernel (its automatic layout; when that is a group of
 blocks, the block layout is timed too) and of torch.nn.LSTM (cuDNN) with the same
 weights, inputs already on the device for both, timed with CUDA events after a warm-up,
-plus the max abs difference between the two outputs. Without torch (or without a GPU
+plus the max abs difference between the two outputs; then a layout sweep (the batch-1
+LSTM with 0, 1, 2, 4, ... 32 blocks per group) for tuning the automatic layout. Without
+torch (or without a GPU
 for torch) the torch column says so and the checks still run. `--budget-seconds` stops
 timing new sizes when the run gets long (default 270 s).
 """
@@ -191,9 +193,54 @@ def run(directory: str, out: str, budget_seconds: float = 270.0,
             report["timings"].append(row)
             print(f"timing {model} B{timing['batch']} H{timing['hidden']} "
                   f"T{timing['length']}: {row['ours_us_per_step']:.1f} us/step", flush=True)
+    report["layout_sweep"] = _layout_sweep(directory, manifest, compiled_models, device,
+                                           repeats, started, budget_seconds, report)
     report["seconds"] = time.perf_counter() - started
     _write(report, out)
     return report
+
+
+SWEEP_GROUP_BLOCKS = (0, 1, 2, 4, 8, 16, 32)
+SWEEP_LENGTH = 100
+
+
+def _layout_sweep(directory, manifest, compiled_models, device, repeats, started,
+                  budget_seconds, report) -> list:
+    """us/step of the batch-1 LSTM of each hidden size, length SWEEP_LENGTH, with every
+    blocks_per_group of SWEEP_GROUP_BLOCKS the GPU holds at once (0: the block layout),
+    and the max abs difference from the block layout: the numbers for tuning the
+    automatic choice (kernels/cuda/runtime.py)."""
+    import rshop_ir
+
+    rows = []
+    fitting = [size for size in SWEEP_GROUP_BLOCKS
+               if size <= (1 if device.in_simulator() else device.device_count_of_sms())]
+    for hidden in sorted({timing["hidden"] for timing in manifest["timings"]}):
+        if time.perf_counter() - started > budget_seconds:
+            report["notes"].append(f"layout sweep stopped after {budget_seconds:.0f} s, "
+                                   f"before hidden {hidden}")
+            break
+        name = f"timing_lstm_h{hidden}"
+        entry = manifest["models"][name]
+        if name not in compiled_models:
+            bound = rshop_ir.load(os.path.join(directory, name))
+            compiled_models[name] = (bound, rshop_ir.compile(bound, target="cuda"))
+        compiled = compiled_models[name][1]
+        x = device.to_device(np.random.default_rng(hidden).standard_normal(
+            (1, SWEEP_LENGTH, entry["input"])).astype(np.float32))
+        row, reference = {"hidden": hidden, "us_per_step": {}, "max_abs_diff": {}}, None
+        for size in fitting:
+            compiled.blocks_per_group = size
+            seconds, y = _median_seconds(lambda: compiled(x), device, repeats)
+            row["us_per_step"][size] = seconds / SWEEP_LENGTH * 1e6
+            reference = _host(y) if reference is None else reference
+            row["max_abs_diff"][size] = float(np.abs(_host(y) - reference).max())
+        compiled.blocks_per_group = None
+        rows.append(row)
+        print(f"layout sweep H{hidden}: " + ", ".join(
+            f"G={size} {value:.1f}" for size, value in row["us_per_step"].items()),
+            flush=True)
+    return rows
 
 
 def _layouts(groups: int, device) -> list:
@@ -319,6 +366,17 @@ def _write(report: dict, out: str) -> None:
                      f"{'%.1f' % blocks if blocks else '-'} | "
                      f"{'%.1f' % theirs if theirs else '-'} | {speed} | "
                      f"{'%.2e' % diff if diff is not None else '-'} |")
+    sweep = report.get("layout_sweep") or []
+    if sweep:
+        sizes = sorted({size for row in sweep for size in row["us_per_step"]})
+        lines += ["", f"## Layout sweep: LSTM, batch 1, length {SWEEP_LENGTH}, us/step by "
+                  f"blocks per group (0: a block per rows; max abs diff vs it)", "",
+                  "| hidden | " + " | ".join(f"G={size}" for size in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        for row in sweep:
+            cells = [f"{row['us_per_step'][size]:.1f} ({row['max_abs_diff'][size]:.0e})"
+                     if size in row["us_per_step"] else "-" for size in sizes]
+            lines.append(f"| {row['hidden']} | " + " | ".join(cells) + " |")
     if report["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in report["notes"]]
     text = "\n".join(lines) + "\n"

@@ -373,6 +373,10 @@ def test_gpu_check_script_prepare_and_run_in_the_simulator(tmp_path):
     assert all(row["ours_us_per_step"] > 0 for row in report["timings"])
     text = open(out).read()
     assert "| lstm | 2 | 4 | 3 |" in text and "Correctness" in text
+    sweep = report["layout_sweep"]          # the simulator holds groups of 1 block only
+    assert [set(row["us_per_step"]) for row in sweep] == [{"0", "1"}], sweep
+    assert max(max(row["max_abs_diff"].values()) for row in sweep) < ATOL
+    assert "Layout sweep" in text
     if not any(row.get("torch_us_per_step") for row in report["timings"]):
         assert any("torch" in note for note in report["notes"])
 
