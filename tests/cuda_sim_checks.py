@@ -280,32 +280,42 @@ def check_group_requests() -> None:
 
 
 def check_ordered_threads_find_races() -> None:
-    """The ordered executor is a real check: with the barriers before eqns left out
-    (kernels/cuda/step_syncs.py), an LSTM's numbers go wrong in both orders and
-    layouts; with them, they are right."""
+    """The ordered executor is a real check. An LSTM's numbers are right as generated,
+    and go wrong in both orders when a barrier is left out: the group barriers before
+    eqns (kernels/cuda/step_syncs.py) in groups of several blocks, or the block barriers
+    of the split matmul (eqn_rendering._split_matmul) in the block layout."""
     import ordered_threads
     from rshop_ir.kernels.cuda import step_syncs
 
     bound = _lstm(return_sequences=True)
     x = examples.random_inputs(bound.program, batch=3, steps=4, seed=5)[0]
     expected = _as_list(rshop_ir.interpret(bound, x))
-    errors = {}
+    options = {"rows_per_block": 2, "threads_per_block": 4}
+    compiled = _compile(bound, options)
     before_eqn = step_syncs.StepSyncs.before_eqn
-    for label in ("with barriers", "without"):
-        if label == "without":
-            step_syncs.StepSyncs.before_eqn = lambda self, eqn: None
-        try:
-            compiled = _compile(bound, {"rows_per_block": 2, "threads_per_block": 4})
-        finally:
-            step_syncs.StepSyncs.before_eqn = before_eqn
-        for order, group_blocks in (("forward", 0), ("reverse", 0), ("reverse", 2)):
-            compiled.module = ordered_threads.load(compiled.source, order)
-            compiled._runtime._choose_group_blocks = \
+    step_syncs.StepSyncs.before_eqn = lambda self, eqn: None
+    try:
+        without_group_barriers = _compile(bound, options)
+    finally:
+        step_syncs.StepSyncs.before_eqn = before_eqn
+    matmul_syncs = "            cuda.syncthreads()\n"     # inside the step loop's tiles
+    runs = {"as generated": (compiled, compiled.source,
+                             (("forward", 0), ("reverse", 0), ("reverse", 2), ("forward", 3))),
+            "no group barriers": (without_group_barriers, without_group_barriers.source,
+                                  (("reverse", 2), ("forward", 3))),
+            "no matmul syncs": (compiled, compiled.source.replace(matmul_syncs, ""),
+                                (("forward", 0), ("reverse", 0)))}
+    errors = {}
+    for label, (target, source, layouts) in runs.items():
+        for order, group_blocks in layouts:
+            target.module = ordered_threads.load(source, order)
+            target._runtime._choose_group_blocks = \
                 lambda groups, elements, chosen=group_blocks: chosen
-            got = _as_list(compiled(x))
+            got = _as_list(target(x))
             errors[f"{label} {order} G={group_blocks}"] = max(
                 float(np.abs(a - b).max()) for a, b in zip(got, expected))
-    _report(case="ordered_races", errors=errors)
+    _report(case="ordered_races", errors=errors,
+            removed_syncs=compiled.source.count(matmul_syncs))
 
 
 EXTRA = {"device_arrays": check_device_arrays, "new_weights": check_new_weights,

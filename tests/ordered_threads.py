@@ -5,7 +5,9 @@ and the blocks of a grid one after another. That can neither show a missing barr
 reliably nor run a group of blocks that wait for each other (kernels/cuda/group_sync.py).
 This executor can: it runs every thread of a block, or of a whole group of blocks,
 ONE AT A TIME from barrier to barrier, in increasing or decreasing thread order (the
-thread index across the group: block-major). With "reverse", a thread that reads what
+thread index across the group: block-major); `syncthreads` waits for the thread's
+block, `group_barrier` for the whole group, and threads waiting at barriers that can
+never all be passed raise an error instead of hanging. With "reverse", a thread that reads what
 a lower thread writes in the same phase (no barrier in between) runs first and reads the
 old value; with "forward", a thread that overwrites what a higher thread still had to
 read runs first. Either way the numbers come out wrong, every time.
@@ -87,12 +89,16 @@ class _Executor:
             return self.shared_arrays[key]
 
     def syncthreads(self):
-        thread = self.current.thread
-        self.back.release()
-        thread.turn.acquire()
+        self._wait("block")
 
     def group_barrier(self, arrivals, group, target):
-        self.syncthreads()      # every thread of the group takes part in each phase
+        self._wait("group")
+
+    def _wait(self, kind):
+        thread = self.current.thread
+        thread.waiting = kind
+        self.back.release()
+        thread.turn.acquire()
 
     def jit(self, function=None, device=False):
         if function is None:
@@ -116,18 +122,46 @@ class _Executor:
                        for block in range(first, first + group)
                        for thread in range(block_dim)]
             for thread in threads:
-                thread.done = False
+                thread.done, thread.waiting = False, None
                 thread.start()
-            ordered = threads if self.order == "forward" else threads[::-1]
-            while not all(thread.done for thread in threads):
-                for thread in ordered:       # one phase: each thread up to its barrier
-                    if not thread.done:
-                        thread.turn.release()
-                        self.back.acquire()
+            self._schedule(threads if self.order == "forward" else threads[::-1])
             for thread in threads:
                 thread.join()
                 if thread.error is not None:
                     raise thread.error
+
+    def _schedule(self, ordered):
+        """Run the threads one at a time, in order, each up to its next barrier. Block
+        by block (in the same order): a block runs on, its own barriers released as all
+        its live threads reach one, until they all wait at the group barrier; then the
+        next block. So in a group, one block runs a whole phase before the next starts,
+        which any missing group barrier shows. The group barrier is released when every
+        live thread of the group waits at it."""
+        blocks = list(dict.fromkeys(thread.block for thread in ordered))
+        while True:
+            for block in blocks:
+                members = [thread for thread in ordered if thread.block == block]
+                runnable = [thread for thread in members
+                            if not thread.done and thread.waiting is None]
+                while runnable:
+                    for thread in runnable:
+                        thread.turn.release()
+                        self.back.acquire()
+                    live = [thread for thread in members if not thread.done]
+                    runnable = []
+                    if live and all(thread.waiting == "block" for thread in live):
+                        for thread in live:
+                            thread.waiting = None
+                        runnable = live
+            live = [thread for thread in ordered if not thread.done]
+            if not live:
+                return
+            if not all(thread.waiting == "group" for thread in live):
+                raise RuntimeError("the threads deadlocked: they wait at different "
+                                   "barriers " + str(sorted({(thread.block, thread.waiting)
+                                                             for thread in live})))
+            for thread in live:
+                thread.waiting = None
 
 
 class _Launcher:

@@ -40,7 +40,8 @@ from rshop_ir.kernels.cuda.weights import WeightLayout
 
 GENERATOR_VERSION = "numba-cuda/2"
 RESERVED = {"np", "math", "cuda", "B", "T", "rt", "weights", "tid", "nthreads", "row0",
-            "G", "group", "arrivals", "barrier_target", "group_barrier",
+            "G", "group", "arrivals", "barrier_target", "group_barrier", "member", "members",
+            "partials", "split_lanes", "split_parts", "lane", "part",
             "rows_here", "r", "acc", "work", "wbase", "wsh", "par", "step", "steps", "t",
             "keep", "i", "error_flag", "scratch", *eqn_rendering.SCRATCH_NAMES,
             *mathlib.DEVICE_FUNCTION_NAMES}

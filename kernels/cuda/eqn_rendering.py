@@ -18,7 +18,7 @@ from rshop_ir.ir import Literal
 from rshop_ir.kernels import lowering
 from rshop_ir.kernels.scalar_ops import ScalarContext
 from rshop_ir.kernels.cuda import mathlib
-from rshop_ir.kernels.cuda.kernel_writer import is_batched
+from rshop_ir.kernels.cuda.kernel_writer import SPLIT_LANES, SPLIT_PARTS, is_batched
 from rshop_ir.kernels.cuda.values import Mapped, contiguous_strides, product, total, unflatten
 from rshop_ir.shapes import normalize_axes, normalize_axis
 
@@ -256,6 +256,9 @@ def _matmul(writer, eqn) -> None:
     per_row = product(out_dims)
     indices = [names.fresh("i") for _ in out_dims]
     zero = CONTEXT.const(0, out.dtype)
+    if writer.split_contractions and not is_batched(b) and len(out_dims) == 1:
+        _split_matmul(writer, stored, a_value, b_value, out_dims[0], contraction, zero)
+        return
     with body.block(f"for {flat} in range(tid, {per_row}, nthreads):"):
         for name, expression in zip(indices, unflatten(flat, out_dims)):
             body.line(f"{name} = {expression}")
@@ -280,6 +283,44 @@ def _matmul(writer, eqn) -> None:
                 body.line(f"acc[r] += {a_value.element(a_index)} * {weight}")
         with body.block("for r in range(rows_here):"):
             body.line(f"{stored.element(['r', *indices])} = acc[r]")
+
+
+def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero) -> None:
+    """out (rows, columns) = a (rows, contraction) @ weight, in a scan kernel.
+
+    The block (a member of its group, in the group layout) takes tiles of `split_lanes`
+    columns in turn; in a tile, thread (part, lane) sums column `lane` over the indices
+    k = part, part + split_parts, ..., so that a warp reads consecutive columns of a
+    weight row (coalesced) and each thread only 1/split_parts of the contraction; the
+    parts' sums meet in the shared `partials` and the part-0 threads add them up.
+    Every thread of the block passes the same syncthreads: the tiles a block takes
+    depend only on its member index."""
+    writer.needs_accumulator = writer.needs_partials = True
+    names, body = writer.names, writer.body
+    tile, column, k, p, total, weight = (names.fresh(hint) for hint in
+                                         ("tile", "column", "k", "p", "total", "weight"))
+    with body.block(f"for {tile} in range(member, ({columns} + split_lanes - 1) // "
+                    f"split_lanes, members):"):
+        body.line(f"{column} = {tile} * split_lanes + lane")
+        with body.block("for r in range(rows_here):"):
+            body.line(f"acc[r] = {zero}")
+        with body.block(f"if part < split_parts and {column} < {columns}:"):
+            with body.block(f"for {k} in range(part, {contraction}, split_parts):"):
+                body.line(f"{weight} = {b_value.element([k, column])}")
+                with body.block("for r in range(rows_here):"):
+                    body.line(f"acc[r] += {a_value.element(['r', k])} * {weight}")
+            with body.block("for r in range(rows_here):"):
+                body.line(f"partials[(r * {SPLIT_PARTS} + part) * {SPLIT_LANES} + lane] "
+                          f"= acc[r]")
+        body.line("cuda.syncthreads()")
+        with body.block(f"if part == 0 and {column} < {columns}:"):
+            with body.block("for r in range(rows_here):"):
+                body.line(f"{total} = {zero}")
+                with body.block(f"for {p} in range(split_parts):"):
+                    body.line(f"{total} += partials[(r * {SPLIT_PARTS} + {p}) * "
+                              f"{SPLIT_LANES} + lane]")
+                body.line(f"{stored.element(['r', column])} = {total}")
+        body.line("cuda.syncthreads()")
 
 
 @_private_locals

@@ -28,6 +28,13 @@ from rshop_ir.kernels.cpu.source import SourceWriter
 from rshop_ir.kernels.cuda.values import Stored, product, unflatten
 
 
+# A matmul by a weight in a scan kernel (eqn_rendering._split_matmul): the block's
+# threads take SPLIT_LANES columns at a time (half the block's threads if fewer), in
+# SPLIT_PARTS parts of the contraction at most.
+SPLIT_LANES = 32
+SPLIT_PARTS = 8
+
+
 class KernelWriter:
     def __init__(self, name: str, names, rows_per_block: int, float_dtype: str,
                  allocate, sizes: dict, grouped: bool = False):
@@ -43,6 +50,8 @@ class KernelWriter:
         self.needs_accumulator = False
         self.needs_error_flag = False
         self.grouped = bool(grouped)        # the group layout (module docstring)
+        self.split_contractions = False     # matmuls by a weight split K (eqn_rendering)
+        self.needs_partials = False         # ... and one did: `partials` in shared memory
         if self.grouped:                    # fixed names, reserved by the generator
             self.arguments += [("G", "int", None), ("arrivals", "array", "int64")]
 
@@ -114,13 +123,16 @@ class KernelWriter:
     def header_lines(self) -> list:
         if self.grouped:
             lines = ["group = cuda.blockIdx.x // G",
-                     "tid = (cuda.blockIdx.x - group * G) * cuda.blockDim.x "
-                     "+ cuda.threadIdx.x",
+                     "member = cuda.blockIdx.x - group * G",
+                     "members = G",
+                     "tid = member * cuda.blockDim.x + cuda.threadIdx.x",
                      "nthreads = G * cuda.blockDim.x",
                      "barrier_target = 0",
                      f"row0 = group * {self.rows_per_block}"]
         else:
-            lines = ["tid = cuda.threadIdx.x",
+            lines = ["member = 0",
+                     "members = 1",
+                     "tid = cuda.threadIdx.x",
                      "nthreads = cuda.blockDim.x",
                      f"row0 = cuda.blockIdx.x * {self.rows_per_block}"]
         lines += ["rows_here = B - row0",
@@ -129,7 +141,25 @@ class KernelWriter:
         if self.needs_accumulator:
             lines.append(f"acc = cuda.local.array({self.rows_per_block}, "
                          f"np.{self.float_dtype})")
+        if self.needs_partials:
+            lines += [f"partials = cuda.shared.array({self.partials_size()}, "
+                      f"np.{self.float_dtype})",
+                      # at least 2 parts (small blocks too: tests run them)
+                      "split_lanes = cuda.blockDim.x // 2",
+                      f"if split_lanes > {SPLIT_LANES}:",
+                      f"    split_lanes = {SPLIT_LANES}",
+                      "if split_lanes < 1:",
+                      "    split_lanes = 1",
+                      "split_parts = cuda.blockDim.x // split_lanes",
+                      f"if split_parts > {SPLIT_PARTS}:",
+                      f"    split_parts = {SPLIT_PARTS}",
+                      "lane = cuda.threadIdx.x % split_lanes",
+                      "part = cuda.threadIdx.x // split_lanes"]
         return lines
+
+    def partials_size(self) -> int:
+        """Elements of the shared `partials` of split matmuls (eqn_rendering.py)."""
+        return self.rows_per_block * SPLIT_PARTS * SPLIT_LANES
 
     def signature(self, leading=("B", "T")) -> list:
         return [*leading, *(name for name, _, _ in self.arguments)]

@@ -11,8 +11,12 @@ computed from another one), and the last output `y_last`. Shared-memory policy
 (numba-cuda caps a block at 48 KiB): the workspace goes in shared memory when it fits,
 else in a global scratch array (one region per block, L1/L2 cached); the packed weights
 the body reads are then copied to shared memory greedily, largest first, in what is
-left; the others are read from global memory (L2). Matmuls keep one accumulator per
-row in registers, so each weight element read serves all the block's rows.
+left (after room for the matmuls' partial sums); the others are read from global memory
+(L2). A matmul by a weight splits its contraction: a warp's threads take consecutive
+columns (coalesced weight reads) and the block's warps take interleaved parts of the
+contraction, their sums meeting in shared memory (eqn_rendering._split_matmul); each
+thread keeps one accumulator per row in registers, so each weight element read serves
+all the block's rows.
 
 Group layout (`grouped=True`, for few rows on a big GPU): G blocks own the same rows
 and split each step's elements between them (kernel_writer.py): the matmul columns, so
@@ -88,6 +92,7 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
                                    "CUDA generator (op 'scan' inside a step).")
     writer = KernelWriter(name, names, rows, float_dtype, allocate=None,
                           sizes={"B": "B", "T": "steps"}, grouped=grouped)
+    writer.split_contractions = True
     # host names of the group layout's own arguments, set by the codegen
     launch = ["group_blocks", "arrivals"] if grouped else []
 
@@ -128,6 +133,8 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
             reserve(("value", id(var)), per_block(var))
     itemsize = np.dtype(float_dtype).itemsize
     budget = max(0, shared_memory_bytes - SHARED_RESERVE_BYTES)
+    if any(eqn.op == "matmul" for eqn in body.eqns):    # room for split matmuls' sums
+        budget = max(0, budget - writer.partials_size() * itemsize)
     # a group's blocks read each other's values: its workspace is in global memory
     shared_work = not grouped and work_size * itemsize <= budget
     if shared_work:
