@@ -108,7 +108,7 @@ def _ordered_errors(compiled, positional, named, cpu) -> dict:
         for order, group_blocks in ORDERED_RUNS:
             compiled.module = ordered_threads.load(compiled.source, order)
             compiled._runtime._choose_group_blocks = \
-                lambda groups, elements, chosen=group_blocks: chosen
+                lambda groups, widest, chosen=group_blocks: chosen
             got = _as_list(compiled(*positional, **named))
             errors[f"{order} G={group_blocks}"] = max(
                 float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, cpu))
@@ -310,7 +310,7 @@ def check_ordered_threads_find_races() -> None:
         for order, group_blocks in layouts:
             target.module = ordered_threads.load(source, order)
             target._runtime._choose_group_blocks = \
-                lambda groups, elements, chosen=group_blocks: chosen
+                lambda groups, widest, chosen=group_blocks: chosen
             got = _as_list(target(x))
             errors[f"{label} {order} G={group_blocks}"] = max(
                 float(np.abs(a - b).max()) for a, b in zip(got, expected))

@@ -283,16 +283,17 @@ def test_ordered_threads_catch_a_missing_barrier(simulator_results):
 def test_group_layout_is_chosen_for_few_rows_on_a_big_gpu(monkeypatch):
     """The automatic layout (kernels/cuda/runtime.py) with a stand-in GPU of 132
     multiprocessors: a group of blocks for rows that would leave most of them idle,
-    sized to the step's widest value; the block layout when rows fill the GPU."""
+    a block per 32-column tile of the step's widest value; the block layout when rows
+    fill the GPU."""
     from rshop_ir.kernels.cuda import device, runtime
 
     monkeypatch.setattr(device, "in_simulator", lambda: False)
     monkeypatch.setattr(device, "device_count_of_sms", lambda: 132)
     rt = runtime._Runtime(threads=256)
-    assert rt.blocks_per_group(1, 1024) == 4            # LSTM H=256: 4H columns
-    assert rt.blocks_per_group(1, 4 * 4096) == runtime.MAX_GROUP_BLOCKS
-    assert rt.blocks_per_group(40, 4 * 4096) == 3      # 132 // 40 blocks per group fit
-    assert rt.blocks_per_group(1, 256) == 0            # one block has a thread per element
+    assert rt.blocks_per_group(1, 256) == 8             # LSTM H=64: 4H columns, 32 a tile
+    assert rt.blocks_per_group(1, 1024) == runtime.MAX_GROUP_BLOCKS    # H=256: 32 tiles
+    assert rt.blocks_per_group(40, 1024) == 3          # 132 // 40 blocks per group fit
+    assert rt.blocks_per_group(1, 32) == 0             # one tile: one block does it all
     assert rt.blocks_per_group(100, 4096) == 0         # rows already fill the GPU
     assert rt.used_group_blocks == 0
     rt.requested_group_blocks = 0                      # the block layout, asked for

@@ -280,8 +280,8 @@ class CudaGenerator:
             self.host_values[var] = ("array", output_name)
             output_names.append(output_name)
         group_blocks = self.host_names.fresh("group_blocks")
-        host.line(f"{group_blocks} = rt.blocks_per_group({blocks}, min(B, "
-                  f"{self.rows_per_block}) * {kernels[1].widest_row}) if B > 0 else 0")
+        host.line(f"{group_blocks} = rt.blocks_per_group({blocks}, "
+                  f"{kernels[1].widest_row}) if B > 0 else 0")
         with host.block(f"if {group_blocks} > 0:"):
             self._launch_scan(kernels[1], output_names, steps_name,
                               f"{blocks} * {group_blocks}", blocks, group_blocks)

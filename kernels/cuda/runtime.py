@@ -29,6 +29,7 @@ from rshop_ir.bound import BoundProgram
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
 from rshop_ir.kernels.cuda import device, gemm, group_sync
+from rshop_ir.kernels.cuda.kernel_writer import SPLIT_LANES
 from rshop_ir.shapes import bind_shape, resolve_shape
 
 
@@ -57,21 +58,24 @@ class _Runtime:
     def check_barriers(counters) -> None:
         group_sync.check_barriers(device.to_host(counters))
 
-    def blocks_per_group(self, groups: int, elements: int) -> int:
-        """G for a scan whose rows make `groups` groups, with `elements` values per group
+    def blocks_per_group(self, groups: int, widest: int) -> int:
+        """G for a scan whose rows make `groups` groups, with `widest` elements per row
         in its widest step value; 0 for the block layout. `requested_group_blocks`: 0
         keeps the block layout, G >= 1 is checked and used.
 
-        Automatic (`requested_group_blocks` None): enough blocks that each thread has one
-        element of the widest value, at most MAX_GROUP_BLOCKS, and only as many as fit
+        Automatic (`requested_group_blocks` None): one block per tile of SPLIT_LANES
+        columns of the widest value (a recurrent matmul's output: each block then reads
+        1/G of the weight per step; eqn_rendering._split_matmul), at most
+        MAX_GROUP_BLOCKS (a first guess: `bench.cuda_check`'s layout sweep measures
+        G = 1..32 on a GPU, not run yet), and only as many as fit
         on the multiprocessors next to the other groups (every block of the group
         layout must be resident at once: group_sync.py); the block layout where that
         leaves fewer than 2, and always in the simulator (it runs blocks one at a time).
         """
-        self.used_group_blocks = self._choose_group_blocks(groups, elements)
+        self.used_group_blocks = self._choose_group_blocks(groups, widest)
         return self.used_group_blocks
 
-    def _choose_group_blocks(self, groups: int, elements: int) -> int:
+    def _choose_group_blocks(self, groups: int, widest: int) -> int:
         requested = self.requested_group_blocks
         multiprocessors = device.device_count_of_sms()
         if requested == 0:
@@ -91,7 +95,7 @@ class _Runtime:
             return requested
         if device.in_simulator():
             return 0
-        wanted = min(MAX_GROUP_BLOCKS, -(-int(elements) // self.threads))
+        wanted = min(MAX_GROUP_BLOCKS, -(-int(widest) // SPLIT_LANES))
         chosen = min(wanted, multiprocessors // max(1, groups))
         return chosen if chosen >= 2 else 0
 
