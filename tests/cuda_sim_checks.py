@@ -318,10 +318,46 @@ def check_ordered_threads_find_races() -> None:
             removed_syncs=compiled.source.count(matmul_syncs))
 
 
+def check_weight_slices() -> None:
+    """A recurrent weight too big for shared memory whole, whose column tiles fit: a
+    block keeps its own tiles there when they are few enough (groups of 2 or 3 blocks,
+    run by the ordered executor), else reads the weight from global memory (one block
+    per rows, in the simulator). Corrupting the copied tiles changes exactly the runs
+    that read them, which shows which path each took."""
+    import ordered_threads
+    from rshop_ir.kernels.cuda.loader import load_module
+
+    program = examples.lstm_program(8, 40, return_sequences=True)
+    bound = BoundProgram(program, examples.random_weights(program, seed=3))
+    x = examples.random_inputs(program, batch=3, steps=3, seed=4)[0]
+    expected = _as_list(rshop_ir.interpret(bound, x))
+    compiled = _compile(bound, {"rows_per_block": 2, "threads_per_block": 64,
+                                "shared_memory_bytes": 24 * 1024})
+    source = compiled.source
+    corrupted = source.replace("[slot] = ", "[slot] = 0.5 * ")
+    errors = {}
+    for label, text in (("as generated", source), ("corrupted tiles", corrupted)):
+        for order, group_blocks in (("simulator", 0), ("reverse", 2), ("forward", 3)):
+            if order == "simulator":
+                compiled.module = load_module(text)    # the simulator's kernels
+                compiled._runtime.__dict__.pop("_choose_group_blocks", None)
+                compiled.blocks_per_group = 0
+            else:
+                compiled.module = ordered_threads.load(text, order)
+                compiled._runtime._choose_group_blocks = \
+                    lambda groups, widest, chosen=group_blocks: chosen
+            got = _as_list(compiled(x))
+            errors[f"{label} {order} G={group_blocks}"] = max(
+                float(np.abs(a - b).max()) for a, b in zip(got, expected))
+    _report(case="weight_slices", errors=errors, slices=source.count("cuda.shared.array"),
+            corrupted=corrupted != source)
+
+
 EXTRA = {"device_arrays": check_device_arrays, "new_weights": check_new_weights,
          "unsupported": check_unsupported, "gemm": check_gemm_methods,
          "edges": check_edges, "group_requests": check_group_requests,
-         "ordered_races": check_ordered_threads_find_races}
+         "ordered_races": check_ordered_threads_find_races,
+         "weight_slices": check_weight_slices}
 
 
 def main(argv) -> None:

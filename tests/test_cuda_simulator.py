@@ -32,7 +32,7 @@ ATOL = 1e-4
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, TIME, FEATURES, UNITS = 2, 4, 3, 4
 EXTRA_CHECKS = ["device_arrays", "new_weights", "unsupported", "gemm", "edges",
-                "group_requests", "ordered_races"]
+                "group_requests", "ordered_races", "weight_slices"]
 
 
 def _as_list(value):
@@ -280,6 +280,18 @@ def test_ordered_threads_catch_a_missing_barrier(simulator_results):
             assert error > 1e-3, errors
 
 
+def test_blocks_keep_their_weight_tiles_in_shared_memory_when_they_fit(simulator_results):
+    fields = simulator_results["weight_slices"]
+    assert "error" not in fields, fields.get("error")
+    errors = fields["errors"]
+    assert fields["corrupted"] and len(errors) == 6, fields
+    for label, error in errors.items():
+        # one block per rows reads the weight from global memory: untouched by the
+        # corrupted copy; groups of 2 and 3 blocks hold few enough tiles to read them
+        uses_tiles = label.startswith("corrupted") and "G=0" not in label
+        assert (error > 1e-2) if uses_tiles else (error < ATOL), errors
+
+
 def test_group_layout_is_chosen_for_few_rows_on_a_big_gpu(monkeypatch):
     """The automatic layout (kernels/cuda/runtime.py) with a stand-in GPU of 132
     multiprocessors: a group of blocks for rows that would leave most of them idle,
@@ -334,6 +346,28 @@ def test_generated_kernels_compile_to_ptx():
         sizes = ptx_check.compile_all(optimized, rows_per_block=4)
         assert sizes and all(size > 1000 for size in sizes.values()), (name, sizes)
         assert any(kernel.endswith("_groups") for kernel in sizes), sizes   # group layout
+
+
+def test_group_kernel_keeping_weight_tiles_on_chip_compiles_to_ptx():
+    """An LSTM of 256 units: the group layout keeps each block's tiles of the 1 MB
+    recurrent weight in shared memory, within numba-cuda's 48 KiB per block."""
+    from rshop_ir import examples
+    from rshop_ir.bound import BoundProgram
+    from rshop_ir.kernels.cuda import device, ptx_check
+    from rshop_ir.kernels.cuda.codegen import generate
+
+    available, reason = device.nvvm_available()
+    if not available:
+        pytest.skip(reason)
+    program = examples.lstm_program(128, 256, return_sequences=True)
+    optimized = rshop_ir.optimize(BoundProgram(program, examples.random_weights(program)))
+    source = generate(optimized.program, rows_per_block=4).source
+    groups_kernel = source[source.index("def scan_0_groups"):source.index("def run(")]
+    # one tile: 256 rows x 32 columns of float32, 32 KiB
+    assert "wslice = cuda.shared.array(8192, np.float32)" in groups_kernel
+    assert "wslice" not in source[:source.index("def scan_0_groups")]   # block layout
+    sizes = ptx_check.compile_all(optimized, rows_per_block=4)
+    assert sizes["scan_0_groups"] > 1000 and sizes["scan_0"] > 1000
 
 
 BLOCK_KERAS = """

@@ -257,7 +257,8 @@ def _matmul(writer, eqn) -> None:
     indices = [names.fresh("i") for _ in out_dims]
     zero = CONTEXT.const(0, out.dtype)
     if writer.split_contractions and not is_batched(b) and len(out_dims) == 1:
-        _split_matmul(writer, stored, a_value, b_value, out_dims[0], contraction, zero)
+        _split_matmul(writer, stored, a_value, b_value, out_dims[0], contraction, zero,
+                      writer.weight_slices.get(b))
         return
     with body.block(f"for {flat} in range(tid, {per_row}, nthreads):"):
         for name, expression in zip(indices, unflatten(flat, out_dims)):
@@ -285,7 +286,8 @@ def _matmul(writer, eqn) -> None:
             body.line(f"{stored.element(['r', *indices])} = acc[r]")
 
 
-def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero) -> None:
+def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero,
+                  weight_slice=None) -> None:
     """out (rows, columns) = a (rows, contraction) @ weight, in a scan kernel.
 
     The block (a member of its group, in the group layout) takes tiles of `split_lanes`
@@ -294,7 +296,9 @@ def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero) 
     weight row (coalesced) and each thread only 1/split_parts of the contraction; the
     parts' sums meet in the shared `partials` and the part-0 threads add them up.
     Every thread of the block passes the same syncthreads: the tiles a block takes
-    depend only on its member index."""
+    depend only on its member index. `weight_slice` (name, tiles): the shared array
+    into which the kernel's preamble copied this block's tiles of the weight, used when
+    `<name>_used` (scan_kernel._copy_weight_slice)."""
     writer.needs_accumulator = writer.needs_partials = True
     names, body = writer.names, writer.body
     tile, column, k, p, total, weight = (names.fresh(hint) for hint in
@@ -305,10 +309,22 @@ def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero) 
         with body.block("for r in range(rows_here):"):
             body.line(f"acc[r] = {zero}")
         with body.block(f"if part < split_parts and {column} < {columns}:"):
-            with body.block(f"for {k} in range(part, {contraction}, split_parts):"):
-                body.line(f"{weight} = {b_value.element([k, column])}")
-                with body.block("for r in range(rows_here):"):
-                    body.line(f"acc[r] += {a_value.element(['r', k])} * {weight}")
+            sources = [b_value.element([k, column])]
+            if weight_slice is not None:
+                name, _ = weight_slice
+                local = f"({tile} - member) // members"
+                sources.insert(0, f"{name}[({local} * {contraction} + {k}) * {SPLIT_LANES} "
+                                  f"+ lane]")
+                body.line(f"if {name}_used:")
+            for position, source in enumerate(sources):
+                if position == 1:
+                    body.line("else:")
+                body.depth += weight_slice is not None
+                with body.block(f"for {k} in range(part, {contraction}, split_parts):"):
+                    body.line(f"{weight} = {source}")
+                    with body.block("for r in range(rows_here):"):
+                        body.line(f"acc[r] += {a_value.element(['r', k])} * {weight}")
+                body.depth -= weight_slice is not None
             with body.block("for r in range(rows_here):"):
                 body.line(f"partials[(r * {SPLIT_PARTS} + part) * {SPLIT_LANES} + lane] "
                           f"= acc[r]")

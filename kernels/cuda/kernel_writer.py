@@ -52,6 +52,7 @@ class KernelWriter:
         self.grouped = bool(grouped)        # the group layout (module docstring)
         self.split_contractions = False     # matmuls by a weight split K (eqn_rendering)
         self.needs_partials = False         # ... and one did: `partials` in shared memory
+        self.weight_slices = {}             # weight Var -> (shared array, tiles it holds)
         if self.grouped:                    # fixed names, reserved by the generator
             self.arguments += [("G", "int", None), ("arrivals", "array", "int64")]
 

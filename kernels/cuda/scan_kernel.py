@@ -12,7 +12,9 @@ computed from another one), and the last output `y_last`. Shared-memory policy
 else in a global scratch array (one region per block, L1/L2 cached); the packed weights
 the body reads are then copied to shared memory greedily, largest first, in what is
 left (after room for the matmuls' partial sums); the others are read from global memory
-(L2). A matmul by a weight splits its contraction: a warp's threads take consecutive
+(L2), except that in the group layout a block copies ITS column tiles of a weight too
+big to share whole into shared memory when they fit (`_copy_weight_slice`: an LSTM of
+256 units in groups of 32 blocks keeps its whole recurrent weight on chip). A matmul by a weight splits its contraction: a warp's threads take consecutive
 columns (coalesced weight reads) and the block's warps take interleaved parts of the
 contraction, their sums meeting in shared memory (eqn_rendering._split_matmul); each
 thread keeps one accumulator per row in registers, so each weight element read serves
@@ -41,12 +43,13 @@ from rshop_ir.ir import Literal
 from rshop_ir.kernels.cpu.source import SourceWriter
 from rshop_ir.kernels.cuda import eqn_rendering
 from rshop_ir.kernels.cuda.device import SHARED_MEMORY_BYTES
-from rshop_ir.kernels.cuda.kernel_writer import KernelWriter, is_batched
+from rshop_ir.kernels.cuda.kernel_writer import SPLIT_LANES, KernelWriter, is_batched
 from rshop_ir.kernels.cuda.step_syncs import StepSyncs
 from rshop_ir.kernels.cuda.values import (GLOBAL_ROW, LOCAL_ROW, Stored, contiguous_strides,
                                           product, total)
 
 SHARED_RESERVE_BYTES = 512
+MAX_SLICE_TILES = 4     # column tiles of one weight a block keeps in shared memory at most
 
 
 @dataclass
@@ -154,6 +157,23 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
             shared_weights.append(key)
             shared_size += count
             budget -= count * itemsize
+
+    # ---- group layout: the tiles of a big weight each block reads, shared if they fit --
+    body_keys = {body_var: outer(outer_atom)[1] for outer_atom, body_var
+                 in zip(groups["constants"], inner["constants"])
+                 if outer(outer_atom)[0] == "packed"}
+    slices = []
+    for eqn in body.eqns if grouped else ():   # a lone block reads every tile
+        weight = eqn.inputs[1] if eqn.op == "matmul" else None
+        if weight in body_keys and body_keys[weight] not in shared_offsets \
+                and weight not in writer.weight_slices and len(weight.shape) == 2:
+            per_tile = int(weight.shape[0]) * SPLIT_LANES
+            tiles = min(MAX_SLICE_TILES, budget // (per_tile * itemsize))
+            if tiles >= 1:
+                slice_name = names.fresh("wslice")
+                writer.weight_slices[weight] = (slice_name, tiles)
+                slices.append((slice_name, tiles, per_tile, weight))
+                budget -= tiles * per_tile * itemsize
 
     def weight_value(key, shape):
         if key in shared_offsets:
@@ -270,6 +290,8 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
                                 f"cuda.blockDim.x):"):
                 preamble.line(f"wsh[{shared_offsets[key]} + i] = "
                               f"{weights_argument}[{packed[key][0]} + i]")
+    for slice_name, tiles, per_tile, weight in slices:
+        _copy_weight_slice(preamble, writer, slice_name, tiles, per_tile, weight)
     preamble.line("par = 0")
     for (var, offset, slot), argument in zip(state_values, state_arguments):
         _copy_rows(preamble, writer, var, argument, f"wbase + {offset}", to_work=True)
@@ -318,6 +340,31 @@ def _row_elements(writer, var) -> int:
         return _count([int(dim) for dim in writer.dims(var)])
     except (TypeError, ValueError, UnsupportedError):
         return 1
+
+
+def _copy_weight_slice(preamble, writer, name, tiles, per_tile, weight) -> None:
+    """Copy the column tiles of `weight` that this block's split matmuls take
+    (eqn_rendering._split_matmul: tiles member, member + members, ...) into the shared
+    array `name`, tile after tile, (contraction, SPLIT_LANES) each, when they are at
+    most `tiles`; `name_used` tells the matmul whether they are there."""
+    contraction, columns = (int(dim) for dim in weight.shape)
+    stored = writer.values[weight]
+    preamble.line(f"{name} = cuda.shared.array({tiles * per_tile}, np.{writer.float_dtype})")
+    preamble.line(f"{name}_tiles = (({columns} + split_lanes - 1) // split_lanes - member "
+                  f"+ members - 1) // members")
+    preamble.line(f"{name}_used = {name}_tiles <= {tiles}")
+    with preamble.block(f"if {name}_used:"):
+        count = f"{name}_tiles * {contraction} * split_lanes"
+        with preamble.block(f"for i in range(cuda.threadIdx.x, {count}, cuda.blockDim.x):"):
+            preamble.line(f"local_tile = i // ({contraction} * split_lanes)")
+            preamble.line(f"k = (i - local_tile * {contraction} * split_lanes) // split_lanes")
+            preamble.line(f"lane_of = i - local_tile * {contraction} * split_lanes "
+                          f"- k * split_lanes")
+            preamble.line(f"column = (member + local_tile * members) * split_lanes + lane_of")
+            preamble.line(f"slot = (local_tile * {contraction} + k) * {SPLIT_LANES} + lane_of")
+            with preamble.block(f"if column < {columns}:"):
+                preamble.line(f"{name}[slot] = {stored.element(['k', 'column'])}")
+    preamble.line("cuda.syncthreads()")
 
 
 def _count(shape) -> int:
