@@ -18,15 +18,14 @@ stays small (about 45 MB for the default sizes).
 prints and writes to OUT (markdown; OUT.json beside it) the max abs error of every
 correctness case against both references, in each layout of the scan kernels (a block
 per rows; groups of blocks splitting the rows' work, automatic and forced sizes, which
-is the grid-synchronised path the simulator cannot check), then per timing size (batch, hidden, length)
-the median time per step of our kernel (its automatic layout; when that is a group of
-blocks, the block layout is timed too) and of torch.nn.LSTM (cuDNN) with the same
-weights, inputs already on the device for both, timed with CUDA events after a warm-up,
-plus the max abs difference between the two outputs; then a layout sweep (the batch-1
-LSTM with 0, 1, 2, 4, ... 32 blocks per group) for tuning the automatic layout. Without
-torch (or without a GPU
-for torch) the torch column says so and the checks still run. `--budget-seconds` stops
-timing new sizes when the run gets long (default 270 s).
+is the grid-synchronised path the simulator cannot check), then per timing size (batch,
+hidden, length) the median time per step of our kernel (its automatic layout; when that
+is a group of blocks, the block layout is timed too) and of torch.nn.LSTM (cuDNN) with
+the same weights, inputs already on the device for both, timed with CUDA events after a
+warm-up, plus the max abs difference between the two outputs; then a layout sweep (the
+batch-1 LSTM with 0, 1, 2, 4, ... 32 blocks per group) for tuning the automatic layout.
+Without torch (or without a GPU for torch) the torch column says so and the checks still
+run. `--budget-seconds` stops timing new sizes when the run gets long (default 270 s).
 """
 
 from __future__ import annotations

@@ -6,19 +6,19 @@ step the block only needs `cuda.syncthreads()` (no grid-wide sync, which is why 
 simulator, running blocks one after another, checks it faithfully).
 
 Per block, the workspace holds the step's values (one slot per eqn output), two slots
-per state and readout (current/next, flipped by `par` each step: a state may be
-computed from another one), and the last output `y_last`. Shared-memory policy
-(numba-cuda caps a block at 48 KiB): the workspace goes in shared memory when it fits,
-else in a global scratch array (one region per block, L1/L2 cached); the packed weights
-the body reads are then copied to shared memory greedily, largest first, in what is
-left (after room for the matmuls' partial sums); the others are read from global memory
-(L2), except that in the group layout a block copies ITS column tiles of a weight too
-big to share whole into shared memory when they fit (`_copy_weight_slice`: an LSTM of
-256 units in groups of 32 blocks keeps its whole recurrent weight on chip). A matmul by a weight splits its contraction: a warp's threads take consecutive
-columns (coalesced weight reads) and the block's warps take interleaved parts of the
-contraction, their sums meeting in shared memory (eqn_rendering._split_matmul); each
-thread keeps one accumulator per row in registers, so each weight element read serves
-all the block's rows.
+per state and readout (current/next, flipped by `par` each step: a state may be computed
+from another one), and the last output `y_last`. Shared-memory policy (numba-cuda caps a
+block at 48 KiB): the workspace goes in shared memory when it fits, else in a global
+scratch array (one region per block, L1/L2 cached); the packed weights the body reads
+are then copied to shared memory greedily, largest first, in what is left (after room
+for the matmuls' partial sums); the others are read from global memory (L2), except that
+in the group layout a block copies ITS column tiles of a weight too big to share whole
+into shared memory when they fit (`_copy_weight_slice`: an LSTM of 256 units in groups
+of 32 blocks keeps its whole recurrent weight on chip). A matmul by a weight splits its
+contraction: a warp's threads take consecutive columns (coalesced weight reads) and the
+block's warps take interleaved parts of the contraction, their sums meeting in shared
+memory (eqn_rendering._split_matmul); each thread keeps one accumulator per row in
+registers, so each weight element read serves all the block's rows.
 
 Group layout (`grouped=True`, for few rows on a big GPU): G blocks own the same rows
 and split each step's elements between them (kernel_writer.py): the matmul columns, so
@@ -27,9 +27,10 @@ workspace is then one global region per group, and the syncs are the group's bar
 (group_sync.py). The codegen writes both layouts; the runtime picks one per call.
 
 A step: body eqns (eqn_rendering.py; a sync before each that reads what another thread
-may have written since the last one: step_syncs.py), then the commit: y_last, the next states and readout (keeping the old rows where the mask is
-False), y_all[:, step] when return_sequences; sync; flip `par`. The absorbed input
-projection (kernels/lowering.py) arrives precomputed by a GEMM, (B, steps, N).
+may have written since the last one: step_syncs.py), then the commit: y_last, the next
+states and readout (keeping the old rows where the mask is False), y_all[:, step] when
+return_sequences; sync; flip `par`. The absorbed input projection (kernels/lowering.py)
+arrives precomputed by a GEMM, (B, steps, N).
 """
 
 from __future__ import annotations
