@@ -81,10 +81,8 @@ def run_case(folder: str) -> None:
                 [list(a.shape) for a in got] == [list(b.shape) for b in keras]
             fields[prefix + "shapes"] = shapes
             fields[prefix + "used"] = compiled.group_blocks_used
-            fields[prefix + "keras_error"] = max(
-                float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, keras))
-            fields[prefix + "cpu_error"] = max(
-                float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, cpu))
+            fields[prefix + "keras_error"] = _max_error(got, keras)
+            fields[prefix + "cpu_error"] = _max_error(got, cpu)
         fields["ordered_errors"] = _ordered_errors(compiled, positional, named, cpu)
         _report(case=name, outputs=len(got), **fields)
     except Exception as error:     # reported, so the parent test shows what failed
@@ -99,23 +97,32 @@ def _ordered_errors(compiled, positional, named, cpu) -> dict:
     barriers (tests/ordered_threads.py: a missing barrier gives wrong numbers), in the
     block layout (G=0) and in groups of 2 and 3 blocks that wait for each other, which
     Numba's simulator cannot run. 4 threads per block keep it quick."""
-    import ordered_threads
-
     errors = {}
     module, threads = compiled.module, compiled._runtime.threads
     compiled._runtime.threads = 4
     try:
         for order, group_blocks in ORDERED_RUNS:
-            compiled.module = ordered_threads.load(compiled.source, order)
-            compiled._runtime._choose_group_blocks = \
-                lambda groups, widest, chosen=group_blocks: chosen
-            got = _as_list(compiled(*positional, **named))
-            errors[f"{order} G={group_blocks}"] = max(
-                float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, cpu))
+            errors[f"{order} G={group_blocks}"] = _ordered_error(
+                compiled, compiled.source, order, group_blocks, cpu, *positional, **named)
     finally:
         compiled.module, compiled._runtime.threads = module, threads
         del compiled._runtime._choose_group_blocks
     return errors
+
+
+def _max_error(got, expected) -> float:
+    return max(float(np.max(np.abs(a - b), initial=0)) for a, b in zip(got, expected))
+
+
+def _ordered_error(compiled, source, order, group_blocks, expected, *inputs, **named):
+    """Max abs error of `compiled` running the kernels of `source` on the ordered
+    executor (tests/ordered_threads.py) in `order`, with `group_blocks` blocks per group
+    (0: the block layout), whatever the simulator would allow."""
+    import ordered_threads
+
+    compiled.module = ordered_threads.load(source, order)
+    compiled._runtime._choose_group_blocks = lambda groups, widest: group_blocks
+    return _max_error(_as_list(compiled(*inputs, **named)), expected)
 
 
 def _lstm(**kwargs):
@@ -284,7 +291,6 @@ def check_ordered_threads_find_races() -> None:
     and go wrong in both orders when a barrier is left out: the group barriers before
     eqns (kernels/cuda/step_syncs.py) in groups of several blocks, or the block barriers
     of the split matmul (eqn_rendering._split_matmul) in the block layout."""
-    import ordered_threads
     from rshop_ir.kernels.cuda import step_syncs
 
     bound = _lstm(return_sequences=True)
@@ -308,12 +314,8 @@ def check_ordered_threads_find_races() -> None:
     errors = {}
     for label, (target, source, layouts) in runs.items():
         for order, group_blocks in layouts:
-            target.module = ordered_threads.load(source, order)
-            target._runtime._choose_group_blocks = \
-                lambda groups, widest, chosen=group_blocks: chosen
-            got = _as_list(target(x))
-            errors[f"{label} {order} G={group_blocks}"] = max(
-                float(np.abs(a - b).max()) for a, b in zip(got, expected))
+            errors[f"{label} {order} G={group_blocks}"] = _ordered_error(
+                target, source, order, group_blocks, expected, x)
     _report(case="ordered_races", errors=errors,
             removed_syncs=compiled.source.count(matmul_syncs))
 
@@ -324,7 +326,6 @@ def check_weight_slices() -> None:
     run by the ordered executor), else reads the weight from global memory (one block
     per rows, in the simulator). Corrupting the copied tiles changes exactly the runs
     that read them, which shows which path each took."""
-    import ordered_threads
     from rshop_ir.kernels.cuda.loader import load_module
 
     program = examples.lstm_program(8, 40, return_sequences=True)
@@ -337,18 +338,13 @@ def check_weight_slices() -> None:
     corrupted = source.replace("[slot] = ", "[slot] = 0.5 * ")
     errors = {}
     for label, text in (("as generated", source), ("corrupted tiles", corrupted)):
-        for order, group_blocks in (("simulator", 0), ("reverse", 2), ("forward", 3)):
-            if order == "simulator":
-                compiled.module = load_module(text)    # the simulator's kernels
-                compiled._runtime.__dict__.pop("_choose_group_blocks", None)
-                compiled.blocks_per_group = 0
-            else:
-                compiled.module = ordered_threads.load(text, order)
-                compiled._runtime._choose_group_blocks = \
-                    lambda groups, widest, chosen=group_blocks: chosen
-            got = _as_list(compiled(x))
-            errors[f"{label} {order} G={group_blocks}"] = max(
-                float(np.abs(a - b).max()) for a, b in zip(got, expected))
+        compiled.module = load_module(text)            # the simulator's kernels
+        compiled._runtime.__dict__.pop("_choose_group_blocks", None)
+        compiled.blocks_per_group = 0
+        errors[f"{label} simulator G=0"] = _max_error(_as_list(compiled(x)), expected)
+        for order, group_blocks in (("reverse", 2), ("forward", 3)):
+            errors[f"{label} {order} G={group_blocks}"] = _ordered_error(
+                compiled, text, order, group_blocks, expected, x)
     _report(case="weight_slices", errors=errors, slices=source.count("cuda.shared.array"),
             corrupted=corrupted != source)
 

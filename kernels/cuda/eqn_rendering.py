@@ -278,12 +278,19 @@ def _matmul(writer, eqn) -> None:
         writer.needs_accumulator = True
         with body.block("for r in range(rows_here):"):
             body.line(f"acc[r] = {zero}")
-        with body.block(f"for {k} in range({contraction}):"):
-            body.line(f"{weight} = {b_value.element(b_index)}")
-            with body.block("for r in range(rows_here):"):
-                body.line(f"acc[r] += {a_value.element(a_index)} * {weight}")
+        _accumulate_rows(body, k, f"range({contraction})", weight, b_value.element(b_index),
+                         a_value.element(a_index))
         with body.block("for r in range(rows_here):"):
             body.line(f"{stored.element(['r', *indices])} = acc[r]")
+
+
+def _accumulate_rows(body, k, indices, weight, weight_element, left_element) -> None:
+    """acc[r] += left[r, k] * weight[k, ...] for k in `indices` (a range expression):
+    each weight element read once, for all the block's rows."""
+    with body.block(f"for {k} in {indices}:"):
+        body.line(f"{weight} = {weight_element}")
+        with body.block("for r in range(rows_here):"):
+            body.line(f"acc[r] += {left_element} * {weight}")
 
 
 def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero,
@@ -309,22 +316,20 @@ def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero,
         with body.block("for r in range(rows_here):"):
             body.line(f"acc[r] = {zero}")
         with body.block(f"if part < split_parts and {column} < {columns}:"):
-            sources = [b_value.element([k, column])]
-            if weight_slice is not None:
+            indices = f"range(part, {contraction}, split_parts)"
+            in_global = b_value.element([k, column])
+            left = a_value.element(["r", k])
+            if weight_slice is None:
+                _accumulate_rows(body, k, indices, weight, in_global, left)
+            else:
                 name, _ = weight_slice
                 local = f"({tile} - member) // members"
-                sources.insert(0, f"{name}[({local} * {contraction} + {k}) * {SPLIT_LANES} "
-                                  f"+ lane]")
-                body.line(f"if {name}_used:")
-            for position, source in enumerate(sources):
-                if position == 1:
-                    body.line("else:")
-                body.depth += weight_slice is not None
-                with body.block(f"for {k} in range(part, {contraction}, split_parts):"):
-                    body.line(f"{weight} = {source}")
-                    with body.block("for r in range(rows_here):"):
-                        body.line(f"acc[r] += {a_value.element(['r', k])} * {weight}")
-                body.depth -= weight_slice is not None
+                with body.block(f"if {name}_used:"):
+                    _accumulate_rows(body, k, indices, weight,
+                                     f"{name}[({local} * {contraction} + {k}) * "
+                                     f"{SPLIT_LANES} + lane]", left)
+                with body.block("else:"):
+                    _accumulate_rows(body, k, indices, weight, in_global, left)
             with body.block("for r in range(rows_here):"):
                 body.line(f"partials[(r * {SPLIT_PARTS} + part) * {SPLIT_LANES} + lane] "
                           f"= acc[r]")
