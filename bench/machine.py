@@ -89,12 +89,14 @@ def _blas():
 
 
 def _gpu():
+    """The GPU's description, through the one module that imports Numba's CUDA target."""
     try:
-        from numba import cuda
+        from rshop_ir.kernels.cuda.device import cuda_available, in_simulator
 
-        if cuda.is_available():
-            return cuda.get_current_device().name.decode()
-    except Exception:
+        available, description = cuda_available()
+        if available and not in_simulator():
+            return description
+    except Exception:  # numba without its CUDA parts, or a broken driver
         pass
     return None
 

@@ -9,7 +9,9 @@ finds the file and the machine code and compiles nothing.
 The key hashes the generator version and the generated source (which is a function of
 the program text, the shapes and the dtypes; batch and time sizes are runtime
 arguments), plus the bytes of any constant arrays the module reads from its globals.
-Weight values never enter it: weights are arguments.
+Weight values never enter it: weights are arguments. It also hashes the source of the
+modules whose Numba functions and intrinsics the generated code compiles into itself
+(SUPPORT_MODULES): Numba's cache would not notice that one of them changed.
 
 Cache directory: `$RSHOP_CACHE_DIR`, else `$XDG_CACHE_HOME/rshop_ir/cpu`, else
 `~/.cache/rshop_ir/cpu`.
@@ -17,13 +19,17 @@ Cache directory: `$RSHOP_CACHE_DIR`, else `$XDG_CACHE_HOME/rshop_ir/cpu`, else
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 
 import numpy as np
 
 from rshop_ir.kernels import module_files
 from rshop_ir.kernels.cpu.codegen import GENERATOR_VERSION
 
+SUPPORT_MODULES = ("mathlib.py", "reductions.py", "row_product.py", "team_sync.py",
+                   "tiles.py")
 _MODULES = {}        # key -> module (the in-memory cache)
 STATS = {"memory_hits": 0, "modules_loaded": 0, "files_written": 0}
 
@@ -33,9 +39,21 @@ def cache_dir() -> str:
     return module_files.cache_dir("cpu")
 
 
+@functools.lru_cache(maxsize=1)
+def _support_digest() -> bytes:
+    """A digest of the SUPPORT_MODULES' source files (read once per process)."""
+    digest = hashlib.sha256()
+    folder = os.path.dirname(os.path.abspath(__file__))
+    for name in SUPPORT_MODULES:
+        with open(os.path.join(folder, name), "rb") as file:
+            digest.update(file.read())
+    return digest.digest()
+
+
 def module_key(source: str, globals_dict: dict) -> str:
     digest = hashlib.sha256()
     digest.update(GENERATOR_VERSION.encode())
+    digest.update(_support_digest())
     digest.update(source.encode())
     for name in sorted(globals_dict):
         value = np.ascontiguousarray(globals_dict[name])

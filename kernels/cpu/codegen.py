@@ -10,11 +10,13 @@ Inside a scan function, per chunk of up to `chunk` steps: the absorbed input pro
 is ONE GEMM (`np.dot`, BLAS) over the chunk's rows in time-major order (B rows per
 step), then the element-wise eqns that followed it; then per step the recurrent
 matmul(s) (register tiles over a weight packed once per call from 2 batch rows on,
-kernels/cpu/tiles.py; `np.dot` for one row, or a hand loop where BLAS call overhead
-dominates) and each fused region as ONE loop nest, then the states,
-readout and output are committed (keeping the old rows where the mask is False) by
-swapping double buffers. Weights and prologue results are ARGUMENTS of `run`, never
-constants of the source, so new weights need no recompilation.
+kernels/cpu/tiles.py; for one row, a vector loop over a weight packed in column
+blocks, kernels/cpu/row_product.py, when the call has enough steps to repay the copy,
+else `np.dot`; or a hand loop where BLAS call overhead dominates) and each fused
+region as ONE loop nest, then the states, readout and output are committed (keeping
+the old rows where the mask is False) by swapping double buffers. Weights and
+prologue results are ARGUMENTS of `run`, never constants of the source, so new
+weights need no recompilation.
 
     kernel = generate(optimized_program)
     print(kernel.source)     # the module text; kernel.globals: objects it reads
@@ -32,10 +34,13 @@ from rshop_ir.shapes import normalize_axes, normalize_axis
 from rshop_ir.kernels import lowering
 from rshop_ir.kernels.scalar_ops import ScalarContext
 from rshop_ir.kernels.cpu import mathlib
+from rshop_ir.kernels.cpu.row_product import (ROW_PACK_MIN_STEPS, aligned_start_source,
+                                              packing_source, row_buffer_size,
+                                              row_buffer_size_source)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/7"
+GENERATOR_VERSION = "numba-cpu/8"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -52,9 +57,10 @@ TEAM_MIN_COLUMNS = 32       # narrower matmuls are not worth a barrier
 TEAM_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
 # A recurrent matmul by a weight constant of its scan, with at least this contraction
 # and columns, runs as register tiles over a weight packed once per call
-# (kernels/cpu/tiles.py) when the call has 2+ rows; one row keeps np.dot (the product
-# is then bound by streaming the weight, and sgemv streams it as fast). The functions
-# using tiles take TILE_ARGUMENT: the addresses of the tile callbacks, per TILE_DTYPES.
+# (kernels/cpu/tiles.py) when the call has 2+ rows; one row streams the weight packed
+# in column blocks (kernels/cpu/row_product.py) when the call has ROW_PACK_MIN_STEPS
+# steps or more, else np.dot. The functions using tiles take TILE_ARGUMENT: the
+# addresses of the tile callbacks, per TILE_DTYPES.
 TILE_ROWS, TILE_COLUMNS = 4, 16    # the shape of one register tile
 TILE_DTYPES = ("float32", "float64")   # one tile callback each (tiles.py)
 TILE_ARGUMENT = "tile_functions"
@@ -123,6 +129,7 @@ class _Function:
         self.weight_constants = set()  # those of them passed from weights unchanged
         self.constants = {}          # in a scan: constant Var -> argument name
         self.packed = {}             # constant Var -> names of its packed copy and scratch
+        self.row_packed = {}         # constant Var -> names of its one-row packed copy
         self.tiles_used = False      # it, or a scan it calls, takes TILE_ARGUMENT
         self.team_used = False       # a matmul of this function splits its columns
         self.abort_return = None     # the statement leaving a scan function early
@@ -141,6 +148,7 @@ class CpuGenerator:
         self.team = team             # write the team variant (see `_team_matmul`)
         reserved = {"np", "math", "njit", "B", "T", "chunk", "PHASE_BASE", "team_wait",
                     "call_tiles", "row_sum", "row_squared_deviations", TILE_ARGUMENT,
+                    "row_product", "steps",
                     *TEAM_ARGUMENTS, *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
         self.ctx = CpuScalarContext()
@@ -152,6 +160,7 @@ class CpuGenerator:
         self.team_columns = 0
         self.team_dtype = None       # the dtype of the matmuls a team splits (one only)
         self.tile_dtypes = set()     # dtypes of the matmuls run as register tiles
+        self.row_products = False    # a matmul may run as a one-row packed product
         self.fixed_steps = 0         # the longest top-level scan of static length
         self.team_shared_row_bytes = 0
         self.team_shared_buffers = 0
@@ -177,6 +186,8 @@ class CpuGenerator:
             header.line("from rshop_ir.kernels.cpu.team_sync import PHASE_BASE, team_wait")
         if self.tile_dtypes:
             header.line("from rshop_ir.kernels.cpu.tiles import call_tiles")
+        if self.row_products:
+            header.line("from rshop_ir.kernels.cpu.row_product import row_product")
         header.line("from rshop_ir.kernels.cpu.reductions import row_squared_deviations, "
                     "row_sum")
         header.line("from rshop_ir.kernels.cpu.mathlib import (")
@@ -712,13 +723,19 @@ class CpuGenerator:
 
     def _plain_matmul(self, function, a_value, b_value, name, out, contraction,
                       blas_ready: bool, weight: Var) -> None:
-        """`name = a @ b` on one thread: BLAS, or a hand loop where BLAS's call costs
-        more than the product (small batch and contraction inside a scan)."""
+        """`name = a @ b` on one thread: register tiles (2+ rows) or the packed one-row
+        product (kernels/cpu/row_product.py) for a scan's weight constant, BLAS, or a
+        hand loop where BLAS's call costs more than the product (small batch and
+        contraction inside a scan)."""
         body = function.body
         if blas_ready and self._tiles_apply(function, weight, contraction, out):
             with body.block("if B >= 2:"):
                 self._tiled_matmul(function, a_value, b_value, name, out, contraction,
                                    weight)
+            buffer, start = self._row_packed(function, b_value, weight, contraction, out)
+            with body.block(f"elif {buffer}.size > 0:"):
+                body.line(f"row_product({self._contiguous(a_value)}, {buffer}, {start}, "
+                          f"{name})")
             with body.block("else:"):
                 body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
         elif blas_ready and (function.preamble is None or (
@@ -766,14 +783,39 @@ class CpuGenerator:
             function.packed[weight] = (packed, rows, overhang)
         packed, rows, overhang = function.packed[weight]
         callback = f"{TILE_ARGUMENT}[{TILE_DTYPES.index(out.dtype)}]"
-        left = a_value.array()
-        if not isinstance(a_value, ArrayValue):
-            # A view (e.g. rows of a chunk buffer): typed C-contiguous for the callback.
-            left = f"np.ascontiguousarray({left})"
-        function.body.line(f"call_tiles({callback}, {left}, {packed}, {name}, {rows}, "
-                           f"{overhang})")
+        function.body.line(f"call_tiles({callback}, {self._contiguous(a_value)}, {packed}, "
+                           f"{name}, {rows}, {overhang})")
         function.tiles_used = True
         self.tile_dtypes.add(out.dtype)
+
+    @staticmethod
+    def _contiguous(value) -> str:
+        """The expression of a matmul's left operand typed C-contiguous (a view, e.g.
+        rows of a chunk buffer, is copied), as the tile and row products need."""
+        if isinstance(value, ArrayValue):
+            return value.array()
+        return f"np.ascontiguousarray({value.array()})"
+
+    def _row_packed(self, function, b_value, weight: Var, contraction, out) -> tuple:
+        """(buffer, start): the names of the weight packed for the one-row product
+        (kernels/cpu/row_product.py), copied in the preamble when the call has one row
+        and at least ROW_PACK_MIN_STEPS steps (an empty buffer otherwise)."""
+        if weight not in function.row_packed:
+            names, preamble = function.names, function.preamble
+            buffer, start = names.fresh("row_weight"), names.fresh("row_weight_start")
+            itemsize = np.dtype(out.dtype).itemsize
+            size = row_buffer_size(contraction, out.shape[1], itemsize)
+            preamble.line(f"{buffer} = np.empty({size} if B == 1 and steps >= "
+                          f"{ROW_PACK_MIN_STEPS} else 0, {dtype_expression(out.dtype)})")
+            preamble.line(f"{start} = {aligned_start_source(buffer, itemsize)}")
+            with preamble.block(f"if {buffer}.size > 0:"):
+                for line in packing_source(
+                        b_value.array(), "0", str(out.shape[1]), buffer, start, contraction,
+                        itemsize, [names.fresh(h) for h in ("block", "k", "j", "row")]):
+                    preamble.line(line)
+            function.row_packed[weight] = (buffer, start)
+            self.row_products = True
+        return function.row_packed[weight]
 
     def _team_splits(self, function, weight, contraction, out) -> bool:
         """A recurrent matmul of a top-level scan by a weight constant of the scan, with
@@ -788,10 +830,11 @@ class CpuGenerator:
                      weight_var: Var) -> None:
         """`name = a @ b`, each member of the team computing its block of columns.
 
-        Member `team_rank` keeps a copy of its columns of the weight in its row of
-        `team_store` (preamble; copied again only when the weights changed, for a
-        weight passed in unchanged, else at every call), computes them into its row of
-        the exchange buffer `team_pool`, waits at the barrier, then gathers every
+        Member `team_rank` keeps a copy of its columns of the weight, packed for the
+        one-row product (kernels/cpu/row_product.py), in its row of `team_store`
+        (preamble; copied again only when the weights changed, for a weight passed in
+        unchanged, else at every call), computes them (`row_product`, row by row) into
+        its row of the exchange buffer `team_pool`, waits at the barrier, then gathers every
         member's block into its own `name`; everything else of the step runs on every
         member (the same numbers), so one barrier per split matmul suffices. Rows
         (phase % 2) * team_size + member alternate between barriers: a block is
@@ -799,38 +842,47 @@ class CpuGenerator:
         """
         names, preamble, body = function.names, function.preamble, function.body
         columns = out.shape[1]
-        width, low, count, weight = (names.fresh(h) for h in
-                                     ("team_width", "team_low", "team_count", "team_weight"))
-        k, j = names.fresh("k"), names.fresh("j")
+        width, low, count, weight, weight_start = (
+            names.fresh(h) for h in ("team_width", "team_low", "team_count", "team_weight",
+                                     "team_weight_start"))
+        itemsize = np.dtype(out.dtype).itemsize
         preamble.line(f"{width} = ({columns} + team_size - 1) // team_size "
                       f"if team_size > 1 else 0")
         preamble.line(f"{low} = min({columns}, team_rank * {width})")
         preamble.line(f"{count} = min({columns}, {low} + {width}) - {low}")
-        # Where this weight's copy starts in the member's store row: after the earlier ones.
-        start = " + ".join(f"{rows} * (({width_of} + team_size - 1) // team_size)"
-                           for rows, width_of in self.team_store_shapes) or "0"
+        # Where this weight's copy starts in the member's store row: after the earlier
+        # ones (team.TeamBuffers sizes the rows alike).
+        start = " + ".join(row_buffer_size_source(
+            str(rows), f"({width_of} + team_size - 1) // team_size", itemsize)
+            for rows, width_of in self.team_store_shapes) or "0"
         stamp = len(self.team_store_shapes)
         self.team_store_shapes.append((contraction, columns))
-        preamble.line(f"{weight} = team_store[team_rank][{start}:{start} + "
-                      f"{contraction} * {width}].reshape(({contraction}, {width}))")
+        self.row_products = True
+        size = row_buffer_size_source(str(contraction), width, itemsize)
+        preamble.line(f"{weight} = team_store[team_rank][{start}:{start} + {size}]")
+        preamble.line(f"{weight_start} = "
+                      f"{aligned_start_source(weight, itemsize)}")
         copy = SourceWriter()
-        with copy.block(f"for {k} in range({contraction}):"):
-            with copy.block(f"for {j} in range({count}):"):
-                copy.line(f"{weight}[{k}, {j}] = {b_value.array()}[{k}, {low} + {j}]")
+        for line in packing_source(
+                b_value.array(), low, count, weight, weight_start, contraction, itemsize,
+                [names.fresh(h) for h in ("block", "k", "j", "row")]):
+            copy.line(line)
         if weight_var in function.weight_constants:
             with preamble.block(f"if team_stamps[team_rank, {stamp}] != team_version:"):
                 preamble.extend(copy)
                 preamble.line(f"team_stamps[team_rank, {stamp}] = team_version")
         else:
             preamble.extend(copy)
-        phase, part, member, member_low, member_count, member_part, i = (
+        phase, part, member, member_low, member_count, member_part, i, j = (
             names.fresh(h) for h in ("phase", "team_part", "member", "member_low",
-                                     "member_count", "member_part", "i"))
+                                     "member_count", "member_part", "i", "j"))
         with body.block("if team_size > 1:"):
             body.line(f"{phase} = team_counter[PHASE_BASE + team_rank]")
+            # A member's block holds its `count` columns a row (fewer for the last).
             body.line(f"{part} = team_pool[({phase} % 2) * team_size + team_rank]"
-                      f"[:B * {width}].reshape((B, {width}))")
-            body.line(f"np.dot({a_value.array()}, {weight}, {part})")
+                      f"[:B * {count}].reshape((B, {count}))")
+            body.line(f"row_product({self._contiguous(a_value)}, {weight}, {weight_start}, "
+                      f"{part})")
             with body.block("if not team_wait(team_counter, team_size):"):
                 body.line(function.abort_return)
             body.line(f"team_counter[PHASE_BASE + team_rank] = {phase} + 1")
@@ -839,7 +891,7 @@ class CpuGenerator:
                 body.line(f"{member_count} = min({columns}, {member_low} + {width}) - "
                           f"{member_low}")
                 body.line(f"{member_part} = team_pool[({phase} % 2) * team_size + "
-                          f"{member}][:B * {width}].reshape((B, {width}))")
+                          f"{member}][:B * {member_count}].reshape((B, {member_count}))")
                 with body.block(f"for {i} in range(B):"):
                     with body.block(f"for {j} in range({member_count}):"):
                         body.line(f"{name}[{i}, {member_low} + {j}] = "

@@ -30,6 +30,7 @@ from rshop_ir.bound import BoundProgram
 from rshop_ir.kernels.batch_rows import has_batch_rows, rows_independent
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
 from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
+from rshop_ir.kernels.cpu.optimization_level import compile_for
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
 from rshop_ir.kernels.cpu.team import TeamBuffers, auto_team_size, run_team, team_size_for
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
@@ -146,6 +147,10 @@ class CompiledProgram(CompiledProgramBase):
         self.refresh_weights()
         running = self._team_kernel()[0] if members > 1 else kernel
         weights = self._weight_arguments + self._tile_arguments(running, batch)
+        if members == 1:
+            # Row slices call it with arguments of the same types.
+            compile_for(self._run, (batch, steps, self._chunk(batch, chunk_steps), *arrays,
+                                    *weights))
         slices = 1
         if members == 1 and self._rows_independent:
             # `steps` is 0 when the time axis has a static length (no T to bind)
