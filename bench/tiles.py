@@ -1,13 +1,13 @@
-"""The register tiles of the CPU kernels vs `np.dot`, one product at a time.
+"""The packed product of the CPU kernels vs `np.dot`, one product at a time.
 
     python -m bench.tiles [--repeats N]
 
-For each (rows, contraction, columns) and dtype, `out = a @ weight` through the tile
-callback (kernels/cpu/tiles.py, the weight packed beforehand as a kernel packs it
-once per call) and through `np.dot` inside an `@njit` function (what the kernels call
-otherwise), both on ONE thread (OpenBLAS limited to 1), results checked against each
-other, medians of interleaved rounds. Packing is not timed: a kernel does it once per
-call, not once per step.
+For each (rows, contraction, columns) and dtype, `out = a @ weight` through the
+packed product (kernels/cpu/packed_product.py, the weight packed beforehand as a
+kernel packs it once per call) and through `np.dot` inside an `@njit` function (what
+the kernels call otherwise), both on ONE thread (OpenBLAS limited to 1), results
+checked against each other, medians of interleaved rounds. Packing is not timed: a
+kernel does it once per call, not once per step.
 """
 
 import argparse
@@ -18,16 +18,8 @@ import time
 import numpy as np
 
 
-SHAPES = [(2, 256, 1024), (4, 256, 1024), (8, 256, 1024), (32, 256, 1024),
-          (128, 512, 2048), (33, 100, 300)]
-
-
-def _packed(weight: np.ndarray, width: int) -> np.ndarray:
-    contraction, columns = weight.shape
-    blocks = -(-columns // width)
-    padded = np.zeros((contraction, blocks * width), weight.dtype)
-    padded[:, :columns] = weight
-    return np.ascontiguousarray(padded.reshape(contraction, blocks, width).transpose(1, 0, 2))
+SHAPES = [(1, 64, 256), (1, 256, 1024), (2, 256, 1024), (4, 256, 1024), (8, 256, 1024),
+          (32, 256, 1024), (128, 512, 2048), (33, 100, 300)]
 
 
 def main(argv=None):
@@ -37,16 +29,16 @@ def main(argv=None):
     from numba import njit
 
     from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
-    from rshop_ir.kernels.cpu.codegen import TILE_COLUMNS, TILE_DTYPES, TILE_ROWS
-    from rshop_ir.kernels.cpu.tiles import call_tiles, tile_addresses
+    from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, pack_row_weight,
+                                                     packed_product, row_buffer_size)
 
     @njit(nogil=True)
     def blas(a, weight, out):
         np.dot(a, weight, out)
 
     @njit(nogil=True)
-    def tiles(address, a, packed, out, a_tiles, overhang):
-        call_tiles(address, a, packed, out, a_tiles, overhang)
+    def packed(a, buffer, start, out):
+        packed_product(a, buffer, start, out)
 
     def median_seconds(function, calls):
         samples = []
@@ -60,34 +52,33 @@ def main(argv=None):
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, one thread; "
           f"command: python -m bench.tiles --repeats {args.repeats}")
     print(f"{'dtype':8} {'rows x contraction x columns':30} {'np.dot GFLOP/s':>15} "
-          f"{'tiles GFLOP/s':>14} {'tiles / np.dot':>15}")
+          f"{'packed GFLOP/s':>15} {'packed / np.dot':>16}")
     rng = np.random.default_rng(0)
     with blas_threads_for(0.0):     # OpenBLAS on one thread
-        for dtype in TILE_DTYPES:
-            address = tile_addresses((dtype,))[TILE_DTYPES.index(dtype)]
+        for dtype in BLOCK_COLUMNS:
             for rows, contraction, columns in SHAPES:
                 a = rng.standard_normal((rows, contraction)).astype(dtype)
                 weight = rng.standard_normal((contraction, columns)).astype(dtype)
-                packed = _packed(weight, TILE_COLUMNS)
-                a_tiles = np.empty((-(-rows // TILE_ROWS), contraction, TILE_ROWS), dtype)
-                overhang = np.empty((TILE_ROWS, TILE_COLUMNS), dtype)
-                out_blas, out_tiles = (np.empty((rows, columns), dtype) for _ in range(2))
+                buffer = np.empty(row_buffer_size(contraction, columns, weight.itemsize),
+                                  dtype)
+                start = pack_row_weight(weight, buffer)
+                out_blas, out_packed = (np.empty((rows, columns), dtype) for _ in range(2))
                 blas(a, weight, out_blas)
-                tiles(address, a, packed, out_tiles, a_tiles, overhang)
-                np.testing.assert_allclose(out_tiles, out_blas,
+                packed(a, buffer, start, out_packed)
+                np.testing.assert_allclose(out_packed, out_blas,
                                            atol=1e-3 if dtype == "float32" else 1e-10)
                 flops = 2.0 * rows * contraction * columns
                 calls = max(5, int(1e8 / flops))
-                blas_rates, tile_rates = [], []
+                blas_rates, packed_rates = [], []
                 for _ in range(3):   # interleaved rounds
                     blas_rates.append(flops / median_seconds(
                         lambda: blas(a, weight, out_blas), calls) / 1e9)
-                    tile_rates.append(flops / median_seconds(
-                        lambda: tiles(address, a, packed, out_tiles, a_tiles, overhang),
-                        calls) / 1e9)
-                blas_rate, tile_rate = np.median(blas_rates), np.median(tile_rates)
+                    packed_rates.append(flops / median_seconds(
+                        lambda: packed(a, buffer, start, out_packed), calls) / 1e9)
+                blas_rate, packed_rate = np.median(blas_rates), np.median(packed_rates)
                 print(f"{dtype:8} {f'{rows} x {contraction} x {columns}':30} "
-                      f"{blas_rate:15.1f} {tile_rate:14.1f} {tile_rate / blas_rate:14.2f}x")
+                      f"{blas_rate:15.1f} {packed_rate:15.1f} "
+                      f"{packed_rate / blas_rate:15.2f}x")
 
 
 if __name__ == "__main__":

@@ -209,8 +209,9 @@ def test_cli_quick_writes_json_and_png(tmp_path, capsys):
 
 
 def test_tiles_bench_checks_and_prints_every_shape(monkeypatch, capsys):
-    """`python -m bench.tiles` compares the tiles with np.dot (it asserts they agree)
-    and prints one line per dtype and shape with both rates and their ratio."""
+    """`python -m bench.tiles` compares the packed product with np.dot (it asserts
+    they agree) and prints one line per dtype and shape with both rates and their
+    ratio."""
     from rshop_ir.bench import tiles
 
     monkeypatch.setattr(tiles, "SHAPES", [(3, 17, 20), (4, 16, 16)])

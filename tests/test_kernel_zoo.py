@@ -28,21 +28,23 @@ def test_compiled_zoo_entry_matches_keras(entry):
         np.testing.assert_allclose(a, b, atol=ATOL_FLOAT32, rtol=0)
 
 
-def _compiled_with_tiles_everywhere(entry, monkeypatch):
+def _compiled_packed_everywhere(entry, monkeypatch):
     from rshop_ir.kernels.cpu import codegen
 
-    monkeypatch.setattr(codegen, "TILE_MIN_COLUMNS", 1)
-    monkeypatch.setattr(codegen, "TILE_MIN_CONTRACTION", 1)
+    monkeypatch.setattr(codegen, "PACKED_MIN_COLUMNS", 1)
+    monkeypatch.setattr(codegen, "PACKED_MIN_CONTRACTION", 1)
+    monkeypatch.setattr(codegen, "PACK_MIN_ROW_STEPS", 1)
     case = entry(np.random.default_rng(3))
     return case, rshop_ir.compile(case.target, target="cpu")
 
 
 @pytest.mark.parametrize("entry", zoo.ZOO, ids=[entry.__name__ for entry in zoo.ZOO])
-def test_zoo_entry_with_every_recurrent_matmul_tiled_matches_keras(entry, monkeypatch):
-    """The zoo's weights are below the register tiles' size thresholds; with the
-    thresholds at 1, every recurrent matmul by a scan constant runs as tiles
-    (kernels/cpu/tiles.py) at the zoo's batch of 3 (one tile, one row of padding)."""
-    case, compiled = _compiled_with_tiles_everywhere(entry, monkeypatch)
+def test_zoo_entry_with_every_recurrent_matmul_packed_matches_keras(entry, monkeypatch):
+    """The zoo's weights are below the packed product's size thresholds; with the
+    thresholds at 1, every recurrent matmul by a scan constant runs as the packed
+    product (kernels/cpu/packed_product.py) at the zoo's batch of 3 (three one-row
+    tiles)."""
+    case, compiled = _compiled_packed_everywhere(entry, monkeypatch)
     expected = _as_list(case.reference())
     got = _as_list(compiled(*case.inputs, **case.kwargs))
     assert len(got) == len(expected)
@@ -50,9 +52,10 @@ def test_zoo_entry_with_every_recurrent_matmul_tiled_matches_keras(entry, monkey
         np.testing.assert_allclose(a, b, atol=ATOL_FLOAT32, rtol=0)
 
 
-def test_tiled_zoo_run_is_not_vacuous(monkeypatch):
+def test_packed_zoo_run_is_not_vacuous(monkeypatch):
     """Every zoo model has a recurrent matmul by a scan constant: all of them must
-    have taken the tiles in the test above (the kernels come from the cache)."""
+    have taken the packed product in the test above (the kernels come from the
+    cache)."""
     tiled = [entry.__name__ for entry in zoo.ZOO
-             if "call_tiles(" in _compiled_with_tiles_everywhere(entry, monkeypatch)[1].source]
+             if "packed_product(" in _compiled_packed_everywhere(entry, monkeypatch)[1].source]
     assert tiled == [entry.__name__ for entry in zoo.ZOO]

@@ -6,8 +6,9 @@
 
 codegen.py writes the module source (one function per scan plus `run`), cache.py
 loads it (in-memory and on-disk caches), runtime.py is the callable, mathlib.py the
-vectorisable scalar math, tiles.py the register-tiled recurrent matmul (compiled with
-LLVM's SLP vectoriser, slp.py). `RSHOP_DEBUG=2` prints the generated source to stderr.
+vectorisable scalar math, packed_product.py the register-tiled recurrent matmul over
+a packed weight (a Numba intrinsic). `RSHOP_DEBUG=2` prints the generated source to
+stderr.
 """
 
 from __future__ import annotations

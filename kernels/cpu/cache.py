@@ -28,8 +28,7 @@ import numpy as np
 from rshop_ir.kernels import module_files
 from rshop_ir.kernels.cpu.codegen import GENERATOR_VERSION
 
-SUPPORT_MODULES = ("mathlib.py", "reductions.py", "row_product.py", "team_sync.py",
-                   "tiles.py")
+SUPPORT_MODULES = ("mathlib.py", "packed_product.py", "reductions.py", "team_sync.py")
 _MODULES = {}        # key -> module (the in-memory cache)
 STATS = {"memory_hits": 0, "modules_loaded": 0, "files_written": 0}
 

@@ -9,10 +9,9 @@ kernels/scalar_ops.py, shared with other renderers; this file only writes Numba 
 Inside a scan function, per chunk of up to `chunk` steps: the absorbed input projection
 is ONE GEMM (`np.dot`, BLAS) over the chunk's rows in time-major order (B rows per
 step), then the element-wise eqns that followed it; then per step the recurrent
-matmul(s) (register tiles over a weight packed once per call from 2 batch rows on,
-kernels/cpu/tiles.py; for one row, a vector loop over a weight packed in column
-blocks, kernels/cpu/row_product.py, when the call has enough steps to repay the copy,
-else `np.dot`; or a hand loop where BLAS call overhead dominates) and each fused
+matmul(s) (register tiles over the weight packed in column blocks once per call,
+kernels/cpu/packed_product.py, when the call has enough rows x steps to repay the
+copy, else `np.dot`; or a hand loop where BLAS call overhead dominates) and each fused
 region as ONE loop nest, then the states, readout and output are committed (keeping
 the old rows where the mask is False) by swapping double buffers. Weights and
 prologue results are ARGUMENTS of `run`, never constants of the source, so new
@@ -34,9 +33,9 @@ from rshop_ir.shapes import normalize_axes, normalize_axis
 from rshop_ir.kernels import lowering
 from rshop_ir.kernels.scalar_ops import ScalarContext
 from rshop_ir.kernels.cpu import mathlib
-from rshop_ir.kernels.cpu.row_product import (ROW_PACK_MIN_STEPS, aligned_start_source,
-                                              packing_source, row_buffer_size,
-                                              row_buffer_size_source)
+from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STEPS,
+                                                 aligned_start_source, packing_source,
+                                                 row_buffer_size, row_buffer_size_source)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
@@ -56,16 +55,12 @@ TEAM_ARGUMENTS = ("team_rank", "team_size", "team_counter", "team_pool", "team_s
 TEAM_MIN_COLUMNS = 32       # narrower matmuls are not worth a barrier
 TEAM_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
 # A recurrent matmul by a weight constant of its scan, with at least this contraction
-# and columns, runs as register tiles over a weight packed once per call
-# (kernels/cpu/tiles.py) when the call has 2+ rows; one row streams the weight packed
-# in column blocks (kernels/cpu/row_product.py) when the call has ROW_PACK_MIN_STEPS
-# steps or more, else np.dot. The functions using tiles take TILE_ARGUMENT: the
-# addresses of the tile callbacks, per TILE_DTYPES.
-TILE_ROWS, TILE_COLUMNS = 4, 16    # the shape of one register tile
-TILE_DTYPES = ("float32", "float64")   # one tile callback each (tiles.py)
-TILE_ARGUMENT = "tile_functions"
-TILE_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
-TILE_MIN_COLUMNS = 16
+# and columns, runs as the packed product (kernels/cpu/packed_product.py: register
+# tiles over the weight packed in column blocks, once per call) when the call has
+# PACK_MIN_ROW_STEPS rows x steps or more, else as np.dot.
+PACKED_DTYPES = tuple(BLOCK_COLUMNS)
+PACKED_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
+PACKED_MIN_COLUMNS = 16
 
 _MATH_MODULE_NAMES = sorted({impl.split(".")[0] for pair in mathlib.FUNCTIONS.values()
                              for impl in pair if "." not in impl and impl != "abs"})
@@ -89,7 +84,6 @@ class KernelSource:
     team_columns: int = 0        # > 0: `run` takes the team arguments (kernels/cpu/team.py);
                                  # the widest matmul whose columns a team splits
     team_dtype: str = "float32"  # dtype of the team's exchange buffer
-    tile_dtypes: tuple = ()      # non-empty: `run` takes TILE_ARGUMENT before the team's
     fixed_steps: int = 0         # steps of the longest top-level scan of static length
     team_shared_row_bytes: int = 0   # team_shared bytes per (step x batch row) ...
     team_shared_buffers: int = 0     # ... in this many buffers (each 64-byte aligned)
@@ -128,9 +122,7 @@ class _Function:
         self.team_constants = None   # in a top-level scan: constant Var -> argument name
         self.weight_constants = set()  # those of them passed from weights unchanged
         self.constants = {}          # in a scan: constant Var -> argument name
-        self.packed = {}             # constant Var -> names of its packed copy and scratch
-        self.row_packed = {}         # constant Var -> names of its one-row packed copy
-        self.tiles_used = False      # it, or a scan it calls, takes TILE_ARGUMENT
+        self.packed = {}             # constant Var -> names of its packed copy
         self.team_used = False       # a matmul of this function splits its columns
         self.abort_return = None     # the statement leaving a scan function early
 
@@ -147,8 +139,7 @@ class CpuGenerator:
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
         reserved = {"np", "math", "njit", "B", "T", "chunk", "PHASE_BASE", "team_wait",
-                    "call_tiles", "row_sum", "row_squared_deviations", TILE_ARGUMENT,
-                    "row_product", "steps",
+                    "row_sum", "row_squared_deviations", "packed_product", "steps",
                     *TEAM_ARGUMENTS, *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
         self.ctx = CpuScalarContext()
@@ -159,8 +150,7 @@ class CpuGenerator:
         self.step_flops_per_row = 0.0
         self.team_columns = 0
         self.team_dtype = None       # the dtype of the matmuls a team splits (one only)
-        self.tile_dtypes = set()     # dtypes of the matmuls run as register tiles
-        self.row_products = False    # a matmul may run as a one-row packed product
+        self.packed_products = False  # a matmul may run as a packed product
         self.fixed_steps = 0         # the longest top-level scan of static length
         self.team_shared_row_bytes = 0
         self.team_shared_buffers = 0
@@ -184,10 +174,8 @@ class CpuGenerator:
         header.line("from numba import njit")
         if self.team:
             header.line("from rshop_ir.kernels.cpu.team_sync import PHASE_BASE, team_wait")
-        if self.tile_dtypes:
-            header.line("from rshop_ir.kernels.cpu.tiles import call_tiles")
-        if self.row_products:
-            header.line("from rshop_ir.kernels.cpu.row_product import row_product")
+        if self.packed_products:
+            header.line("from rshop_ir.kernels.cpu.packed_product import packed_product")
         header.line("from rshop_ir.kernels.cpu.reductions import row_squared_deviations, "
                     "row_sum")
         header.line("from rshop_ir.kernels.cpu.mathlib import (")
@@ -206,7 +194,6 @@ class CpuGenerator:
                             self.projection_row_bytes, self.step_flops_per_row,
                             tuple(self.scan_functions), self.team_columns,
                             self.team_dtype or "float32",
-                            tuple(d for d in TILE_DTYPES if d in self.tile_dtypes),
                             self.fixed_steps, self.team_shared_row_bytes,
                             self.team_shared_buffers, tuple(self.team_store_shapes),
                             self.team_weight_bytes)
@@ -234,8 +221,6 @@ class CpuGenerator:
                 self._emit_scan_call(function, item, top_level=True)
             else:
                 self._emit_eqn(function, item)
-        if function.tiles_used:
-            arguments.append(TILE_ARGUMENT)
         if self.team_columns:
             arguments += list(TEAM_ARGUMENTS)
         results = [self._output_array(function, atom) for atom in program.outputs]
@@ -723,18 +708,15 @@ class CpuGenerator:
 
     def _plain_matmul(self, function, a_value, b_value, name, out, contraction,
                       blas_ready: bool, weight: Var) -> None:
-        """`name = a @ b` on one thread: register tiles (2+ rows) or the packed one-row
-        product (kernels/cpu/row_product.py) for a scan's weight constant, BLAS, or a
-        hand loop where BLAS's call costs more than the product (small batch and
-        contraction inside a scan)."""
+        """`name = a @ b` on one thread: the packed product (kernels/cpu/
+        packed_product.py) for a scan's weight constant when the call has enough rows
+        x steps to repay the packing copy, BLAS, or a hand loop where BLAS's call costs
+        more than the product (small batch and contraction inside a scan)."""
         body = function.body
-        if blas_ready and self._tiles_apply(function, weight, contraction, out):
-            with body.block("if B >= 2:"):
-                self._tiled_matmul(function, a_value, b_value, name, out, contraction,
-                                   weight)
-            buffer, start = self._row_packed(function, b_value, weight, contraction, out)
-            with body.block(f"elif {buffer}.size > 0:"):
-                body.line(f"row_product({self._contiguous(a_value)}, {buffer}, {start}, "
+        if blas_ready and self._packing_applies(function, weight, contraction, out):
+            buffer, start = self._packed_weight(function, b_value, weight, contraction, out)
+            with body.block(f"if {buffer}.size > 0:"):
+                body.line(f"packed_product({self._contiguous(a_value)}, {buffer}, {start}, "
                           f"{name})")
             with body.block("else:"):
                 body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
@@ -749,44 +731,12 @@ class CpuGenerator:
         else:
             self._hand_matmul(function, a_value, b_value, name, out, contraction)
 
-    def _tiles_apply(self, function, weight: Var, contraction, out) -> bool:
-        """A matmul inside a scan by one of the scan's constants, big enough for tiles."""
+    def _packing_applies(self, function, weight: Var, contraction, out) -> bool:
+        """A matmul inside a scan by one of the scan's constants, big enough to pack."""
         return function.preamble is not None and weight in function.constants \
-            and out.dtype in TILE_DTYPES \
-            and isinstance(contraction, int) and contraction >= TILE_MIN_CONTRACTION \
-            and isinstance(out.shape[1], int) and out.shape[1] >= TILE_MIN_COLUMNS
-
-    def _tiled_matmul(self, function, a_value, b_value, name, out, contraction,
-                      weight: Var) -> None:
-        """`name = a @ b` as register tiles (kernels/cpu/tiles.py). The weight is packed
-        once per call in the preamble, only when the call has 2+ rows (one packed copy
-        per weight, whatever number of matmuls use it)."""
-        if weight not in function.packed:
-            names, preamble = function.names, function.preamble
-            dtype = dtype_expression(out.dtype)
-            packed, rows, overhang = (names.fresh(h) for h in
-                                      ("packed", "tiled_rows", "tile_overhang"))
-            blocks = -(-out.shape[1] // TILE_COLUMNS)
-            preamble.line(f"{packed} = np.zeros(({blocks} if B >= 2 else 0, {contraction}, "
-                          f"{TILE_COLUMNS}), {dtype})")
-            # Block b holds columns b*TILE_COLUMNS on; the last one is zero-padded.
-            block, k, j = (names.fresh(h) for h in ("block", "k", "j"))
-            with preamble.block(f"for {block} in range({packed}.shape[0]):"):
-                with preamble.block(f"for {k} in range({contraction}):"):
-                    with preamble.block(f"for {j} in range(min({TILE_COLUMNS}, "
-                                        f"{out.shape[1]} - {block} * {TILE_COLUMNS})):"):
-                        preamble.line(f"{packed}[{block}, {k}, {j}] = "
-                                      f"{b_value.array()}[{k}, {block} * {TILE_COLUMNS} + {j}]")
-            preamble.line(f"{rows} = np.empty(((B + {TILE_ROWS - 1}) // {TILE_ROWS}, "
-                          f"{contraction}, {TILE_ROWS}), {dtype})")
-            preamble.line(f"{overhang} = np.empty(({TILE_ROWS}, {TILE_COLUMNS}), {dtype})")
-            function.packed[weight] = (packed, rows, overhang)
-        packed, rows, overhang = function.packed[weight]
-        callback = f"{TILE_ARGUMENT}[{TILE_DTYPES.index(out.dtype)}]"
-        function.body.line(f"call_tiles({callback}, {self._contiguous(a_value)}, {packed}, "
-                           f"{name}, {rows}, {overhang})")
-        function.tiles_used = True
-        self.tile_dtypes.add(out.dtype)
+            and out.dtype in PACKED_DTYPES \
+            and isinstance(contraction, int) and contraction >= PACKED_MIN_CONTRACTION \
+            and isinstance(out.shape[1], int) and out.shape[1] >= PACKED_MIN_COLUMNS
 
     @staticmethod
     def _contiguous(value) -> str:
@@ -796,26 +746,27 @@ class CpuGenerator:
             return value.array()
         return f"np.ascontiguousarray({value.array()})"
 
-    def _row_packed(self, function, b_value, weight: Var, contraction, out) -> tuple:
-        """(buffer, start): the names of the weight packed for the one-row product
-        (kernels/cpu/row_product.py), copied in the preamble when the call has one row
-        and at least ROW_PACK_MIN_STEPS steps (an empty buffer otherwise)."""
-        if weight not in function.row_packed:
+    def _packed_weight(self, function, b_value, weight: Var, contraction, out) -> tuple:
+        """(buffer, start): the names of the weight packed for the packed product
+        (kernels/cpu/packed_product.py), copied in the preamble when the call has at
+        least PACK_MIN_ROW_STEPS rows x steps (an empty buffer otherwise); one copy per
+        weight, whatever number of matmuls use it."""
+        if weight not in function.packed:
             names, preamble = function.names, function.preamble
             buffer, start = names.fresh("row_weight"), names.fresh("row_weight_start")
             itemsize = np.dtype(out.dtype).itemsize
             size = row_buffer_size(contraction, out.shape[1], itemsize)
-            preamble.line(f"{buffer} = np.empty({size} if B == 1 and steps >= "
-                          f"{ROW_PACK_MIN_STEPS} else 0, {dtype_expression(out.dtype)})")
+            preamble.line(f"{buffer} = np.empty({size} if B * steps >= "
+                          f"{PACK_MIN_ROW_STEPS} else 0, {dtype_expression(out.dtype)})")
             preamble.line(f"{start} = {aligned_start_source(buffer, itemsize)}")
             with preamble.block(f"if {buffer}.size > 0:"):
                 for line in packing_source(
                         b_value.array(), "0", str(out.shape[1]), buffer, start, contraction,
                         itemsize, [names.fresh(h) for h in ("block", "k", "j", "row")]):
                     preamble.line(line)
-            function.row_packed[weight] = (buffer, start)
-            self.row_products = True
-        return function.row_packed[weight]
+            function.packed[weight] = (buffer, start)
+            self.packed_products = True
+        return function.packed[weight]
 
     def _team_splits(self, function, weight, contraction, out) -> bool:
         """A recurrent matmul of a top-level scan by a weight constant of the scan, with
@@ -831,11 +782,11 @@ class CpuGenerator:
         """`name = a @ b`, each member of the team computing its block of columns.
 
         Member `team_rank` keeps a copy of its columns of the weight, packed for the
-        one-row product (kernels/cpu/row_product.py), in its row of `team_store`
+        packed product (kernels/cpu/packed_product.py), in its row of `team_store`
         (preamble; copied again only when the weights changed, for a weight passed in
-        unchanged, else at every call), computes them (`row_product`, row by row) into
-        its row of the exchange buffer `team_pool`, waits at the barrier, then gathers every
-        member's block into its own `name`; everything else of the step runs on every
+        unchanged, else at every call), computes them (`packed_product`) into its
+        row of the exchange buffer `team_pool`, waits at the barrier, then gathers
+        every member's block into its own `name`; everything else of the step runs on every
         member (the same numbers), so one barrier per split matmul suffices. Rows
         (phase % 2) * team_size + member alternate between barriers: a block is
         rewritten two barriers later, when every member has read it.
@@ -857,7 +808,7 @@ class CpuGenerator:
             for rows, width_of in self.team_store_shapes) or "0"
         stamp = len(self.team_store_shapes)
         self.team_store_shapes.append((contraction, columns))
-        self.row_products = True
+        self.packed_products = True
         size = row_buffer_size_source(str(contraction), width, itemsize)
         preamble.line(f"{weight} = team_store[team_rank][{start}:{start} + {size}]")
         preamble.line(f"{weight_start} = "
@@ -881,8 +832,8 @@ class CpuGenerator:
             # A member's block holds its `count` columns a row (fewer for the last).
             body.line(f"{part} = team_pool[({phase} % 2) * team_size + team_rank]"
                       f"[:B * {count}].reshape((B, {count}))")
-            body.line(f"row_product({self._contiguous(a_value)}, {weight}, {weight_start}, "
-                      f"{part})")
+            body.line(f"packed_product({self._contiguous(a_value)}, {weight}, "
+                      f"{weight_start}, {part})")
             with body.block("if not team_wait(team_counter, team_size):"):
                 body.line(function.abort_return)
             body.line(f"team_counter[PHASE_BASE + team_rank] = {phase} + 1")
@@ -918,13 +869,10 @@ class CpuGenerator:
     # ---- scans -------------------------------------------------------------------------
 
     def _emit_scan_call(self, function, plan, top_level: bool = False) -> None:
-        scan_name, arguments, tiles, team = self._render_scan(plan, top_level)
+        scan_name, arguments, team = self._render_scan(plan, top_level)
         call_arguments = ["B", "T", "chunk"]
         for atom in arguments:
             call_arguments.append(self._array(function, atom, contiguous=True))
-        if tiles:
-            call_arguments.append(TILE_ARGUMENT)
-            function.tiles_used = True
         if team:
             call_arguments += list(TEAM_ARGUMENTS)
         outputs = [function.names.fresh("scan_out") for _ in plan.eqn.outputs]
@@ -934,9 +882,9 @@ class CpuGenerator:
 
     def _render_scan(self, plan, top_level: bool = False) -> tuple:
         """Write one module-level function for a scan; returns (name, outer args,
-        whether it takes TILE_ARGUMENT, whether it takes the team arguments). The
-        recurrent matmuls of a scan may run as register tiles; those of a top-level
-        scan may split their columns over a team of threads (`_team_matmul`)."""
+        whether it takes the team arguments). The recurrent matmuls of a scan may run
+        as packed products; those of a top-level scan may split their columns over a
+        team of threads (`_team_matmul`)."""
         scan_name = self.names.fresh(f"scan_{len(self.scan_functions)}")
         self.scan_functions.append(scan_name)
         params = plan.params
@@ -1090,9 +1038,7 @@ class CpuGenerator:
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
         team_arguments = list(TEAM_ARGUMENTS) if function.team_used else []
-        tile_arguments = [TILE_ARGUMENT] if function.tiles_used else []
-        signature = ", ".join(["B", "T", "chunk", *argument_names, *tile_arguments,
-                               *team_arguments])
+        signature = ", ".join(["B", "T", "chunk", *argument_names, *team_arguments])
         with writer.block(f"def {scan_name}({signature}):"):
             writer.line(f'"""scan {plan.layout}; go_backwards={backwards}, '
                         f'return_sequences={bool(params["return_sequences"])}."""')
@@ -1100,7 +1046,7 @@ class CpuGenerator:
             writer.extend(loop)
             writer.line(f"return ({', '.join(results)},)")
         self.functions.append(writer)
-        return scan_name, outer_arguments, function.tiles_used, function.team_used
+        return scan_name, outer_arguments, function.team_used
 
     def _emit_nested_scan(self, function, eqn) -> None:
         plan = lowering.plan_scan(eqn)

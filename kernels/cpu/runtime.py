@@ -9,9 +9,8 @@
      made C-contiguous;
   3. re-reads the weights if a `weight_reader` is set (e.g. Keras variables) and
      recomputes the weight prologue only when they changed;
-  4. calls `run(B, T, chunk, *inputs, *weights)` (plus the addresses of the register
-     tile callbacks when it uses them, kernels/cpu/tiles.py) with `chunk` sized so
-     the chunk buffers of the input projection stay under `max_chunk_bytes`, whatever
+  4. calls `run(B, T, chunk, *inputs, *weights)` with `chunk` sized so the chunk
+     buffers of the input projection stay under `max_chunk_bytes`, whatever
      T is: on this thread, as row slices on all cores for a batch of 8+ rows
      (row_split.py), or on a team of threads when `team_size=` asks for one (team.py,
      its own kernel variant).
@@ -145,8 +144,7 @@ class CompiledProgram(CompiledProgramBase):
             team_size = auto_team_size(kernel, batch, steps or kernel.fixed_steps)
         members = 1 if team_size == 1 else team_size_for(self._team_kernel()[0], team_size)
         self.refresh_weights()
-        running = self._team_kernel()[0] if members > 1 else kernel
-        weights = self._weight_arguments + self._tile_arguments(running, batch)
+        weights = self._weight_arguments
         if members == 1:
             # Row slices call it with arguments of the same types.
             compile_for(self._run, (batch, steps, self._chunk(batch, chunk_steps), *arrays,
@@ -180,17 +178,6 @@ class CompiledProgram(CompiledProgramBase):
             with blas_threads_for(batch * kernel.step_flops_per_row):
                 results = list(self._run(batch, steps, chunk, *arrays, *weights))
         return self._finish(results)
-
-    @staticmethod
-    def _tile_arguments(kernel, batch: int) -> list:
-        """[the addresses of the tile callbacks] for a kernel running matmuls as register
-        tiles (kernels/cpu/tiles.py; compiled at the first call with 2+ rows, as one
-        row never calls them), else []."""
-        if not kernel.tile_dtypes:
-            return []
-        from rshop_ir.kernels.cpu.tiles import tile_addresses
-
-        return [tile_addresses(kernel.tile_dtypes if batch >= 2 else ())]
 
     def _team_buffers(self, team_kernel, members: int) -> TeamBuffers:
         """What a team keeps between calls (team.TeamBuffers), one per team size and

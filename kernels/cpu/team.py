@@ -17,14 +17,13 @@ When: `compiled(x, team_size=N)` asks for N members (1: never a team). Without i
 steps whose split weight is too big for one core's cache (`AUTO_MIN_WEIGHT_BYTES`),
 when 2+ cores are usable and other processes leave them idle (core_load.py): a
 barrier per step waits a scheduler slice for a member whose core was taken.
-Members compute their block with the one-row product (row_product.py) over their
+Members compute their block with the packed product (packed_product.py) over their
 columns, packed into their store row once per weight version. Measured on the 2-core
 development machine (LSTM, batch 1, one thread / team us per call, ad-hoc script):
 H=512 (4 MB weight) 100 steps 17,090 / 7,630, 1000 steps 156,900 / 58,700 (each
 member's half fits its core's 2 MB L2); H=256 (1 MB) 100 steps 1,610 / 1,710, 1000
 steps 13,480 / 12,410; H=64 (64 KB) 100 steps 135 / 424. Hence a team only for
-weights above AUTO_MIN_WEIGHT_BYTES. Batch 2 and 4 run register tiles, which a team
-does not use, better.
+weights above AUTO_MIN_WEIGHT_BYTES.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import numpy as np
 
 from rshop_ir.kernels.cpu.core_load import others_idle
 from rshop_ir.kernels.cpu.pinning import member_cores, pinned
-from rshop_ir.kernels.cpu.row_product import row_buffer_size
+from rshop_ir.kernels.cpu.packed_product import row_buffer_size
 from rshop_ir.kernels.cpu.row_split import usable_cores, worker_pool
 from rshop_ir.kernels.cpu.team_sync import ABORT, COUNTER_SIZE
 
@@ -79,7 +78,7 @@ class TeamBuffers:
     def __init__(self, kernel, members: int):
         self.kernel, self.members = kernel, members
         dtype = np.dtype(kernel.team_dtype)
-        # Each copy is packed for the one-row product (row_product.py), as the kernel
+        # Each copy is packed for the packed product (packed_product.py), as the kernel
         # lays them out in its store row.
         size = sum(row_buffer_size(rows, -(-columns // members), dtype.itemsize)
                    for rows, columns in kernel.team_store_shapes)

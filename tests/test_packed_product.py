@@ -1,11 +1,12 @@
-"""The one-row product over a packed weight (kernels/cpu/row_product.py).
+"""The packed product (kernels/cpu/packed_product.py).
 
 Directly against numpy (float64 products): shapes with whole and overhanging column
-blocks, contractions that are and are not a multiple of the sum chains, one and
-several rows, buffers starting off the alignment boundary, both dtypes, NaN/inf.
-Then inside compiled kernels: a one-row call of enough steps takes the packed product
-(seen in the source, and the numbers match the interpreter), fewer steps keep
-`np.dot`, and a weight changed after compile is packed again.
+blocks, contractions that are and are not a multiple of the sum chains, row counts
+that take every tile shape (8, 4 and 1 rows) and their mixes, buffers starting off
+the alignment boundary, both dtypes, NaN/inf. Then inside compiled kernels: calls of
+enough rows x steps take the packed product (seen in the source, and the numbers
+match the interpreter), fewer keep `np.dot`, and a weight changed after compile is
+packed again.
 """
 
 import numpy as np
@@ -16,14 +17,15 @@ import rshop_ir
 from rshop_ir import examples
 from rshop_ir.bound import BoundProgram
 from rshop_ir.interpret import interpret
-from rshop_ir.kernels.cpu.row_product import (ALIGNMENT, ROW_BLOCK_COLUMNS,
-                                              ROW_PACK_MIN_STEPS, pack_row_weight,
-                                              row_buffer_size, row_product)
+from rshop_ir.kernels.cpu.packed_product import (ALIGNMENT, BLOCK_COLUMNS,
+                                                 PACK_MIN_ROW_STEPS, TILE_SHAPES,
+                                                 pack_row_weight, packed_product,
+                                                 row_buffer_size)
 
 
 @njit
 def _product(a, buffer, start, out):
-    row_product(a, buffer, start, out)
+    packed_product(a, buffer, start, out)
 
 
 def _multiply(a: np.ndarray, weight: np.ndarray, shift: int = 0) -> np.ndarray:
@@ -42,9 +44,10 @@ def _multiply(a: np.ndarray, weight: np.ndarray, shift: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rows, contraction, columns", [
     (1, 64, 256), (1, 256, 1024), (1, 1, 1), (1, 5, 37), (1, 33, 300), (1, 7, 16),
-    (1, 3, 33), (3, 17, 70), (2, 64, 32)])
+    (1, 3, 33), (3, 17, 70), (2, 64, 32), (4, 16, 32), (5, 33, 70), (8, 64, 48),
+    (13, 17, 100), (21, 9, 33), (12, 256, 64), (32, 40, 160)])
 @pytest.mark.parametrize("shift", [0, 1, 3])
-def test_row_product_matches_numpy(rows, contraction, columns, dtype, shift):
+def test_packed_product_matches_numpy(rows, contraction, columns, dtype, shift):
     rng = np.random.default_rng(rows * 1000 + contraction + columns)
     a = rng.standard_normal((rows, contraction)).astype(dtype)
     weight = rng.standard_normal((contraction, columns)).astype(dtype)
@@ -56,7 +59,7 @@ def test_row_product_matches_numpy(rows, contraction, columns, dtype, shift):
 
 def test_packed_layout_is_column_blocks_zero_padded():
     weight = np.arange(3 * 40, dtype=np.float32).reshape(3, 40)
-    width = ROW_BLOCK_COLUMNS["float32"]
+    width = BLOCK_COLUMNS["float32"]
     buffer = np.empty(row_buffer_size(3, 40, 4), np.float32)
     start = pack_row_weight(weight, buffer)
     blocks = buffer[start:start + 2 * 3 * width].reshape(2, 3, width)
@@ -65,14 +68,15 @@ def test_packed_layout_is_column_blocks_zero_padded():
     assert not blocks[1, :, 40 - width:].any()
 
 
-def test_row_product_propagates_nan_and_inf_like_numpy():
-    a = np.ones((1, 20), np.float32)
+@pytest.mark.parametrize("rows", [1, 4, 8, 13])
+def test_packed_product_propagates_nan_and_inf_like_numpy(rows):
+    a = np.ones((rows, 20), np.float32)
     weight = np.ones((20, 35), np.float32)
     weight[2, 5] = np.nan
     weight[4, 34] = np.inf
     expected = a @ weight
     np.testing.assert_array_equal(_multiply(a, weight), expected)
-    a[0, 7] = -np.inf
+    a[rows // 2, 7] = -np.inf
     with np.errstate(invalid="ignore"):
         expected = a @ weight
     np.testing.assert_array_equal(_multiply(a, weight), expected)
@@ -84,20 +88,29 @@ def _lstm(dtype: str, features: int = 6, units: int = 40):
     return bound, rshop_ir.compile(bound)
 
 
+def test_tile_shapes_cover_every_row_count():
+    """Tiles of 8, 4 and 1 rows, biggest first: any row count is made of them."""
+    assert [shape[0] for shape in TILE_SHAPES] == sorted(
+        (shape[0] for shape in TILE_SHAPES), reverse=True)
+    assert TILE_SHAPES[-1][0] == 1
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("steps", [1, ROW_PACK_MIN_STEPS - 1, ROW_PACK_MIN_STEPS, 37])
-def test_one_row_kernel_matches_interpreter(dtype, steps):
+@pytest.mark.parametrize("batch, steps", [(1, 1), (1, PACK_MIN_ROW_STEPS - 1),
+                                          (1, PACK_MIN_ROW_STEPS), (1, 37), (2, 3),
+                                          (2, 4), (5, 9), (9, 2), (13, 5)])
+def test_kernel_matches_interpreter(dtype, batch, steps):
     bound, compiled = _lstm(dtype)
-    assert "row_product(" in compiled.source
-    assert f"steps >= {ROW_PACK_MIN_STEPS}" in compiled.source
-    x = np.random.default_rng(steps).standard_normal((1, steps, 6)).astype(dtype)
+    assert "packed_product(" in compiled.source
+    assert f"B * steps >= {PACK_MIN_ROW_STEPS}" in compiled.source
+    x = np.random.default_rng(steps).standard_normal((batch, steps, 6)).astype(dtype)
     expected = interpret(bound, x)
     tolerance = 1e-4 if dtype == "float32" else 1e-10
     for got, want in zip(compiled(x, team_size=1), expected):
         np.testing.assert_allclose(got, want, atol=tolerance, rtol=0)
 
 
-def test_one_row_kernel_packs_changed_weights_again():
+def test_kernel_packs_changed_weights_again():
     bound, compiled = _lstm("float32")
     x = np.random.default_rng(1).standard_normal((1, 20, 6)).astype(np.float32)
     compiled(x)
