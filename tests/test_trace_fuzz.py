@@ -3,7 +3,7 @@ optimised and interpreted, give Keras's numbers."""
 
 import keras
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from keras import layers, ops
 
@@ -68,6 +68,8 @@ def build_step(instructions, picks):
        picks=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=6,
                       max_size=6),
        seed=st.integers(0, 2 ** 16))
+@example(instructions=[("scalar", "add", 2.0), ("layer_norm",), ("merge", 0), ("unary", 0)],
+         picks=[(1, 0), (1, 0), (1, 3), (0, 0), (0, 0), (0, 0)], seed=0)
 def test_random_step_graphs_match_keras(instructions, picks, seed):
     rng = np.random.default_rng(seed)
     rnn = build_step(instructions, picks)
@@ -75,8 +77,13 @@ def test_random_step_graphs_match_keras(instructions, picks, seed):
     expected = np.asarray(rnn(x, training=False))
     program = rshop_ir.trace(rnn)
     optimized = rshop_ir.optimize(program)
-    np.testing.assert_allclose(rshop_ir.interpret(program, x), expected, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(rshop_ir.interpret(optimized, x), expected, atol=1e-5,
+    # Against Keras: the numeric contract's float32 tolerance (SPEC: max-abs 1e-4).
+    # TensorFlow's reductions round differently from numpy's: a layer norm after
+    # `add 2.0` once differed by 2.7e-5 after 5 steps (the @example above).
+    interpreted = rshop_ir.interpret(program, x)
+    np.testing.assert_allclose(interpreted, expected, atol=1e-4, rtol=1e-4)
+    # The passes must keep the interpreter's own numbers, to rounding.
+    np.testing.assert_allclose(rshop_ir.interpret(optimized, x), interpreted, atol=1e-5,
                                rtol=1e-5)
 
 
