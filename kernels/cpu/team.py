@@ -19,11 +19,12 @@ when 2+ cores are usable and other processes leave them idle (core_load.py): a
 barrier per step waits a scheduler slice for a member whose core was taken.
 Members compute their block with the packed product (packed_product.py) over their
 columns, packed into their store row once per weight version. Measured on the 2-core
-development machine (LSTM, batch 1, one thread / team us per call, ad-hoc script):
-H=512 (4 MB weight) 100 steps 17,090 / 7,630, 1000 steps 156,900 / 58,700 (each
-member's half fits its core's 2 MB L2); H=256 (1 MB) 100 steps 1,610 / 1,710, 1000
-steps 13,480 / 12,410; H=64 (64 KB) 100 steps 135 / 424. Hence a team only for
-weights above AUTO_MIN_WEIGHT_BYTES.
+development machine (`python -m bench.team_overhead --repeats 9 --steps 100,1000
+--hidden H`, LSTM batch 1, one thread / team ms per call, two runs): H=512 (4 MB
+weight) 100 steps 16.7-17.0 / 14.3-19.0, 1000 steps 157.8 / 52.2 (each member's half
+fits its core's 2 MB L2); H=256 (1 MB) 100 steps 1.55 / 1.36-1.46, 1000 steps 14.2 /
+10.7. An ad-hoc script (input 32, 64 units, 100 steps) read 0.135 ms on one thread
+and 0.424 ms on a team. Hence a team only for weights of AUTO_MIN_WEIGHT_BYTES or more.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from rshop_ir.kernels.cpu.team_sync import ABORT, COUNTER_SIZE
 MAX_TEAM = 16                # members at most
 AUTO_MAX_ROWS = 1            # the automatic team: one-row calls ...
 AUTO_MIN_STEPS = 32          # ... of this many steps or more ...
-AUTO_MIN_WEIGHT_BYTES = 1536 * 2 ** 10  # ... splitting a weight of this size or more
+AUTO_MIN_WEIGHT_BYTES = 768 * 2 ** 10   # ... splitting a weight of this size or more
 
 
 def auto_team_size(kernel, batch: int, steps: int) -> int:
