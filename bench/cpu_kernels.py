@@ -10,7 +10,7 @@ For each size (batch, time, input, hidden) the same weights go into
 sample an untimed call then timed calls of the same candidate (see `_median_times`). Also
 reported: numpy sgemm GFLOP/s at S4's GEMM shapes vs the kernel's achieved GFLOP/s,
 the first compile time and the fresh-process disk-cache load time (subprocesses with
-an empty / warm RSHOP_CACHE_DIR), and peak RSS growth of a call at T=100 vs T=100,000
+an empty / warm RSHOP_CACHE_DIR and NUMBA_CACHE_DIR), and peak RSS growth of a call at T=100 vs T=100,000
 (return_sequences; the output's own size subtracted).
 ONNX Runtime's LSTM op is timed too when `onnxruntime` and `onnx` are importable.
 For batch-1 sizes the compiled IR program is also timed alone in a fresh process
@@ -254,7 +254,9 @@ def _subprocess_value(script, env, *arguments):
 
 def compile_times():
     with tempfile.TemporaryDirectory() as directory:
-        env = {**os.environ, "RSHOP_CACHE_DIR": directory}
+        # Numba's own cache (the support modules' functions) starts empty too: the
+        # first compile after an install.
+        env = {**os.environ, "RSHOP_CACHE_DIR": directory, "NUMBA_CACHE_DIR": directory}
         first = _subprocess_value(COMPILE_SCRIPT, env)
         cached = _subprocess_value(COMPILE_SCRIPT, env)
     return first, cached

@@ -36,11 +36,15 @@ from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STEPS,
                                                  aligned_start_source, packing_source,
                                                  row_buffer_size, row_buffer_size_source)
-from rshop_ir.kernels.cpu.source import Namespace, SourceWriter
+from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
 GENERATOR_VERSION = "numba-cpu/8"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
+# Scan functions are inlined into `run` by Numba (its IR, before typing): compiled as
+# separate functions, each scan's LLVM module was optimised and turned into machine code
+# twice, once alone and once linked into `run` (~0.3 s of a first compile).
+SCAN_DECORATOR = JIT_DECORATOR[:-1] + ', inline="always")'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
                             # sgemm beat the hand loop from (1,16)x(16,64) up)
@@ -799,8 +803,8 @@ class CpuGenerator:
         itemsize = np.dtype(out.dtype).itemsize
         preamble.line(f"{width} = ({columns} + team_size - 1) // team_size "
                       f"if team_size > 1 else 0")
-        preamble.line(f"{low} = min({columns}, team_rank * {width})")
-        preamble.line(f"{count} = min({columns}, {low} + {width}) - {low}")
+        preamble.line(f"{low} = {smaller(columns, f'team_rank * {width}')}")
+        preamble.line(f"{count} = {smaller(columns, f'{low} + {width}')} - {low}")
         # Where this weight's copy starts in the member's store row: after the earlier
         # ones (team.TeamBuffers sizes the rows alike).
         start = " + ".join(row_buffer_size_source(
@@ -838,8 +842,8 @@ class CpuGenerator:
                 body.line(function.abort_return)
             body.line(f"team_counter[PHASE_BASE + team_rank] = {phase} + 1")
             with body.block(f"for {member} in range(team_size):"):
-                body.line(f"{member_low} = min({columns}, {member} * {width})")
-                body.line(f"{member_count} = min({columns}, {member_low} + {width}) - "
+                body.line(f"{member_low} = {smaller(columns, f'{member} * {width}')}")
+                body.line(f"{member_count} = {smaller(columns, f'{member_low} + {width}')} - "
                           f"{member_low}")
                 body.line(f"{member_part} = team_pool[({phase} % 2) * team_size + "
                           f"{member}][:B * {member_count}].reshape((B, {member_count}))")
@@ -957,16 +961,21 @@ class CpuGenerator:
         for k, (name, state_var) in enumerate(zip(states, inner["states"])):
             current, following = names.fresh(f"state_{k}"), names.fresh(f"next_state_{k}")
             preamble.line(f"{current} = {name}.copy()")
-            preamble.line(f"{following} = np.empty_like({current})")
+            preamble.line(f"{following} = np.empty({current}.shape, "
+                          f"{dtype_expression(state_var.dtype)})")
             state_buffers.append((current, following))
             function.values[state_var] = ArrayValue(current, state_var.ndim)
         y_shape = self.shape_text(y_var.shape)
         y_dtype = dtype_expression(y_var.dtype)
-        preamble.line(f"y_last = np.zeros({y_shape}, {y_dtype})")
-        preamble.line("y_next = np.empty_like(y_last)")
+        # np.empty and loops, not np.zeros / np.empty_like: each of those is one more
+        # Numba overload compiled into every kernel (~0.1 s of a first compile).
+        preamble.line(f"y_last = np.empty({y_shape}, {y_dtype})")
+        self._fill_zeros(preamble, names, "y_last", y_var.ndim)
+        preamble.line(f"y_next = np.empty({y_shape}, {y_dtype})")
         if params["return_sequences"]:
             all_shape = self.shape_text((y_var.shape[0], "steps", *y_var.shape[1:]))
-            preamble.line(f"y_all = np.zeros({all_shape}, {y_dtype})")
+            # every step writes its row of y_all (masked steps the carried y)
+            preamble.line(f"y_all = np.empty({all_shape}, {y_dtype})")
             if self._row_width(y_var) is not None:
                 preamble.line(f"y_all_rows = y_all.reshape((B, steps, "
                               f"{self._row_width(y_var)}))")
@@ -974,7 +983,8 @@ class CpuGenerator:
         if readout is not None:
             readout_buffers = (names.fresh("readout"), names.fresh("next_readout"))
             preamble.line(f"{readout_buffers[0]} = {readout}.copy()")
-            preamble.line(f"{readout_buffers[1]} = np.empty_like({readout_buffers[0]})")
+            preamble.line(f"{readout_buffers[1]} = np.empty({readout_buffers[0]}.shape, "
+                          f"{dtype_expression(inner['readout'][0].dtype)})")
             function.values[inner["readout"][0]] = ArrayValue(readout_buffers[0],
                                                               inner["readout"][0].ndim)
         for name, constant_var in zip(constants, inner["constants"]):
@@ -990,7 +1000,7 @@ class CpuGenerator:
         function.abort_return = f"return ({', '.join(results)},)"
         chunk_buffers = {}
         if projections:
-            preamble.line("chunk_steps = max(1, min(chunk, steps))")
+            preamble.line(f"chunk_steps = {larger('1', smaller('chunk', 'steps'))}")
         for index, projection, source, weight, _ in projections:
             chunk_buffers[index] = (names.fresh(f"staged_{index}"),
                                     names.fresh(f"projected_{index}"))
@@ -1019,9 +1029,9 @@ class CpuGenerator:
         function.body = loop
         shared = bool(projections) and function.team_used
         self._projection_buffers(function, projections, chunk_buffers, shared)
-        step_chunk = "chunk_steps" if projections else "max(1, steps)"
+        step_chunk = "chunk_steps" if projections else larger("1", "steps")
         with loop.block(f"for chunk_start in range(0, steps, {step_chunk}):"):
-            loop.line(f"chunk_stop = min(chunk_start + {step_chunk}, steps)")
+            loop.line(f"chunk_stop = {smaller(f'chunk_start + {step_chunk}', 'steps')}")
             loop.line("rows = (chunk_stop - chunk_start) * B")
             loop.line("time_low = steps - chunk_stop" if backwards else
                       "time_low = chunk_start")
@@ -1036,7 +1046,7 @@ class CpuGenerator:
                                   "0", "chunk_stop - chunk_start")
             loop.extend(step_loop)
         writer = SourceWriter()
-        writer.line(JIT_DECORATOR)
+        writer.line(SCAN_DECORATOR)
         team_arguments = list(TEAM_ARGUMENTS) if function.team_used else []
         signature = ", ".join(["B", "T", "chunk", *argument_names, *team_arguments])
         with writer.block(f"def {scan_name}({signature}):"):
@@ -1109,8 +1119,8 @@ class CpuGenerator:
             with loop.block("if not team_wait(team_counter, team_size):"):
                 loop.line(function.abort_return)
         loop.line(f"{count} = (chunk_stop - chunk_start + team_size - 1) // team_size")
-        loop.line(f"{low} = min(chunk_stop - chunk_start, team_rank * {count})")
-        loop.line(f"{high} = min(chunk_stop - chunk_start, {low} + {count})")
+        loop.line(f"{low} = {smaller('chunk_stop - chunk_start', f'team_rank * {count}')}")
+        loop.line(f"{high} = {smaller('chunk_stop - chunk_start', f'{low} + {count}')}")
         self._projections(function, projections, chunk_buffers, low, high)
         with loop.block("if not team_wait(team_counter, team_size):"):
             loop.line(function.abort_return)
@@ -1181,6 +1191,16 @@ class CpuGenerator:
                 with loop.block("for b in range(B):"):
                     with loop.block(f"for k in range({width}):"):
                         loop.line("y_all_rows[b, step, k] = y_last_rows[b, k]")
+
+    @staticmethod
+    def _fill_zeros(writer: SourceWriter, names: Namespace, array: str, ndim: int) -> None:
+        """Loops setting every element of the `ndim`-d array named `array` to 0."""
+        indices = [names.fresh("z") for _ in range(ndim)]
+        for axis, index in enumerate(indices):
+            writer.line(f"for {index} in range({array}.shape[{axis}]):")
+            writer.depth += 1
+        writer.line(f"{array}[{', '.join(indices)}] = 0")
+        writer.depth -= ndim
 
     @staticmethod
     def _row_width(var: Var):
