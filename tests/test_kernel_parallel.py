@@ -53,6 +53,9 @@ def _compiled_case(entry, split_every_matmul=False):
             if split_every_matmul:
                 patch.setattr(codegen, "TEAM_MIN_COLUMNS", 1)
                 patch.setattr(codegen, "TEAM_MIN_CONTRACTION", 1)
+                # a team splits packed weights only
+                patch.setattr(codegen, "PACKED_MIN_COLUMNS", 1)
+                patch.setattr(codegen, "PACKED_MIN_CONTRACTION", 1)
             compiled = rshop_ir.compile(case.target, target="cpu")
             if split_every_matmul:
                 compiled._team_kernel()  # the team variant, generated under the patch
@@ -166,15 +169,21 @@ def _lstm(input_size=8, units=16):
     return program, weights, inputs
 
 
-def test_team_weight_copies_follow_weight_changes():
-    """Each member keeps its weight columns between calls and copies them again only
-    for a new weight version: every change must reach the team's next call, and
-    arrays changed in place behind the compiled object's back must not."""
+def test_packed_weights_follow_weight_changes():
+    """The runtime packs the recurrent weight once per weight version and every
+    member reads its blocks of that copy: every change must reach the next call, on a
+    team and on one thread, and arrays changed in place behind the compiled object's
+    back must not."""
     program, weights, inputs = _lstm()
     compiled = rshop_ir.compile(BoundProgram(program, weights))
     assert compiled.kernel.team_weight_bytes == 16 * 64 * 4   # the plain kernel knows
-    source = compiled._team_kernel()[0].source
-    assert "if team_stamps[team_rank, 0] != team_version:" in source
+    packed_slots = [slot for slot in compiled.kernel.weight_slots if slot[0] == "packed"]
+    assert len(packed_slots) == 1
+    team_kernel = compiled._team_kernel()[0]
+    assert team_kernel.weight_slots == compiled.kernel.weight_slots
+    # a member's blocks: `team_low` columns x 16 contraction rows into the packed copy
+    assert "packed_start + team_low * 16, team_part)" in team_kernel.source
+    assert "row_weight" not in team_kernel.source + compiled.source   # no per-call copy
     for scale in (1.0, 0.5, -1.5):
         changed = {name: scale * value for name, value in weights.items()}
         compiled.set_weights(changed)
@@ -188,9 +197,10 @@ def test_team_weight_copies_follow_weight_changes():
         _assert_close(compiled(*inputs, team_size=1), expected)
 
 
-def test_team_copies_a_constant_that_is_not_a_weight_at_every_call():
-    """A split matmul by a scan constant computed from an input (not a weight) must be
-    copied anew by every call: no version stamp guards it."""
+def test_a_constant_that_is_not_a_weight_is_packed_at_every_call():
+    """A recurrent matmul by a scan constant computed from an input (not a weight)
+    has no copy packed once per weight version: the kernel packs it at every call
+    (enough rows x steps) and no team splits it."""
     body = ProgramBuilder()
     x_t = body.input("float32", ("B", 4))
     h = body.input("float32", ("B", 32))
@@ -208,16 +218,17 @@ def test_team_copies_a_constant_that_is_not_a_weight_at_every_call():
     program = builder.build([y])
     weights = {"w": np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)}
     compiled = rshop_ir.compile(BoundProgram(program, weights))
-    source = compiled._team_kernel()[0].source
-    assert "team_store[team_rank]" in source      # the matmul is split ...
-    assert "team_stamps[" not in source           # ... and its copy never skipped
+    assert "packed_product(state_0, row_weight, row_weight_start" in compiled.source
+    assert not any(kind == "packed" for kind, _ in compiled.kernel.weight_slots)
+    assert compiled.kernel.team_columns == 0
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((1, 6, 4)).astype(np.float32)
+    x = rng.standard_normal((1, 12, 4)).astype(np.float32)
     h_start = np.zeros((1, 32), np.float32)
     for _ in range(3):
         matrix_value = (0.3 * rng.standard_normal((32, 32))).astype(np.float32)
         expected = interpret(program, x, h_start, matrix_value, weights=weights)
         _assert_close(compiled(x, h_start, matrix_value, team_size=2), expected)
+        _assert_close(compiled(x, h_start, matrix_value), expected)
 
 
 def test_automatic_team_rule(monkeypatch):

@@ -19,8 +19,8 @@ from rshop_ir.bound import BoundProgram
 from rshop_ir.interpret import interpret
 from rshop_ir.kernels.cpu.packed_product import (ALIGNMENT, BLOCK_COLUMNS,
                                                  PACK_MIN_ROW_STEPS, TILE_SHAPES,
-                                                 pack_row_weight, packed_product,
-                                                 row_buffer_size)
+                                                 pack_row_weight, pack_weight,
+                                                 packed_product, row_buffer_size)
 
 
 @njit
@@ -102,12 +102,31 @@ def test_tile_shapes_cover_every_row_count():
 def test_kernel_matches_interpreter(dtype, batch, steps):
     bound, compiled = _lstm(dtype)
     assert "packed_product(" in compiled.source
-    assert f"B * steps >= {PACK_MIN_ROW_STEPS}" in compiled.source
+    # the recurrent weight comes packed by the runtime, for every batch and length
+    assert ("packed", ("prologue", 1)) in compiled.kernel.weight_slots
+    assert "row_weight" not in compiled.source
     x = np.random.default_rng(steps).standard_normal((batch, steps, 6)).astype(dtype)
     expected = interpret(bound, x)
     tolerance = 1e-4 if dtype == "float32" else 1e-10
     for got, want in zip(compiled(x, team_size=1), expected):
         np.testing.assert_allclose(got, want, atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pack_weight_lays_out_blocks_from_an_aligned_start(dtype):
+    weight = np.random.default_rng(4).standard_normal((5, 37)).astype(dtype)
+    buffer = pack_weight(weight)
+    block = BLOCK_COLUMNS[dtype]
+    assert buffer.size == row_buffer_size(5, 37, buffer.itemsize)
+    start = ((64 - buffer.ctypes.data % 64) % 64) // buffer.itemsize
+    assert (buffer.ctypes.data + start * buffer.itemsize) % 64 == 0
+    for column in range(37):
+        first = start + (column // block) * 5 * block + column % block
+        np.testing.assert_array_equal(buffer[first:first + 5 * block:block],
+                                      weight[:, column])
+    last = 36 // block                     # the last block: its columns past 37 are 0
+    tail = buffer[start + last * 5 * block:start + (last + 1) * 5 * block].reshape(5, block)
+    assert not tail[:, 37 - last * block:].any()
 
 
 def test_kernel_packs_changed_weights_again():

@@ -9,13 +9,13 @@ kernels/scalar_ops.py, shared with other renderers; this file only writes Numba 
 Inside a scan function, per chunk of up to `chunk` steps: the absorbed input projection
 is ONE GEMM (`np.dot`, BLAS) over the chunk's rows in time-major order (B rows per
 step), then the element-wise eqns that followed it; then per step the recurrent
-matmul(s) (register tiles over the weight packed in column blocks once per call,
-kernels/cpu/packed_product.py, when the call has enough rows x steps to repay the
-copy, else `np.dot`; or a hand loop where BLAS call overhead dominates) and each fused
-region as ONE loop nest, then the states, readout and output are committed (keeping
-the old rows where the mask is False) by swapping double buffers. Weights and
-prologue results are ARGUMENTS of `run`, never constants of the source, so new
-weights need no recompilation.
+matmul(s) (register tiles over the weight packed in column blocks, kernels/cpu/
+packed_product.py; `np.dot`; or a hand loop where BLAS call overhead dominates) and
+each fused region as ONE loop nest, then the states, readout and output are committed
+(keeping the old rows where the mask is False) by swapping double buffers. Weights,
+prologue results and the packed copies of the recurrent weights are ARGUMENTS of
+`run` (`KernelSource.weight_slots` says which), never constants of the source, so new
+weights need no recompilation: the runtime packs a weight once per weight version.
 
     kernel = generate(optimized_program)
     print(kernel.source)     # the module text; kernel.globals: objects it reads
@@ -35,11 +35,11 @@ from rshop_ir.kernels.scalar_ops import ScalarContext
 from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STEPS,
                                                  aligned_start_source, packing_source,
-                                                 row_buffer_size, row_buffer_size_source)
+                                                 row_buffer_size)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/8"
+GENERATOR_VERSION = "numba-cpu/9"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 # Scan functions are inlined into `run` by Numba (its IR, before typing): compiled as
 # separate functions, each scan's LLVM module was optimised and turned into machine code
@@ -50,18 +50,18 @@ BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS
                             # sgemm beat the hand loop from (1,16)x(16,64) up)
 
 # The arguments `run` and the top-level scans take when a matmul splits over a team.
-# `team_shared`: bytes every member sees (the input projection's chunk buffers, each
-# member computing some of its steps); `team_store` / `team_stamps`: each member's copy
-# of its weight columns, kept between calls and copied again only when `team_version`
-# (the weights' version, kernels/cpu/team.py) differs from the copy's stamp.
-TEAM_ARGUMENTS = ("team_rank", "team_size", "team_counter", "team_pool", "team_shared",
-                  "team_store", "team_stamps", "team_version")
+# `team_pool`: the exchange rows of the split products' blocks; `team_shared`: bytes
+# every member sees (the input projection's chunk buffers, each member computing some
+# of its steps).
+TEAM_ARGUMENTS = ("team_rank", "team_size", "team_counter", "team_pool", "team_shared")
 TEAM_MIN_COLUMNS = 32       # narrower matmuls are not worth a barrier
 TEAM_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
-# A recurrent matmul by a weight constant of its scan, with at least this contraction
-# and columns, runs as the packed product (kernels/cpu/packed_product.py: register
-# tiles over the weight packed in column blocks, once per call) when the call has
-# PACK_MIN_ROW_STEPS rows x steps or more, else as np.dot.
+# A recurrent matmul by a constant of its scan, with at least this contraction and
+# columns, runs as the packed product (kernels/cpu/packed_product.py: register tiles
+# over the weight packed in column blocks). A weight passed to a top-level scan
+# unchanged is packed by the runtime once per weight version (a `PackedWeight`
+# argument); another constant is packed by the kernel at every call that has
+# PACK_MIN_ROW_STEPS rows x steps or more (fewer run as np.dot).
 PACKED_DTYPES = tuple(BLOCK_COLUMNS)
 PACKED_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
 PACKED_MIN_COLUMNS = 16
@@ -70,6 +70,15 @@ _MATH_MODULE_NAMES = sorted({impl.split(".")[0] for pair in mathlib.FUNCTIONS.va
                              for impl in pair if "." not in impl and impl != "abs"})
 _FLOAT_FUNCTIONS = {"tanh", "sigmoid", "exp", "expm1", "log", "log1p", "sqrt", "sin",
                     "cos", "erf", "softplus"}
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A scan argument: the weight `source` (a Var of `run`: a param or a prologue
+    output) packed for the packed product, which `run` takes as an argument of its own
+    (the runtime packs it once per weight version)."""
+
+    source: Var
 
 
 @dataclass
@@ -81,7 +90,8 @@ class KernelSource:
     globals: dict
     entry: str
     input_names: tuple           # program inputs, in order
-    weight_slots: tuple          # ("param", name) or ("prologue", index), in order
+    weight_slots: tuple          # ("param", name), ("prologue", index) or ("packed",
+                                 # one of those: the weight packed by pack_weight), in order
     projection_row_bytes: int    # extra bytes per (step x batch row) of chunk buffers
     step_flops_per_row: float = 0.0   # per step and batch row: the body's 2-D matmuls
     scan_functions: tuple = field(default_factory=tuple)
@@ -91,8 +101,6 @@ class KernelSource:
     fixed_steps: int = 0         # steps of the longest top-level scan of static length
     team_shared_row_bytes: int = 0   # team_shared bytes per (step x batch row) ...
     team_shared_buffers: int = 0     # ... in this many buffers (each 64-byte aligned)
-    team_store_shapes: tuple = ()    # (contraction, columns) of each split matmul, in
-                                     # the order of their team_stamps columns
     team_weight_bytes: int = 0   # the largest weight a team would split (also set in
                                  # the plain kernel: the runtime's choice, team.py)
 
@@ -123,10 +131,11 @@ class _Function:
         self.body = SourceWriter()
         self.preamble = None         # SourceWriter for buffers allocated before the loop
         self.values = {}
-        self.team_constants = None   # in a top-level scan: constant Var -> argument name
-        self.weight_constants = set()  # those of them passed from weights unchanged
+        self.weight_constants = {}   # those of them passed from weights unchanged -> the
+                                     # weight (a Var of `run`)
         self.constants = {}          # in a scan: constant Var -> argument name
-        self.packed = {}             # constant Var -> names of its packed copy
+        self.argument = None         # in a scan: (outer atom, hint) -> its argument name
+        self.packed = {}             # constant Var -> (buffer, start, packed by the host)
         self.team_used = False       # a matmul of this function splits its columns
         self.abort_return = None     # the statement leaving a scan function early
 
@@ -143,6 +152,7 @@ class CpuGenerator:
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
         reserved = {"np", "math", "njit", "B", "T", "chunk", "PHASE_BASE", "team_wait",
+                    "team_enter", "team_leave",
                     "row_sum", "row_squared_deviations", "packed_product", "steps",
                     *TEAM_ARGUMENTS, *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
@@ -158,7 +168,6 @@ class CpuGenerator:
         self.fixed_steps = 0         # the longest top-level scan of static length
         self.team_shared_row_bytes = 0
         self.team_shared_buffers = 0
-        self.team_store_shapes = []
         self.team_weight_bytes = 0
         self.weight_vars = {var for _, var in program.params}
         if program.prologue is not None:
@@ -177,7 +186,8 @@ class CpuGenerator:
         header.line("import numpy as np")
         header.line("from numba import njit")
         if self.team:
-            header.line("from rshop_ir.kernels.cpu.team_sync import PHASE_BASE, team_wait")
+            header.line("from rshop_ir.kernels.cpu.team_sync import (PHASE_BASE, team_enter, "
+                        "team_leave, team_wait)")
         if self.packed_products:
             header.line("from rshop_ir.kernels.cpu.packed_product import packed_product")
         header.line("from rshop_ir.kernels.cpu.reductions import row_squared_deviations, "
@@ -199,8 +209,7 @@ class CpuGenerator:
                             tuple(self.scan_functions), self.team_columns,
                             self.team_dtype or "float32",
                             self.fixed_steps, self.team_shared_row_bytes,
-                            self.team_shared_buffers, tuple(self.team_store_shapes),
-                            self.team_weight_bytes)
+                            self.team_shared_buffers, self.team_weight_bytes)
 
     def _render_run(self, plan):
         function = _Function(self.names.child())
@@ -211,27 +220,38 @@ class CpuGenerator:
         for var, name in zip(program.inputs, program.input_names):
             arguments.append(self._bind_array(function, var, f"in_{name}"))
         weight_slots = []
+        self._weight_slot_of = {}
         for name, var in program.params:
             if var in read:
                 weight_slots.append(("param", name))
+                self._weight_slot_of[var] = weight_slots[-1]
                 arguments.append(self._bind_array(function, var, f"w_{name}"))
         if program.prologue is not None:
             for index, var in enumerate(program.prologue.outputs):
                 if isinstance(var, Var) and var in read:
                     weight_slots.append(("prologue", index))
+                    self._weight_slot_of[var] = weight_slots[-1]
                     arguments.append(self._bind_array(function, var, f"pre_{index}"))
+        self._packed_arguments = []
         for kind, item in plan.steps:
             if kind == "scan":
                 self._emit_scan_call(function, item, top_level=True)
             else:
                 self._emit_eqn(function, item)
+        for name, slot in self._packed_arguments:
+            arguments.append(name)
+            weight_slots.append(("packed", slot))
         if self.team_columns:
             arguments += list(TEAM_ARGUMENTS)
         results = [self._output_array(function, atom) for atom in program.outputs]
+        if self.team_columns:     # the launcher's start and end handshake (team.py)
+            function.body.line("team_leave(team_counter)")
         function.body.line(f"return ({', '.join(results)},)")
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
         with writer.block(f"def run({', '.join(arguments)}):"):
+            if self.team_columns:
+                writer.line("team_enter(team_counter)")
             writer.extend(function.body)
         return writer, weight_slots
 
@@ -258,6 +278,8 @@ class CpuGenerator:
 
     def _array(self, function, atom, contiguous: bool = False) -> str:
         """A whole-array expression for `atom` (made C-contiguous if asked)."""
+        if isinstance(atom, PackedWeight):
+            return self._packed_argument(function, atom)
         if isinstance(atom, Literal):
             raise UnsupportedError(f"A literal operand is not supported here ({atom}).")
         value = function.values[atom]
@@ -266,6 +288,14 @@ class CpuGenerator:
             function.body.line(f"{name} = np.ascontiguousarray({value.array()})")
             return name
         return value.array()
+
+    def _packed_argument(self, function, packed: PackedWeight) -> str:
+        """The name of `run`'s argument holding `packed` (added at its first use)."""
+        if packed not in function.values:
+            name = function.names.fresh("packed")
+            function.values[packed] = ArrayValue(name, 1, contiguous=True)
+            self._packed_arguments.append((name, self._weight_slot_of[packed.source]))
+        return function.values[packed].array()
 
     def _element(self, function, atom, indices, out_shape) -> str:
         if isinstance(atom, Literal):
@@ -713,15 +743,21 @@ class CpuGenerator:
     def _plain_matmul(self, function, a_value, b_value, name, out, contraction,
                       blas_ready: bool, weight: Var) -> None:
         """`name = a @ b` on one thread: the packed product (kernels/cpu/
-        packed_product.py) for a scan's weight constant when the call has enough rows
-        x steps to repay the packing copy, BLAS, or a hand loop where BLAS's call costs
-        more than the product (small batch and contraction inside a scan)."""
+        packed_product.py) for a scan's constant (one the kernel packs itself: when the
+        call has enough rows x steps to repay the copy), BLAS, or a hand loop where
+        BLAS's call costs more than the product (small batch and contraction inside a
+        scan)."""
         body = function.body
         if blas_ready and self._packing_applies(function, weight, contraction, out):
-            buffer, start = self._packed_weight(function, b_value, weight, contraction, out)
+            buffer, start, by_host = self._packed_weight(function, b_value, weight,
+                                                         contraction, out)
+            product = (f"packed_product({self._contiguous(a_value)}, {buffer}, {start}, "
+                       f"{name})")
+            if by_host:
+                body.line(product)
+                return
             with body.block(f"if {buffer}.size > 0:"):
-                body.line(f"packed_product({self._contiguous(a_value)}, {buffer}, {start}, "
-                          f"{name})")
+                body.line(product)
             with body.block("else:"):
                 body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
         elif blas_ready and (function.preamble is None or (
@@ -751,10 +787,20 @@ class CpuGenerator:
         return f"np.ascontiguousarray({value.array()})"
 
     def _packed_weight(self, function, b_value, weight: Var, contraction, out) -> tuple:
-        """(buffer, start): the names of the weight packed for the packed product
-        (kernels/cpu/packed_product.py), copied in the preamble when the call has at
-        least PACK_MIN_ROW_STEPS rows x steps (an empty buffer otherwise); one copy per
-        weight, whatever number of matmuls use it."""
+        """(buffer, start, by_host): the names of the weight packed for the packed
+        product (kernels/cpu/packed_product.py) and whether the runtime packed it. A
+        weight passed to a top-level scan unchanged comes packed, as an argument
+        (`PackedWeight`); another constant is copied in the preamble when the call has
+        at least PACK_MIN_ROW_STEPS rows x steps (an empty buffer otherwise). One copy
+        per weight, whatever number of matmuls use it."""
+        if weight not in function.packed and weight in function.weight_constants:
+            itemsize = np.dtype(out.dtype).itemsize
+            buffer = function.argument(PackedWeight(function.weight_constants[weight]),
+                                       "packed")
+            start = function.names.fresh("packed_start")
+            function.preamble.line(f"{start} = {aligned_start_source(buffer, itemsize)}")
+            function.packed[weight] = (buffer, start, True)
+            self.packed_products = True
         if weight not in function.packed:
             names, preamble = function.names, function.preamble
             buffer, start = names.fresh("row_weight"), names.fresh("row_weight_start")
@@ -768,16 +814,17 @@ class CpuGenerator:
                         b_value.array(), "0", str(out.shape[1]), buffer, start, contraction,
                         itemsize, [names.fresh(h) for h in ("block", "k", "j", "row")]):
                     preamble.line(line)
-            function.packed[weight] = (buffer, start)
+            function.packed[weight] = (buffer, start, False)
             self.packed_products = True
         return function.packed[weight]
 
     def _team_splits(self, function, weight, contraction, out) -> bool:
-        """A recurrent matmul of a top-level scan by a weight constant of the scan, with
-        static sizes: its columns may be split over a team of threads (all split
-        matmuls share one exchange buffer, so they must have one dtype)."""
-        return function.team_constants is not None and weight in function.team_constants \
-            and isinstance(contraction, int) and isinstance(out.shape[1], int) \
+        """A recurrent matmul of a top-level scan by a weight passed to the scan
+        unchanged (packed by the runtime), with static sizes: its columns may be split
+        over a team of threads (all split matmuls share one exchange buffer, so they
+        must have one dtype)."""
+        return weight in function.weight_constants \
+            and self._packing_applies(function, weight, contraction, out) \
             and contraction >= TEAM_MIN_CONTRACTION and out.shape[1] >= TEAM_MIN_COLUMNS \
             and self.team_dtype in (None, out.dtype)
 
@@ -785,49 +832,29 @@ class CpuGenerator:
                      weight_var: Var) -> None:
         """`name = a @ b`, each member of the team computing its block of columns.
 
-        Member `team_rank` keeps a copy of its columns of the weight, packed for the
-        packed product (kernels/cpu/packed_product.py), in its row of `team_store`
-        (preamble; copied again only when the weights changed, for a weight passed in
-        unchanged, else at every call), computes them (`packed_product`) into its
-        row of the exchange buffer `team_pool`, waits at the barrier, then gathers
-        every member's block into its own `name`; everything else of the step runs on every
-        member (the same numbers), so one barrier per split matmul suffices. Rows
-        (phase % 2) * team_size + member alternate between barriers: a block is
-        rewritten two barriers later, when every member has read it.
+        Member `team_rank` owns whole column blocks of the packed weight (kernels/cpu/
+        packed_product.py lays each block's columns out contiguously, so its share is
+        one contiguous stretch of the buffer, which stays in its core's cache between
+        steps), computes them (`packed_product`) into its row of the exchange buffer
+        `team_pool`, waits at the barrier, then gathers every member's block into its
+        own `name`; everything else of the step runs on every member (the same
+        numbers), so one barrier per split matmul suffices. Rows (phase % 2) *
+        team_size + member alternate between barriers: a block is rewritten two
+        barriers later, when every member has read it.
         """
         names, preamble, body = function.names, function.preamble, function.body
         columns = out.shape[1]
-        width, low, count, weight, weight_start = (
-            names.fresh(h) for h in ("team_width", "team_low", "team_count", "team_weight",
-                                     "team_weight_start"))
-        itemsize = np.dtype(out.dtype).itemsize
-        preamble.line(f"{width} = ({columns} + team_size - 1) // team_size "
+        block_columns = BLOCK_COLUMNS[out.dtype]
+        buffer, start, _ = self._packed_weight(function, b_value, weight_var, contraction,
+                                               out)
+        width, low, count = (names.fresh(h) for h in ("team_width", "team_low",
+                                                      "team_count"))
+        # whole blocks a member: its columns start at a block boundary
+        preamble.line(f"{width} = (({columns} + {block_columns - 1}) // {block_columns} "
+                      f"+ team_size - 1) // team_size * {block_columns} "
                       f"if team_size > 1 else 0")
         preamble.line(f"{low} = {smaller(columns, f'team_rank * {width}')}")
         preamble.line(f"{count} = {smaller(columns, f'{low} + {width}')} - {low}")
-        # Where this weight's copy starts in the member's store row: after the earlier
-        # ones (team.TeamBuffers sizes the rows alike).
-        start = " + ".join(row_buffer_size_source(
-            str(rows), f"({width_of} + team_size - 1) // team_size", itemsize)
-            for rows, width_of in self.team_store_shapes) or "0"
-        stamp = len(self.team_store_shapes)
-        self.team_store_shapes.append((contraction, columns))
-        self.packed_products = True
-        size = row_buffer_size_source(str(contraction), width, itemsize)
-        preamble.line(f"{weight} = team_store[team_rank][{start}:{start} + {size}]")
-        preamble.line(f"{weight_start} = "
-                      f"{aligned_start_source(weight, itemsize)}")
-        copy = SourceWriter()
-        for line in packing_source(
-                b_value.array(), low, count, weight, weight_start, contraction, itemsize,
-                [names.fresh(h) for h in ("block", "k", "j", "row")]):
-            copy.line(line)
-        if weight_var in function.weight_constants:
-            with preamble.block(f"if team_stamps[team_rank, {stamp}] != team_version:"):
-                preamble.extend(copy)
-                preamble.line(f"team_stamps[team_rank, {stamp}] = team_version")
-        else:
-            preamble.extend(copy)
         phase, part, member, member_low, member_count, member_part, i, j = (
             names.fresh(h) for h in ("phase", "team_part", "member", "member_low",
                                      "member_count", "member_part", "i", "j"))
@@ -836,8 +863,9 @@ class CpuGenerator:
             # A member's block holds its `count` columns a row (fewer for the last).
             body.line(f"{part} = team_pool[({phase} % 2) * team_size + team_rank]"
                       f"[:B * {count}].reshape((B, {count}))")
-            body.line(f"packed_product({self._contiguous(a_value)}, {weight}, "
-                      f"{weight_start}, {part})")
+            # its blocks start `low` columns x `contraction` rows into the packed weight
+            body.line(f"packed_product({self._contiguous(a_value)}, {buffer}, "
+                      f"{start} + {low} * {contraction}, {part})")
             with body.block("if not team_wait(team_counter, team_size):"):
                 body.line(function.abort_return)
             body.line(f"team_counter[PHASE_BASE + team_rank] = {phase} + 1")
@@ -906,6 +934,7 @@ class CpuGenerator:
             outer_arguments.append(atom)
             argument_names.append(names.fresh(hint))
             return argument_names[-1]
+        function.argument = argument
 
         preamble, loop = SourceWriter(), SourceWriter()
         groups, inner = plan.groups, plan.body_groups
@@ -991,9 +1020,9 @@ class CpuGenerator:
             function.values[constant_var] = ArrayValue(name, constant_var.ndim)
         function.constants = dict(zip(inner["constants"], constants))
         if top_level:
-            function.team_constants = dict(zip(inner["constants"], constants))
             function.weight_constants = {
-                body_var for body_var, outer in zip(inner["constants"], groups["constants"])
+                body_var: outer for body_var, outer in zip(inner["constants"],
+                                                           groups["constants"])
                 if outer in self.weight_vars}
         results = ["y_all" if params["return_sequences"] else "y_last"]
         results += [current for current, _ in state_buffers]

@@ -3,9 +3,11 @@
 `out = a @ weight` for a few rows reads the weight from the cache once per step, and
 for many rows is bound by the vector units: OpenBLAS's sgemm (`np.dot`) repacks the
 weight on every call and its paths for a few dozen rows stay far from the core's
-FMA rate. Here a kernel packs a weight once per call (a team member once per weight
-version) into blocks of BLOCK_COLUMNS columns, (blocks, contraction, BLOCK_COLUMNS),
-the last block zero-padded, the buffer starting on a cache line. Every product then
+FMA rate. Here a weight is packed into blocks of BLOCK_COLUMNS columns, (blocks,
+contraction, BLOCK_COLUMNS), the last block zero-padded, the buffer starting on a cache
+line: by the runtime once per weight version (`pack_weight`, for a weight the kernel
+takes as an argument), or by the kernel at every call (`packing_source`, for a value
+computed before the scan). Every product then
 walks the blocks; in each, the rows go in tiles of TILE_SHAPES' row counts (8, then
 4, 2 and 1), the block's slice of the weight staying in cache between them. A tile
 keeps its sums in rows x VECTORS (x phases) vector registers while it walks the
@@ -26,8 +28,8 @@ LLVM's SLP pass, a separately compiled callback) reached 74 at 4-32 rows.
 
 `packed_product(a, buffer, start, out)` is a Numba intrinsic: it writes the loops into
 the calling kernel's LLVM code, so no callback or extra compilation is involved and
-the kernel stays cacheable. The packing itself is generated source (`packing_source`;
-`pack_row_weight` is its numpy twin, for tests and benchmarks).
+the kernel stays cacheable. The kernel's packing is generated source
+(`packing_source`); `pack_row_weight` is its numpy twin.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ BLOCK_COLUMNS = {dtype: VECTORS * lanes for dtype, lanes in LANES.items()}
 # hide the add latency, 4 and 8 rows have chains enough.
 TILE_SHAPES = ((8, 1), (4, 1), (2, 2), (1, 2))
 ALIGNMENT = 64   # bytes: a vector load that straddles two cache lines costs two
-# Packing copies the weight once per call: worth it from this many rows x steps.
+# A kernel packing a value at every call: worth it from this many rows x steps.
 PACK_MIN_ROW_STEPS = 8
 
 
@@ -58,14 +60,6 @@ def row_buffer_size(contraction: int, columns: int, itemsize: int) -> int:
     block_columns = 2 * ALIGNMENT // itemsize
     blocks = -(-columns // block_columns)
     return blocks * contraction * block_columns + ALIGNMENT // itemsize
-
-
-def row_buffer_size_source(contraction: str, columns: str, itemsize: int) -> str:
-    """`row_buffer_size` as a Python expression over the expressions `contraction`
-    and `columns`, for generated code."""
-    block_columns = 2 * ALIGNMENT // itemsize
-    return (f"(({columns}) + {block_columns - 1}) // {block_columns} * ({contraction}) "
-            f"* {block_columns} + {ALIGNMENT // itemsize}")
 
 
 def aligned_start_source(buffer: str, itemsize: int) -> str:
@@ -110,6 +104,16 @@ def pack_row_weight(weight: np.ndarray, buffer: np.ndarray) -> int:
     layout = padded.reshape(contraction, blocks, block_columns).transpose(1, 0, 2)
     buffer[start:start + layout.size] = layout.reshape(-1)
     return start
+
+
+def pack_weight(weight: np.ndarray) -> np.ndarray:
+    """A new flat buffer holding the 2-D `weight` packed for `packed_product`, from
+    its first element on an ALIGNMENT-byte boundary (the kernel finds that index
+    again with `aligned_start_source`: pass this very array, never a copy)."""
+    contraction, columns = weight.shape
+    buffer = np.empty(row_buffer_size(contraction, columns, weight.itemsize), weight.dtype)
+    pack_row_weight(weight, buffer)
+    return buffer
 
 
 @intrinsic

@@ -65,3 +65,19 @@ def pinned(core):
     finally:
         if previous is not None:
             os.sched_setaffinity(0, previous)
+
+
+def pin_thread(core) -> bool:
+    """The calling thread runs on `core` only from now on (None: on the cores the
+    process could use when this module was imported); False where the system
+    refuses or cannot pin."""
+    if _PROCESS_CORES is None:
+        return False
+    try:
+        os.sched_setaffinity(0, {core} if core is not None else _PROCESS_CORES)
+    except OSError:
+        return False
+    return True
+
+
+_PROCESS_CORES = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None

@@ -8,7 +8,8 @@
      float32 as Keras does), rank and fixed dims (else ValueError naming the input),
      made C-contiguous;
   3. re-reads the weights if a `weight_reader` is set (e.g. Keras variables) and
-     recomputes the weight prologue only when they changed;
+     recomputes the weight prologue, and the packed copies of the recurrent weights
+     (packed_product.pack_weight), only when they changed;
   4. calls `run(B, T, chunk, *inputs, *weights)` with `chunk` sized so the chunk
      buffers of the input projection stay under `max_chunk_bytes`, whatever
      T is: on this thread, as row slices on all cores for a batch of 8+ rows
@@ -30,6 +31,7 @@ from rshop_ir.kernels.batch_rows import has_batch_rows, rows_independent
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
 from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
 from rshop_ir.kernels.cpu.optimization_level import compile_for
+from rshop_ir.kernels.cpu.packed_product import pack_weight
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
 from rshop_ir.kernels.cpu.team import TeamBuffers, auto_team_size, run_team, team_size_for
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
@@ -62,7 +64,6 @@ class CompiledProgram(CompiledProgramBase):
         self._fast_call = None
         self._team = None
         self._team_buffers_kept = threading.local()   # per calling thread
-        self._weights_version = -1
         self._set_weights(optimized.weights)
 
     def __repr__(self) -> str:
@@ -75,14 +76,20 @@ class CompiledProgram(CompiledProgramBase):
         """Bind `weights` and recompute the prologue."""
         checked = bind_weights(self.program, weights)
         # Own copies: a caller changing its arrays in place must not change the
-        # kernel's weights behind the team's copies (their version is below).
+        # kernel's weights behind the packed copies made from them below.
         self._weights = {name: np.array(checked[var]) for name, var in self.program.params}
         checked = {var: self._weights[name] for name, var in self.program.params}
-        self._weights_version += 1
         self._prologue = tuple(np.ascontiguousarray(value) for value in
                                run_prologue(self.program, checked))
-        self._weight_arguments = [self._weights[key] if kind == "param" else
-                                  self._prologue[key] for kind, key in self.kernel.weight_slots]
+
+        def argument(kind, key):
+            if kind == "param":
+                return self._weights[key]
+            if kind == "prologue":
+                return self._prologue[key]
+            return pack_weight(argument(*key))    # "packed": once per weight version
+
+        self._weight_arguments = [argument(kind, key) for kind, key in self.kernel.weight_slots]
 
     # ---- calling -----------------------------------------------------------------------
 
@@ -158,11 +165,9 @@ class CompiledProgram(CompiledProgramBase):
             team_kernel, team_run = self._team_kernel()
             chunk = self._chunk(batch, chunk_steps)
             buffers = self._team_buffers(team_kernel, members)
-            store, stamps, version = buffers.store, buffers.stamps, self._weights_version
             with blas_threads_for(0.0):
                 results = list(run_team(
-                    lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team,
-                                           store, stamps, version),
+                    lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team),
                     buffers, batch, chunk))
         elif slices > 1:
             def run_slice(start, stop):
@@ -199,6 +204,9 @@ class CompiledProgram(CompiledProgramBase):
             from rshop_ir.kernels.cpu.codegen import generate
 
             kernel = generate(self.program, team=True)
+            if kernel.weight_slots != self.kernel.weight_slots:
+                raise RuntimeError(f"The team kernel of {self.name!r} takes other weight "
+                                   f"arguments than its plain kernel: a generator bug.")
             module = load_module(kernel.source, kernel.globals)
             self._team = (kernel, getattr(module, kernel.entry))
         return self._team

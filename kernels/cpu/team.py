@@ -4,10 +4,10 @@ For a small batch, a step's recurrent matmul is a matrix-vector product bound by
 streaming its weights from cache (LSTM H=256: 1 MB per step, ~13 us on one core of
 the 2-core development machine), and row slices (row_split.py) cannot help: each slice
 would stream all of it again. A team splits the weight's COLUMNS instead: member r
-of P keeps its 1/P of the columns (which then fit its own core's cache), computes its
-block of the product, meets the others at a barrier (kernels/cpu/team_sync.py), and
-gathers the whole product; the rest of the step runs on every member alike. The
-input projection of each chunk of steps is split too: each member computes some of
+of P reads its 1/P of the column blocks of the packed weight (which then stay in its
+own core's cache), computes its block of the product, meets the others at a barrier
+(kernels/cpu/team_sync.py), and gathers the whole product; the rest of the step runs
+on every member alike. The input projection of each chunk of steps is split too: each member computes some of
 its steps into buffers all members read. The members are the calling thread (rank 0,
 whose outputs are returned) and pool threads running the same `nogil` kernel, each
 pinned to a core of its own for the call (pinning.py).
@@ -17,8 +17,8 @@ When: `compiled(x, team_size=N)` asks for N members (1: never a team). Without i
 steps whose split weight is too big for one core's cache (`AUTO_MIN_WEIGHT_BYTES`),
 when 2+ cores are usable and other processes leave them idle (core_load.py): a
 barrier per step waits a scheduler slice for a member whose core was taken.
-Members compute their block with the packed product (packed_product.py) over their
-columns, packed into their store row once per weight version. Measured on the 2-core
+Members compute their block with the packed product (packed_product.py) over the
+weight the runtime packed once per weight version. Measured on the 2-core
 development machine (`python -m bench.team_overhead --repeats 9 --steps 100,1000
 --hidden H`, LSTM batch 1, one thread / team ms per call, two runs): H=512 (4 MB
 weight) 100 steps 16.7-17.0 / 14.3-19.0, 1000 steps 157.8 / 52.2 (each member's half
@@ -32,10 +32,12 @@ from __future__ import annotations
 import numpy as np
 
 from rshop_ir.kernels.cpu.core_load import others_idle
+from rshop_ir.kernels.cpu.packed_product import BLOCK_COLUMNS
 from rshop_ir.kernels.cpu.pinning import member_cores, pinned
-from rshop_ir.kernels.cpu.packed_product import row_buffer_size
-from rshop_ir.kernels.cpu.row_split import usable_cores, worker_pool
-from rshop_ir.kernels.cpu.team_sync import ABORT, COUNTER_SIZE
+from rshop_ir.kernels.cpu import team_workers
+from rshop_ir.kernels.cpu.row_split import usable_cores
+from rshop_ir.kernels.cpu.team_sync import (ABORT, COUNTER_SIZE, FINISHED, STARTED,
+                                            wait_for_count)
 
 MAX_TEAM = 16                # members at most
 AUTO_MAX_ROWS = 1            # the automatic team: one-row calls ...
@@ -65,31 +67,23 @@ def team_size_for(kernel, requested=None) -> int:
 
 class TeamBuffers:
     """What a team of `members` threads running `kernel` keeps between calls (the
-    caller holds one per team size and calling thread):
-
-    * `store` / `stamps`: row r of `store` holds member r's copies of its weight
-      columns, `stamps[r, i]` the weight version of copy i (-1: none yet), so a member
-      copies its columns again only after the weights changed;
-    * the exchange buffer of the split matmuls' blocks and the bytes of the input
-      projections' chunk buffers every member sees, grown when a call needs more
-      (fresh megabytes per call would cost page faults, and freeing them a TLB
-      shootdown on every core).
-    """
+    caller holds one per team size and calling thread): the exchange buffer of the
+    split matmuls' blocks and the bytes of the input projections' chunk buffers every
+    member sees, grown when a call needs more (fresh megabytes per call would cost
+    page faults, and freeing them a TLB shootdown on every core)."""
 
     def __init__(self, kernel, members: int):
         self.kernel, self.members = kernel, members
         dtype = np.dtype(kernel.team_dtype)
-        # Each copy is packed for the packed product (packed_product.py), as the kernel
-        # lays them out in its store row.
-        size = sum(row_buffer_size(rows, -(-columns // members), dtype.itemsize)
-                   for rows, columns in kernel.team_store_shapes)
-        self.store = np.empty((members, max(1, size)), dtype)
-        self.stamps = np.full((members, max(1, len(kernel.team_store_shapes))), -1, np.int64)
         self._pool = np.empty((2 * members, 1), dtype)
         self._shared = np.empty(0, np.uint8)
 
     def pool(self, batch: int) -> np.ndarray:
-        width = batch * -(-self.kernel.team_columns // self.members)
+        # a member's share: whole column blocks of the packed weight (codegen's
+        # team_width)
+        block = BLOCK_COLUMNS[self._pool.dtype.name]
+        blocks = -(-self.kernel.team_columns // block)
+        width = batch * -(-blocks // self.members) * block
         if self._pool.shape[1] < width:
             self._pool = np.empty((2 * self.members, width), self._pool.dtype)
         return self._pool
@@ -106,26 +100,45 @@ class TeamBuffers:
 def run_team(run_member, buffers: TeamBuffers, batch: int, chunk: int):
     """`run_member(rank, members, counter, pool, shared)` on `buffers.members` threads;
     rank 0's results. `shared` holds the input projections' chunk buffers every
-    member sees (`chunk` steps)."""
+    member sees (`chunk` steps).
+
+    A thread that blocks on a lock, the GIL included, wakes ~30-50 us late on the
+    development machine's VM, so the caller never lets one wait for the GIL: it posts
+    the other members their calls (team_workers.py), polls outside the GIL until their
+    kernels started (`team_enter`), then runs its own; afterwards it polls until every
+    kernel is done with the team's buffers (`team_leave`) and returns without waiting
+    for the other threads to hand back their (unused) results. Only an abort, or polls
+    that ran out, make it wait for them."""
     members = buffers.members
     counter = np.zeros(COUNTER_SIZE, np.int64)
     pool, shared = buffers.pool(batch), buffers.shared(batch, chunk)
     cores = member_cores(members) or [None] * members
 
+    threads = team_workers.acquire(members - 1)
+
     def member(rank):
         try:
-            with pinned(cores[rank]):
-                return run_member(rank, members, counter, pool, shared)
+            if rank == 0:     # the caller's thread: its own affinity back afterwards
+                with pinned(cores[0]):
+                    return run_member(rank, members, counter, pool, shared)
+            threads[rank - 1].stay_on(cores[rank])   # a member thread stays there
+            return run_member(rank, members, counter, pool, shared)
         except BaseException:
             counter[ABORT] = 1     # the others stop waiting for this member
             raise
 
-    futures = [worker_pool(members - 1).submit(member, rank)
-               for rank in range(1, members)]
+    futures = [thread.submit(member, rank) for rank, thread in enumerate(threads, 1)]
+    failures = []
     try:
+        wait_for_count(counter, STARTED, members - 1, team_workers.SPIN_POLLS,
+                       team_workers.YIELD_POLLS)
         results = member(0)
     finally:
-        failures = [future.exception() for future in futures]
+        finished = wait_for_count(counter, FINISHED, members, team_workers.SPIN_POLLS,
+                                  team_workers.YIELD_POLLS)
+        if not finished or counter[ABORT]:
+            failures = [thread.wait(future) for thread, future in zip(threads, futures)]
+        team_workers.release(threads)
     for failure in failures:
         if failure is not None:
             raise failure

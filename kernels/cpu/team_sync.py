@@ -15,6 +15,10 @@ columns of a split matmul:
     the waiting members then return False and stop.
 The fetch-and-add releases the member's earlier writes (its columns), the acquire load
 makes the partners' writes visible.
+
+`team_enter` / `team_leave` count the members whose kernel has started / ended
+(`counter[STARTED]`, `counter[FINISHED]`); the launcher (team.py) waits for them with
+`wait_for_count`, outside the GIL.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from numba.extending import intrinsic
 
 ARRIVALS = 0
 ABORT = 1
+STARTED = 2
+FINISHED = 3
 PHASE_BASE = 8          # counter[PHASE_BASE + rank]: barriers the member has passed
 COUNTER_SIZE = PHASE_BASE + 64
 SPIN_LIMIT = 20000
@@ -92,3 +98,29 @@ def team_wait(counter, size):
         if polls > SPIN_LIMIT:
             yield_core()
     return True
+
+
+@njit(cache=True, nogil=True)
+def team_enter(counter):
+    """A member's kernel started (its first statement)."""
+    atomic_add(counter, STARTED, 1)
+
+
+@njit(cache=True, nogil=True)
+def team_leave(counter):
+    """A member's kernel is done with the team's buffers (its last statement)."""
+    atomic_add(counter, FINISHED, 1)
+
+
+@njit(cache=True, nogil=True)
+def wait_for_count(counter, slot, target, spin_polls, yield_polls):
+    """Poll until counter[slot] >= target (True), the abort flag is set or the polls
+    ran out (False): `spin_polls` polls, then `yield_polls` with sched_yield between."""
+    for poll in range(spin_polls + yield_polls):
+        if atomic_load(counter, slot) >= target:
+            return True
+        if atomic_load(counter, ABORT) != 0:
+            return False
+        if poll >= spin_polls:
+            yield_core()
+    return False
