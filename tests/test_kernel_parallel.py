@@ -153,10 +153,30 @@ def test_team_splits_the_input_projection_of_every_chunk():
     (a barrier before each chunk after the first): several chunk sizes, vs Keras."""
     case, compiled = _compiled_case(zoo.keras_lstm, split_every_matmul=True)
     source = compiled._team_kernel()[0].source
-    assert "team_shared[" in source and "step_low" in source
+    assert "team_shared[" in source and "row_low" in source
     for chunk in (1, 2, 3):
         _assert_close(compiled(*case.inputs, team_size=2, chunk_steps=chunk, **case.kwargs),
                       case.reference())
+
+
+@pytest.mark.parametrize("steps, chunk_steps", [(9, None), (100, None), (130, 45),
+                                                (64, 64), (3, 1)])
+def test_team_gives_the_numbers_of_one_thread_exactly(steps, chunk_steps):
+    """Each row of the input projection is summed in the same order on a team as on
+    one thread (panels counted from the chunk's first row, kernels/cpu/codegen.py
+    `_projections`), and so is the split recurrent product: the outputs are equal bit
+    for bit. (A row summed in another order differs by a rounding, which an LSTM with
+    big weights grows over the steps far beyond the numeric contract.)"""
+    program = examples.lstm_program(40, 48, return_sequences=True)
+    weights = examples.random_weights(program, scale=2.0)
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    assert "packed_product(staged_0[panel:panel_end]" in compiled._team_kernel()[0].source
+    x = np.random.default_rng(steps).standard_normal((1, steps, 40)).astype(np.float32)
+    one = compiled(x, team_size=1, chunk_steps=chunk_steps)
+    for members in (2, 3):
+        team_result = compiled(x, team_size=members, chunk_steps=chunk_steps)
+        for got, expected in zip(team_result, one):
+            np.testing.assert_array_equal(got, expected)
 
 
 def _lstm(input_size=8, units=16):

@@ -138,3 +138,21 @@ def test_kernel_packs_changed_weights_again():
     expected = interpret(BoundProgram(bound.program, changed), x)
     for got, want in zip(compiled(x), expected):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch, steps, chunk_steps", [(1, 1, None), (1, 70, None),
+                                                       (3, 50, 7), (9, 23, None),
+                                                       (2, 200, 33)])
+def test_input_projection_runs_as_packed_panels(dtype, batch, steps, chunk_steps):
+    """An input projection by a weight of 16+ input features runs as the packed
+    product over the weight packed by the runtime, in panels of rows; chunks and
+    panels that do not line up with the steps still give the interpreter's numbers."""
+    bound, compiled = _lstm(dtype, features=20, units=24)
+    assert "packed_product(staged_0[panel:panel_end]" in compiled.source
+    assert ("packed", ("prologue", 0)) in compiled.kernel.weight_slots
+    x = np.random.default_rng(steps).standard_normal((batch, steps, 20)).astype(dtype)
+    expected = interpret(bound, x)
+    tolerance = 1e-4 if dtype == "float32" else 1e-10
+    for got, want in zip(compiled(x, chunk_steps=chunk_steps, team_size=1), expected):
+        np.testing.assert_allclose(got, want, atol=tolerance, rtol=0)
