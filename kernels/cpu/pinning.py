@@ -4,9 +4,10 @@ The members meet at a barrier every step, so two members the scheduler put on th
 same core take turns: each barrier then waits for a context switch. Measured on the
 2-core development machine (LSTM H=256, batch 1, 100 steps): calls ran in streaks of
 ~1.1 ms (members on both cores) and ~3.3 ms (on one core, 2x the one-thread time),
-the scheduler moving a thread only after milliseconds. So for the length of a call
-each member is pinned to a core of its own (the caller to the core it is on), and
-its previous affinity is restored afterwards. Linux only (`os.sched_setaffinity`);
+the scheduler moving a thread only after milliseconds. So each member runs pinned to
+a core of its own: the caller to the core it is on, for the call only (its previous
+affinity is restored afterwards); a member thread (team_workers.py) stays on its
+core between calls (`pin_thread`), and is moved only when a call gives it another. Linux only (`os.sched_setaffinity`);
 elsewhere, or where the system refuses, nothing is pinned.
 """
 

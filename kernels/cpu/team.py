@@ -7,10 +7,12 @@ would stream all of it again. A team splits the weight's COLUMNS instead: member
 of P reads its 1/P of the column blocks of the packed weight (which then stay in its
 own core's cache), computes its block of the product, meets the others at a barrier
 (kernels/cpu/team_sync.py), and gathers the whole product; the rest of the step runs
-on every member alike. The input projection of each chunk of steps is split too: each member computes some of
-its steps into buffers all members read. The members are the calling thread (rank 0,
-whose outputs are returned) and pool threads running the same `nogil` kernel, each
-pinned to a core of its own for the call (pinning.py).
+on every member alike. The input projection of each chunk of steps is split too:
+each member computes whole panels of its rows into buffers all members read, so
+every sum is added in the order one thread adds it (the outputs are equal bit for
+bit). The members are the calling thread (rank 0, whose outputs are returned) and
+member threads (team_workers.py) running the same `nogil` kernel, each pinned to a
+core of its own (pinning.py).
 
 When: `compiled(x, team_size=N)` asks for N members (1: never a team). Without it,
 `auto_team_size` forms a team of 2 for a one-row call of at least `AUTO_MIN_STEPS`
@@ -19,12 +21,12 @@ when 2+ cores are usable and other processes leave them idle (core_load.py): a
 barrier per step waits a scheduler slice for a member whose core was taken.
 Members compute their block with the packed product (packed_product.py) over the
 weight the runtime packed once per weight version. Measured on the 2-core
-development machine (`python -m bench.team_overhead --repeats 9 --steps 100,1000
---hidden H`, LSTM batch 1, one thread / team ms per call, two runs): H=512 (4 MB
-weight) 100 steps 16.7-17.0 / 14.3-19.0, 1000 steps 157.8 / 52.2 (each member's half
-fits its core's 2 MB L2); H=256 (1 MB) 100 steps 1.55 / 1.36-1.46, 1000 steps 14.2 /
-10.7. An ad-hoc script (input 32, 64 units, 100 steps) read 0.135 ms on one thread
-and 0.424 ms on a team. Hence a team only for weights of AUTO_MIN_WEIGHT_BYTES or more.
+development machine (`python -m bench.team_overhead --repeats 9 --steps
+1,10,100,1000 --hidden H`, LSTM batch 1, team / one thread, us per call): H=256 (1 MB
+weight) 1 step 145 / 37, 10 steps 231 / 148, 100 steps 1,052 / 1,284, 1000 steps
+9,524 / 13,290; H=512 (4 MB, each member's half fits its core's 2 MB L2) 100 steps
+5,068 / 15,252, 1000 steps 46,033 / 148,327. Hence a team only for long enough calls
+and weights of AUTO_MIN_WEIGHT_BYTES or more.
 """
 
 from __future__ import annotations

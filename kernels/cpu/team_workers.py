@@ -27,8 +27,10 @@ from numba import njit
 from rshop_ir.kernels.cpu.pinning import pin_thread
 from rshop_ir.kernels.cpu.team_sync import atomic_load, yield_core
 
-SPIN_POLLS = 200_000     # polls without giving up the core (~0.1-0.3 ms) ...
-YIELD_POLLS = 2_000      # ... then with sched_yield between (~1-2 ms), then block
+# Measured on the development machine: 200,000 polls take ~0.07 ms, 2,000 polls with
+# a sched_yield each ~0.46 ms.
+SPIN_POLLS = 200_000     # polls without giving up the core ...
+YIELD_POLLS = 2_000      # ... then with sched_yield between, then block
 POSTED, SLEEPING, DONE = 0, 8, 16   # mailbox slots (a cache line apart)
 
 _IDLE = []               # groups of member threads not lent to a call
