@@ -597,8 +597,9 @@ class CpuGenerator:
             body.line(f"{top} = {rows}[{row}, 0]")
             with body.block(f"for {k} in range(1, {reduced}):"):
                 body.line(f"{top} = maximum_any({top}, {rows}[{row}, {k}])")
+            exponential = self.ctx.call("exp", out.dtype, f"{rows}[{row}, {k}] - {top}")
             with body.block(f"for {k} in range({reduced}):"):
-                body.line(f"{result}[{row}, {k}] = math.exp({rows}[{row}, {k}] - {top})")
+                body.line(f"{result}[{row}, {k}] = {exponential}")
             body.line(f"{total} = row_sum({result}, {row}, {self.ctx.const(0, out.dtype)})")
             with body.block(f"for {k} in range({reduced}):"):
                 if log:
