@@ -3,11 +3,13 @@
     python -m bench.tiles [--repeats N]
 
 For each (rows, contraction, columns) and dtype, `out = a @ weight` through the
-packed product (kernels/cpu/packed_product.py, the weight packed beforehand as a
-kernel packs it once per call) and through `np.dot` inside an `@njit` function (what
-the kernels call otherwise), both on ONE thread (OpenBLAS limited to 1), results
-checked against each other, medians of interleaved rounds. Packing is not timed: a
-kernel does it once per call, not once per step.
+packed product (kernels/cpu/packed_product.py, the weight packed beforehand as the
+runtime packs it once per weight version; in panels of PROJECTION_PANEL_ROWS rows, as
+a kernel runs its input projection) and through `np.dot` inside an `@njit` function
+(what the kernels call otherwise), both on ONE thread (OpenBLAS limited to 1), results
+checked against each other, medians of interleaved rounds. Packing is not timed. The
+last three shapes are input projections: S2's (100 steps x 1 row), S3's (100 x 32)
+and a chunk of S4's (14 steps x 128 rows of a row slice).
 """
 
 import argparse
@@ -19,7 +21,8 @@ import numpy as np
 
 
 SHAPES = [(1, 64, 256), (1, 256, 1024), (2, 256, 1024), (4, 256, 1024), (8, 256, 1024),
-          (32, 256, 1024), (128, 512, 2048), (33, 100, 300)]
+          (32, 256, 1024), (128, 512, 2048), (33, 100, 300),
+          (100, 128, 1024), (3200, 128, 1024), (1792, 256, 2048)]
 
 
 def main(argv=None):
@@ -29,8 +32,9 @@ def main(argv=None):
     from numba import njit
 
     from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
-    from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, pack_row_weight,
-                                                     packed_product, row_buffer_size)
+    from rshop_ir.kernels.cpu.codegen import PROJECTION_PANEL_ROWS
+    from rshop_ir.kernels.cpu.packed_product import (ALIGNMENT, BLOCK_COLUMNS, pack_weight,
+                                                     packed_product)
 
     @njit(nogil=True)
     def blas(a, weight, out):
@@ -38,7 +42,9 @@ def main(argv=None):
 
     @njit(nogil=True)
     def packed(a, buffer, start, out):
-        packed_product(a, buffer, start, out)
+        for first in range(0, a.shape[0], PROJECTION_PANEL_ROWS):
+            last = min(first + PROJECTION_PANEL_ROWS, a.shape[0])
+            packed_product(a[first:last], buffer, start, out[first:last])
 
     def median_seconds(function, calls):
         samples = []
@@ -59,9 +65,8 @@ def main(argv=None):
             for rows, contraction, columns in SHAPES:
                 a = rng.standard_normal((rows, contraction)).astype(dtype)
                 weight = rng.standard_normal((contraction, columns)).astype(dtype)
-                buffer = np.empty(row_buffer_size(contraction, columns, weight.itemsize),
-                                  dtype)
-                start = pack_row_weight(weight, buffer)
+                buffer = pack_weight(weight)
+                start = (-buffer.ctypes.data % ALIGNMENT) // buffer.itemsize
                 out_blas, out_packed = (np.empty((rows, columns), dtype) for _ in range(2))
                 blas(a, weight, out_blas)
                 packed(a, buffer, start, out_packed)

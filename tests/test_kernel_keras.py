@@ -154,10 +154,10 @@ def test_unchanged_variables_are_not_compared_again(reader, monkeypatch):
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
 def test_tiled_recurrent_matmul_matches_keras(batch):
-    """From 2 rows on the recurrent matmul runs as 4x16 register tiles over a packed
-    weight (kernels/cpu/tiles.py); one row keeps np.dot. GRU with 257 units: 771
-    columns (48 whole blocks and 3 columns of overhang) and batches that leave 1-3 rows
-    outside the whole tiles, compared with Keras."""
+    """The recurrent matmul runs as the packed product (kernels/cpu/packed_product.py)
+    for every batch. GRU with 257 units: 771 columns (24 whole 32-column blocks and 3
+    columns of overhang) and batches made of every mix of 8-, 4-, 2- and 1-row tiles,
+    compared with Keras."""
     units, features = 257, 7
     layer = keras.layers.GRU(units, return_sequences=True, return_state=True)
     rng = np.random.default_rng(batch)
@@ -167,6 +167,26 @@ def test_tiled_recurrent_matmul_matches_keras(batch):
     compiled = rshop_ir.compile(layer)
     assert "packed_product(" in compiled.source
     _assert_matches(compiled, layer, x)
+
+
+@pytest.mark.parametrize("batch, steps, team_size", [(1, 70, 1), (1, 70, 2), (1, 130, 3),
+                                                     (3, 40, None), (9, 20, None)])
+def test_packed_input_projection_and_team_match_keras(batch, steps, team_size):
+    """With 40 input features the input projection runs as the packed product too,
+    in panels of 64 rows over the weight the runtime packed once; on a team, each
+    member computes whole panels and its columns of the recurrent product. Keras's
+    LSTM, one row and several, on one thread and on teams of 2 and 3."""
+    layer = keras.layers.LSTM(48, return_sequences=True, return_state=True)
+    x = np.random.default_rng(steps).standard_normal((batch, steps, 40)).astype(np.float32)
+    layer(x)
+    _randomize(layer, seed=steps, scale=0.15)
+    compiled = rshop_ir.compile(layer)
+    assert "packed_product(staged_0[panel:panel_end]" in compiled.source
+    expected = _as_list(layer(x, training=False))
+    got = _as_list(compiled(x, team_size=team_size))
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=ATOL_FLOAT32, rtol=0)
 
 
 @pytest.mark.parametrize("batch", [2, 7])

@@ -170,6 +170,8 @@ class CpuGenerator:
         self.team_shared_row_bytes = 0
         self.team_shared_buffers = 0
         self.team_weight_bytes = 0
+        self._weight_slot_of = {}     # a weight Var of `run` -> its weight slot
+        self._packed_arguments = []   # (`run` argument, weight slot) of each packed copy
         self.weight_vars = {var for _, var in program.params}
         if program.prologue is not None:
             self.weight_vars |= {var for var in program.prologue.outputs
@@ -221,7 +223,6 @@ class CpuGenerator:
         for var, name in zip(program.inputs, program.input_names):
             arguments.append(self._bind_array(function, var, f"in_{name}"))
         weight_slots = []
-        self._weight_slot_of = {}
         for name, var in program.params:
             if var in read:
                 weight_slots.append(("param", name))
@@ -233,7 +234,6 @@ class CpuGenerator:
                     weight_slots.append(("prologue", index))
                     self._weight_slot_of[var] = weight_slots[-1]
                     arguments.append(self._bind_array(function, var, f"pre_{index}"))
-        self._packed_arguments = []
         for kind, item in plan.steps:
             if kind == "scan":
                 self._emit_scan_call(function, item, top_level=True)
