@@ -4,8 +4,8 @@ From an OPTIMISED program (passes/pipeline.py) this decides, without writing any
 
 * which top-level eqns each scan absorbs: the hoisted input projection
   `p = matmul x W` (x of shape (B, T, I), W a 2-D weight) and the element-wise eqns
-  that follow it over the whole sequence (e.g. `bias_add p b`), when the scan is their
-  only reader. A kernel computes them chunk by chunk inside its time loop, so the
+  that follow it over the whole sequence (e.g. `bias_add p b`; with `row_norms`, a
+  layer norm over the last axis too), when the scan is their only reader. A kernel computes them chunk by chunk inside its time loop, so the
   projection of a 100k-step sequence is never held at once (`ScanPlan.projections`);
 * how the scan's inputs split into sequences, states, readout, constants and mask
   (`ScanPlan.groups`, `ScanPlan.body_groups`);
@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from rshop_ir.ir import Literal, Program, Var
-from rshop_ir.ops import ScanLayout, get_op
+from rshop_ir.ops import ScanLayout, get_op, is_row_norm
 from rshop_ir.kernels.scalar_ops import scalar_expression
 
 
@@ -33,8 +33,9 @@ class Projection:
     """A scan sequence computed in chunks inside the kernel: `chain(source @ weight)`.
 
     source: the (B, T, I) value the GEMM reads; weight: the (I, N) matrix; chain: the
-    element-wise eqns applied after it (each reading the previous result once, other
-    operands weight-like: no symbolic dims); output: the Var the scan reads.
+    element-wise eqns (and layer norms over the last axis, where the renderer asked for
+    them) applied after it, each reading the previous result once, other operands
+    weight-like: no symbolic dims; output: the Var the scan reads.
     """
 
     source: Var
@@ -67,7 +68,9 @@ class ProgramPlan:
     steps: list             # ("eqn", eqn) or ("scan", ScanPlan), in execution order
 
 
-def plan_program(program: Program) -> ProgramPlan:
+def plan_program(program: Program, row_norms: bool = False) -> ProgramPlan:
+    """`row_norms`: a projection's chain may hold layer norms over the last axis
+    (`rshop_ir.ops.is_row_norm`), for a renderer that computes them row by row in its chunks."""
     uses = _count_uses(program)
     producers = {var: eqn for eqn in program.eqns for var in eqn.outputs}
     absorbed = set()
@@ -76,7 +79,7 @@ def plan_program(program: Program) -> ProgramPlan:
         if eqn.op == "scan":
             plan = plan_scan(eqn)
             for index, sequence in enumerate(plan.groups["sequences"]):
-                projection = _projection(sequence, producers, uses)
+                projection = _projection(sequence, producers, uses, row_norms)
                 if projection is not None and id(projection.matmul) not in absorbed:
                     plan.projections[index] = projection
                     absorbed.update(id(member) for member in
@@ -108,7 +111,7 @@ def _weight_like(atom) -> bool:
     return isinstance(atom, Literal) or not any(isinstance(d, str) for d in atom.shape)
 
 
-def _projection(sequence, producers, uses):
+def _projection(sequence, producers, uses, row_norms: bool):
     """The absorbable `chain(matmul(x, W))` producing `sequence`, or None."""
     chain = []
     value = sequence
@@ -126,7 +129,7 @@ def _projection(sequence, producers, uses):
                     and value.dtype in ("float32", "float64")):
                 return Projection(source, weight, eqn, list(reversed(chain)), sequence)
             return None
-        if not is_elementwise(eqn):
+        if not (is_elementwise(eqn) or (row_norms and is_row_norm(eqn))):
             return None
         previous = [atom for atom in eqn.inputs if not _weight_like(atom)]
         if len(previous) != 1 or previous[0].shape != value.shape \
@@ -196,3 +199,4 @@ def elementwise_operands(eqn) -> list:
 
 def is_elementwise(eqn) -> bool:
     return eqn.op == "fused" or get_op(eqn.op).elementwise
+

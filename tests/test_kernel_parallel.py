@@ -159,6 +159,21 @@ def test_team_splits_the_input_projection_of_every_chunk():
                       case.reference())
 
 
+def test_layer_norm_of_the_input_projection_runs_in_its_chunks():
+    """The layer-normalised LSTM normalises x_t @ W: hoisted out of the loop
+    (passes/hoist.py), each chunk's rows are normalised right after their projection,
+    by whichever member computed them. One thread and a team of 2, several chunk sizes
+    (the last one past the sequence), vs Keras."""
+    case, compiled = _compiled_case(zoo.layer_norm_lstm, split_every_matmul=True)
+    assert "layer_norm" in [eqn.op for eqn in compiled.program.eqns]
+    assert "row_sum(projected_0, r," in compiled.source
+    assert "row_sum(projected_0, r," in compiled._team_kernel()[0].source
+    for team_size in (1, 2):
+        for chunk in (1, 3, None):
+            _assert_close(compiled(*case.inputs, team_size=team_size, chunk_steps=chunk,
+                                   **case.kwargs), case.reference())
+
+
 @pytest.mark.parametrize("steps, chunk_steps", [(9, None), (100, None), (130, 45),
                                                 (64, 64), (3, 1)])
 def test_team_gives_the_numbers_of_one_thread_exactly(steps, chunk_steps):

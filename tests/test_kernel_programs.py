@@ -189,6 +189,57 @@ def test_row_sums_match_the_interpreter_with_nan_and_inf(width, dtype):
     assert np.isnan(got[0][0, 2:]).all() and not np.isnan(got[0][2]).any()
 
 
+def _attention_program(width: int, length: int, dtype: str):
+    """An additive-attention step: the state, repeated over the `length` memory rows, is
+    added to them; Dense(1) scores (a one-column matmul of a 3-D value), a softmax,
+    the context; plus a one-column matmul of the 2-D state."""
+    from rshop_ir import ProgramBuilder
+
+    body = ProgramBuilder()
+    x_t = body.input(dtype, ("B", width))
+    h = body.input(dtype, ("B", width))
+    memory = body.input(dtype, ("B", length, width))
+    score_weight = body.input(dtype, (width, 1))
+    repeated = body.apply("repeat", body.apply("expand_dims", h, axis=1), repeats=length,
+                          axis=1)
+    scores = body.apply("matmul", body.apply("tanh", body.apply("add", memory, repeated)),
+                        score_weight)
+    attention = body.apply("softmax", body.apply("reshape", scores, shape=("B", length)),
+                           axis=-1)
+    context = body.apply("einsum", attention, memory, equation="bl,blw->bw")
+    gate = body.apply("matmul", h, score_weight)                         # (B, 1)
+    new_h = body.apply("tanh", body.apply("add", body.apply("add", context, x_t), gate))
+    builder = ProgramBuilder()
+    xs = builder.input(dtype, ("B", "T", width), name="x")
+    memory_in = builder.input(dtype, ("B", length, width), name="memory")
+    h0 = builder.input(dtype, ("B", width), name="h0", default=0.0)
+    weight = builder.param("score", dtype, (width, 1))
+    y, _ = builder.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0],
+                        constants=[memory_in, weight], return_sequences=True)
+    return builder.build([y])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("width", [1, 5, 40])
+def test_attention_step_one_column_products_and_broadcast_repeat(width, dtype):
+    """The optimised step adds the state by broadcasting instead of repeating it
+    (passes/simplify.py), and both one-column matmuls run as vectorised row dots:
+    numbers of the interpreter on the program as written, NaN included."""
+    program = _attention_program(width, 6, dtype)
+    bound = BoundProgram(program, examples.random_weights(program, seed=width))
+    compiled = rshop_ir.compile(bound)
+    scan = [eqn for eqn in compiled.program.eqns if eqn.op == "scan"][0]
+    assert "repeat" not in [eqn.op for eqn in scan.params["body"].eqns]
+    assert compiled.source.count("row_dot(") == 2
+    rng = np.random.default_rng(width)
+    x = rng.standard_normal((3, 7, width)).astype(dtype)
+    memory = rng.standard_normal((3, 6, width)).astype(dtype)
+    _check(compiled, bound, [x, memory], dtype)
+    memory[1, 2, 0] = np.nan
+    got = _check(compiled, bound, [x, memory], dtype)
+    assert np.isnan(got[0][1]).all() and not np.isnan(got[0][[0, 2]]).any()
+
+
 def test_bad_inputs_raise_clear_errors():
     compiled, bound = compiled_example("lstm", "float32")
     good = np.zeros((2, 5, 3), np.float32)

@@ -1,5 +1,5 @@
 """Sums along a row for the generated Numba CPU kernels: layer norm, reduce_sum/mean,
-the softmax denominator.
+the softmax denominator, a matmul by a one-column weight.
 
 Written inline as `total += rows[r, k]`, a float sum is one chain of dependent adds
 (IEEE order), which LLVM must not reorder: a mean and a variance over 256 float32
@@ -36,4 +36,13 @@ def row_squared_deviations(rows, row, center, zero):
     for k in range(rows.shape[1]):
         deviation = rows[row, k] - center
         total += deviation * deviation
+    return total
+
+
+@njit(**_JIT)
+def row_dot(rows, row, vector, zero):
+    """sum(rows[row, :] * vector)"""
+    total = zero
+    for k in range(rows.shape[1]):
+        total += rows[row, k] * vector[k]
     return total

@@ -76,6 +76,18 @@ def layer_norm_impl(x, gamma, beta, axis, epsilon):
     return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
 
 
+def is_row_norm(eqn) -> bool:
+    """A layer norm over the last axis only: each row is normalised on its own, so rows
+    may be normalised in any grouping (all steps at once, a chunk of steps)."""
+    x = eqn.inputs[0]
+    if eqn.op != "layer_norm" or not hasattr(x, "ndim"):
+        return False
+    try:
+        return list(normalize_axes(eqn.params["axis"], x.ndim)) == [x.ndim - 1]
+    except ValueError:
+        return False
+
+
 register("matmul", matmul_rule, np.matmul, num_inputs=2)
 register("einsum", einsum_rule, lambda *operands, equation: np.einsum(equation, *operands),
          params={"equation": REQUIRED})

@@ -10,7 +10,11 @@ For each scan, in body order:
   * element-wise eqns of sequence slices and invariants only (e.g. adding the bias to
     the projection) follow it onto the whole sequence. An invariant operand must have
     a lower rank than the result, so that inserting the T axis cannot change how it
-    broadcasts.
+    broadcasts;
+  * so does a layer norm of a sequence slice over its last axis (the layer-normalised
+    LSTM normalises its input projection): each row is normalised on its own, so the
+    rows of all steps can be normalised before the loop. Its axis is written from the
+    end (-1), which names the same axis once the T axis is inserted.
 Masking only affects states and outputs, and go_backwards only the order in which
 slices are read, so both are unaffected. Inputs the body no longer reads are left to
 dce.py. Nested scans are hoisted inside their own bodies first and never moved.
@@ -28,7 +32,7 @@ Before:                                   After:
 from __future__ import annotations
 
 from rshop_ir.ir import Eqn, Program, Var
-from rshop_ir.ops import ScanLayout, get_op
+from rshop_ir.ops import ScanLayout, get_op, is_row_norm
 from rshop_ir.passes.rewrite import make_eqn, map_bodies
 
 
@@ -109,6 +113,11 @@ def _is_sequence_only(eqn, invariant, sequence) -> bool:
     if eqn.op == "matmul":
         left, right = eqn.inputs
         return left in sequence and right in invariant and right.ndim == 2 and left.ndim >= 2
+    if eqn.op == "layer_norm":
+        x, *affine = eqn.inputs
+        return (x in sequence and is_row_norm(eqn)
+                and all(isinstance(atom, Var) and atom in invariant and atom.ndim < x.ndim
+                        for atom in affine))
     if not get_op(eqn.op).elementwise or len(eqn.outputs) != 1:
         return False
     rank = eqn.outputs[0].ndim
@@ -121,8 +130,11 @@ def _outside(body_eqn, invariant, sequence, over_time: bool):
     or None when its inferred type is not the expected one."""
     inputs = [invariant.get(atom, sequence.get(atom, atom)) if isinstance(atom, Var)
               else atom for atom in body_eqn.inputs]
+    params = dict(body_eqn.params)
+    if over_time and body_eqn.op == "layer_norm":   # from the end: T is inserted at 1
+        params["axis"] = -1
     try:
-        outer_eqn = make_eqn(body_eqn.op, inputs, **dict(body_eqn.params))
+        outer_eqn = make_eqn(body_eqn.op, inputs, **params)
     except ValueError:
         return None
     for body_var, outer_var in zip(body_eqn.outputs, outer_eqn.outputs):

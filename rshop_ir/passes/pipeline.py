@@ -18,6 +18,7 @@ from rshop_ir.passes.hoist import hoist
 from rshop_ir.passes.merge_gemms import merge_gemms
 from rshop_ir.passes.precompute_weights import precompute_weights
 from rshop_ir.passes.simplify import simplify
+from rshop_ir.passes.split_concat_matmul import split_concat_matmul
 from rshop_ir.verify import verify
 
 PIPELINE = (
@@ -25,6 +26,7 @@ PIPELINE = (
     ("simplify", simplify),
     ("cse", cse),
     ("dce", dce),
+    ("split_concat_matmul", split_concat_matmul),
     ("merge_gemms", merge_gemms),
     ("hoist", hoist),
     ("merge_gemms_after_hoist", merge_gemms),   # e.g. two scans projecting the same x

@@ -4,6 +4,9 @@ Each rewrite gets the match (see patterns.py) and the eqn, and returns an atom t
 replaces the eqn's output, a new eqn with the same outputs, or None (no change). A
 replacement atom must have exactly the output's type (so `int + 0.0` is left alone).
 `x * 0` is NOT folded: it is NaN for x = NaN or inf. Dead producers are left for DCE.
+Besides the table, an element-wise op reads the input of a `repeat` along a size-1 axis
+instead of the repeated copy when broadcasting gives the same result shape (an
+attention step adds its query, repeated over the memory positions, to the keys).
 
 Before:                                   After:
     c:f32[B,4] = add a 0.0:f32                e:f32[4,B] = transpose a [perm=(1, 0)]
@@ -14,8 +17,10 @@ Before:                                   After:
 
 from __future__ import annotations
 
-from rshop_ir.ir import Eqn, Program
+from rshop_ir.ir import Eqn, Program, Var
+from rshop_ir.ops import get_op
 from rshop_ir.passes.patterns import Any, Lit, Op
+from rshop_ir.shapes import normalize_axis
 from rshop_ir.passes.rewrite import Substitution, map_bodies
 
 MAX_ROUNDS = 50
@@ -116,6 +121,9 @@ def _rewrite_once(program: Program, rules) -> tuple:
 def _apply_rules(eqn, producers, rules):
     if len(eqn.outputs) != 1:
         return None
+    unrepeated = _broadcast_instead_of_repeat(eqn, producers)
+    if unrepeated is not None:
+        return unrepeated
     for pattern, rewrite in rules:
         bindings = {}
         if not pattern.match_eqn(eqn, producers, bindings):
@@ -130,3 +138,27 @@ def _apply_rules(eqn, producers, rules):
         if result.type == eqn.outputs[0].type:
             return result
     return None
+
+
+def _broadcast_instead_of_repeat(eqn, producers):
+    """`eqn` reading the inputs of its operands' size-1 repeats, or None."""
+    if eqn.op == "fused" or not get_op(eqn.op).elementwise:
+        return None
+    inputs = list(eqn.inputs)
+    for position, atom in enumerate(inputs):
+        repeat = producers.get(atom) if isinstance(atom, Var) else None
+        if repeat is None or repeat.op != "repeat":
+            continue
+        source = repeat.inputs[0]
+        if source.shape[normalize_axis(repeat.params["axis"], source.ndim)] != 1:
+            continue
+        candidate = inputs[:position] + [source] + inputs[position + 1:]
+        try:
+            types = get_op(eqn.op).infer([item.type for item in candidate], eqn.params)
+        except ValueError:
+            continue
+        if types == (eqn.outputs[0].type,):
+            inputs = candidate
+    if inputs == list(eqn.inputs):
+        return None
+    return eqn.replace(inputs=tuple(inputs))

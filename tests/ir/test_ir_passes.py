@@ -5,8 +5,9 @@ import numpy as np
 
 from rshop_ir import ProgramBuilder, interpret, verify
 from rshop_ir.examples import random_inputs, random_weights
-from rshop_ir.passes import (cse, dce, fold_constants, fuse_elementwise, hoist, merge_gemms,
-                             precompute_weights, simplify)
+from rshop_ir.passes import (PIPELINE, cse, dce, fold_constants, fuse_elementwise, hoist,
+                             merge_gemms, optimize, precompute_weights, simplify,
+                             split_concat_matmul)
 
 
 def normalized(text: str) -> str:
@@ -151,6 +152,32 @@ def test_merge_gemms_sharing_left_operand():
       in (i, h, j) }""")
 
 
+def test_simplify_broadcasts_instead_of_repeating_a_size_one_axis():
+    """`add(x, repeat(expand_dims(h)))` reads the expand_dims (broadcast); a repeat that
+    sets the result's shape (the other operand has size 1 there too) or repeats a
+    longer axis is kept."""
+    b = ProgramBuilder()
+    x = b.input("float32", ("B", 4, 3))
+    h = b.input("float32", ("B", 3))
+    pair = b.input("float32", ("B", 2, 3))
+    one = b.apply("expand_dims", h, axis=1)
+    broadcast = b.apply("add", x, b.apply("repeat", one, repeats=4, axis=1))
+    shaping = b.apply("mul", b.apply("repeat", one, repeats=4, axis=1), one)
+    longer = b.apply("sub", x, b.apply("repeat", pair, repeats=2, axis=1))
+    program = b.build([broadcast, shaping, longer])
+    check_pass(simplify, program, """
+    { inputs a:f32[B,4,3], b:f32[B,3], c:f32[B,2,3]
+      let
+        d:f32[B,1,3] = expand_dims b [axis=1]
+        e:f32[B,4,3] = repeat d [axis=1, repeats=4]
+        f:f32[B,4,3] = add a d
+        g:f32[B,4,3] = repeat d [axis=1, repeats=4]
+        h:f32[B,4,3] = mul g d
+        i:f32[B,4,3] = repeat c [axis=1, repeats=2]
+        j:f32[B,4,3] = sub a i
+      in (f, h, j) }""")
+
+
 def build_projection_scan():
     body = ProgramBuilder()
     x, h = body.input("float32", ("B", 8)), body.input("float32", ("B", 4))
@@ -186,6 +213,142 @@ def test_hoist_invariants_and_input_projection():
                      s:f32[B,4] = tanh r
                    in (s, s) }
       in (i) }""")
+
+
+def build_layer_norm_scan(axis=-1):
+    """A layer-normalised step: LN(x_t @ W) + h @ U, the LN over `axis` of (B, 4)."""
+    body = ProgramBuilder()
+    x, h = body.input("float32", ("B", 8)), body.input("float32", ("B", 4))
+    w, u = body.input("float32", (8, 4)), body.input("float32", (4, 4))
+    gamma, beta = body.input("float32", (4,)), body.input("float32", (4,))
+    normal = body.apply("layer_norm", body.apply("matmul", x, w), gamma, beta, axis=axis)
+    new_h = body.apply("tanh", body.apply("add", normal, body.apply("matmul", h, u)))
+    b = ProgramBuilder()
+    xs, h0 = b.input("float32", ("B", "T", 8)), b.input("float32", ("B", 4))
+    weights = [b.param("W", "float32", (8, 4)), b.param("U", "float32", (4, 4)),
+               b.param("gamma", "float32", (4,)), b.param("beta", "float32", (4,))]
+    y, _ = b.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0], constants=weights)
+    return b.build([y])
+
+
+def test_hoist_layer_norm_of_the_input_projection_over_the_last_axis():
+    """axis=1 of a (B, 4) slice is the last axis: hoisted, written as -1 (over (B, T, 4)
+    axis 1 would be T)."""
+    for axis in (-1, 1):
+        check_pass(hoist, build_layer_norm_scan(axis), """
+        { params a:f32[8,4]=W, b:f32[4,4]=U, c:f32[4]=gamma, d:f32[4]=beta
+          inputs e:f32[B,T,8], f:f32[B,4]
+          let
+            g:f32[B,T,4] = matmul e a
+            h:f32[B,T,4] = layer_norm g c d [axis=-1, epsilon=0.001]
+            i:f32[B,4] j:f32[B,4] = scan e h f a b c d [go_backwards=False, length=None,
+              masked=False, num_constants=4, num_sequences=2, num_states=1, readout=False,
+              return_sequences=False]
+                body={ inputs k:f32[B,8], l:f32[B,4], m:f32[B,4], n:f32[8,4], o:f32[4,4],
+                       p:f32[4], q:f32[4]
+                       let
+                         r:f32[B,4] = matmul m o
+                         s:f32[B,4] = add l r
+                         t:f32[B,4] = tanh s
+                       in (t, t) }
+          in (i) }""")
+
+
+def test_hoist_keeps_a_layer_norm_over_the_batch_axis():
+    after = hoist(build_layer_norm_scan(axis=0))
+    body = after.eqns[-1].params["body"]
+    assert "layer_norm" in [eqn.op for eqn in body.eqns]
+    assert "layer_norm" not in [eqn.op for eqn in after.eqns]
+
+
+def build_concat_scan(extra_matmul_of_h: bool):
+    """h' = tanh(concatenate(x_t, h) @ W [+ h @ V])."""
+    body = ProgramBuilder()
+    x, h = body.input("float32", ("B", 2)), body.input("float32", ("B", 3))
+    w, v = body.input("float32", (5, 3)), body.input("float32", (3, 3))
+    joined = body.apply("concatenate", x, h, axis=-1)
+    total = body.apply("matmul", joined, w)
+    if extra_matmul_of_h:
+        total = body.apply("add", total, body.apply("matmul", h, v))
+    new_h = body.apply("tanh", total)
+    b = ProgramBuilder()
+    xs, h0 = b.input("float32", ("B", "T", 2)), b.input("float32", ("B", 3))
+    weights = [b.param("W", "float32", (5, 3)), b.param("V", "float32", (3, 3))]
+    y, _ = b.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0], constants=weights)
+    return b.build([y])
+
+
+def test_split_concat_matmul_then_the_x_part_is_hoisted():
+    program = build_concat_scan(extra_matmul_of_h=False)
+    split = check_pass(split_concat_matmul, program, """
+    { params a:f32[5,3]=W, b:f32[3,3]=V
+      inputs c:f32[B,T,2], d:f32[B,3]
+      let
+        e:f32[B,3] f:f32[B,3] = scan c d a b [go_backwards=False, length=None,
+          masked=False, num_constants=2, num_sequences=1, num_states=1, readout=False,
+          return_sequences=False]
+            body={ inputs g:f32[B,2], h:f32[B,3], i:f32[5,3], j:f32[3,3]
+                   let
+                     k:f32[2,3] = slice i [axis=0, start=0, stop=2]
+                     l:f32[3,3] = slice i [axis=0, start=2, stop=5]
+                     m:f32[B,5] = concatenate g h [axis=-1]
+                     n:f32[B,3] = matmul g k
+                     o:f32[B,3] = matmul h l
+                     p:f32[B,3] = add n o
+                     q:f32[B,3] = tanh p
+                   in (q, q) }
+      in (e) }""")
+    optimized = check_pass(lambda p: optimize(p, passes=PIPELINE[:-1]), program, """
+    { params a:f32[5,3]=W, b:f32[3,3]=V
+      inputs c:f32[B,T,2], d:f32[B,3]
+      precompute
+        e:f32[2,3] = slice a [axis=0, start=0, stop=2]
+        f:f32[3,3] = slice a [axis=0, start=2, stop=5]
+        -> (e, f)
+      let
+        g:f32[B,T,3] = matmul c e
+        h:f32[B,3] i:f32[B,3] = scan g d f [go_backwards=False, length=None,
+          masked=False, num_constants=1, num_sequences=1, num_states=1, readout=False,
+          return_sequences=False]
+            body={ inputs j:f32[B,3], k:f32[B,3], l:f32[3,3]
+                   let
+                     m:f32[B,3] = matmul k l
+                     n:f32[B,3] = add j m
+                     o:f32[B,3] = tanh n
+                   in (o, o) }
+      in (h) }""")
+    assert split is not program and optimized is not program
+
+
+def test_split_concat_matmul_merges_the_state_part_with_another_product():
+    """Without a sequence part, the split still pays when a part meets another matmul of
+    the same left operand: one GEMM h @ [V | W_h] per step, no concatenation copied."""
+    program = build_concat_scan(extra_matmul_of_h=True)
+    optimized = optimize(program, passes=PIPELINE[:-1])
+    scan_body = optimized.eqns[-1].params["body"]
+    products = [eqn for eqn in scan_body.eqns if eqn.op == "matmul"]
+    assert [eqn.inputs[1].shape for eqn in products] == [(3, 6)]
+    assert "concatenate" not in [eqn.op for eqn in scan_body.eqns]
+    for seed in (0, 1):
+        inputs = random_inputs(program, seed=seed)
+        weights = random_weights(program, seed=seed)
+        np.testing.assert_allclose(interpret(optimized, *inputs, weights=weights),
+                                   interpret(program, *inputs, weights=weights),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_split_concat_matmul_leaves_a_concatenation_read_elsewhere():
+    body = ProgramBuilder()
+    x, h = body.input("float32", ("B", 2)), body.input("float32", ("B", 3))
+    w = body.input("float32", (5, 3))
+    joined = body.apply("concatenate", x, h, axis=-1)
+    new_h = body.apply("tanh", body.apply("matmul", joined, w))
+    b = ProgramBuilder()
+    xs, h0 = b.input("float32", ("B", "T", 2)), b.input("float32", ("B", 3))
+    y, _ = b.scan(body.build([joined, new_h]), sequences=[xs], states=[h0],
+                  constants=[b.param("W", "float32", (5, 3))])
+    program = b.build([y])
+    assert split_concat_matmul(program) is program
 
 
 def test_precompute_weights_prologue():
