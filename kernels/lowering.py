@@ -123,7 +123,8 @@ def _projection(sequence, producers, uses, row_norms: bool):
             return None
         if eqn.op == "matmul":
             source, weight = eqn.inputs
-            if (isinstance(source, Var) and source.ndim == 3 and source.shape[:2] == ("B", "T")
+            # the time axis may be "T" or a length fixed by the model's input shape
+            if (isinstance(source, Var) and source.ndim == 3 and source.shape[0] == "B"
                     and _weight_like(weight) and isinstance(weight, Var) and weight.ndim == 2
                     and source.dtype == weight.dtype == value.dtype
                     and value.dtype in ("float32", "float64")):

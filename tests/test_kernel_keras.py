@@ -189,6 +189,26 @@ def test_packed_input_projection_and_team_match_keras(batch, steps, team_size):
         np.testing.assert_allclose(a, b, atol=ATOL_FLOAT32, rtol=0)
 
 
+def test_model_with_a_fixed_length_projects_its_input_in_chunks():
+    """A model whose input fixes the sequence length (keras.Input((30, 40))) traces to
+    a program with T = 30: its input projection is still computed a chunk at a time
+    inside the kernel (as the packed product), not as one GEMM of all steps before it.
+    Keras's numbers on one thread and on a team, chunks of 7 steps and the default."""
+    inputs = keras.Input((30, 40))
+    layer = keras.layers.LSTM(48, return_sequences=True)
+    model = keras.Model(inputs, layer(inputs))
+    _randomize(layer, seed=5, scale=0.15)
+    compiled = rshop_ir.compile(model)
+    assert "packed_product(staged_0[panel:panel_end]" in compiled.source
+    assert "np.dot(in_" not in compiled.source
+    x = np.random.default_rng(5).standard_normal((2, 30, 40)).astype(np.float32)
+    expected = np.asarray(model(x, training=False))
+    for team_size in (1, 2):
+        for chunk_steps in (7, None):
+            got = compiled(x, team_size=team_size, chunk_steps=chunk_steps)
+            np.testing.assert_allclose(got, expected, atol=ATOL_FLOAT32, rtol=0)
+
+
 @pytest.mark.parametrize("batch", [2, 7])
 def test_tiled_recurrent_matmul_float64_matches_numpy(batch):
     """The tiles in float64 against an independent numpy LSTM (tests/numpy_rnn.py)."""
