@@ -261,8 +261,8 @@ def test_hoist_keeps_a_layer_norm_over_the_batch_axis():
     assert "layer_norm" not in [eqn.op for eqn in after.eqns]
 
 
-def build_concat_scan(extra_matmul_of_h: bool):
-    """h' = tanh(concatenate(x_t, h) @ W [+ h @ V])."""
+def build_concat_scan(extra_matmul_of_h: bool, output_concatenation: bool = False):
+    """h' = tanh(concatenate(x_t, h) @ W [+ h @ V]); y = h' (or the concatenation)."""
     body = ProgramBuilder()
     x, h = body.input("float32", ("B", 2)), body.input("float32", ("B", 3))
     w, v = body.input("float32", (5, 3)), body.input("float32", (3, 3))
@@ -274,7 +274,8 @@ def build_concat_scan(extra_matmul_of_h: bool):
     b = ProgramBuilder()
     xs, h0 = b.input("float32", ("B", "T", 2)), b.input("float32", ("B", 3))
     weights = [b.param("W", "float32", (5, 3)), b.param("V", "float32", (3, 3))]
-    y, _ = b.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0], constants=weights)
+    y, _ = b.scan(body.build([joined if output_concatenation else new_h, new_h]),
+                  sequences=[xs], states=[h0], constants=weights)
     return b.build([y])
 
 
@@ -338,16 +339,7 @@ def test_split_concat_matmul_merges_the_state_part_with_another_product():
 
 
 def test_split_concat_matmul_leaves_a_concatenation_read_elsewhere():
-    body = ProgramBuilder()
-    x, h = body.input("float32", ("B", 2)), body.input("float32", ("B", 3))
-    w = body.input("float32", (5, 3))
-    joined = body.apply("concatenate", x, h, axis=-1)
-    new_h = body.apply("tanh", body.apply("matmul", joined, w))
-    b = ProgramBuilder()
-    xs, h0 = b.input("float32", ("B", "T", 2)), b.input("float32", ("B", 3))
-    y, _ = b.scan(body.build([joined, new_h]), sequences=[xs], states=[h0],
-                  constants=[b.param("W", "float32", (5, 3))])
-    program = b.build([y])
+    program = build_concat_scan(extra_matmul_of_h=False, output_concatenation=True)
     assert split_concat_matmul(program) is program
 
 
