@@ -225,3 +225,41 @@ def test_tiles_bench_checks_and_prints_every_shape(monkeypatch, capsys):
         blas_rate, tile_rate, ratio = float(line[6]), float(line[7]), float(line[8][:-1])
         assert blas_rate > 0 and tile_rate > 0
         assert ratio == pytest.approx(tile_rate / blas_rate, rel=0.1, abs=0.05)
+
+
+def _run_json(path, rows):
+    """A minimal `python -m bench --json` file: (model, backend, samples, status) rows."""
+    results = [{"suite": "custom", "model": model, "size": {"name": "S1"}, "backend": backend,
+                "status": status, "samples_s": samples}
+               for model, backend, samples, status in rows]
+    path.write_text(json.dumps({"results": results}))
+    return str(path)
+
+
+def test_pool_compares_the_medians_of_pooled_samples(tmp_path, capsys):
+    """Samples of both runs of a set are pooled before the median: before, ours
+    [1, 2] + [3] ms -> 2 ms against [4, 6] + [8] -> 6 ms (3.00x); after, ours [1] + [1, 3]
+    -> 1 ms against [5] + [3, 4] -> 4 ms (4.00x). A failed row and a case only one set
+    timed are left out."""
+    from rshop_ir.bench import pool
+
+    ms = 1e-3
+    before = [_run_json(tmp_path / "b1.json", [
+                  ("mgu", "numba-cpu", [1 * ms, 2 * ms], "ok"),
+                  ("mgu", "keras-xla", [4 * ms, 6 * ms], "ok"),
+                  ("rwa", "numba-cpu", [9 * ms], "error")]),
+              _run_json(tmp_path / "b2.json", [
+                  ("mgu", "numba-cpu", [3 * ms], "ok"),
+                  ("mgu", "keras-xla", [8 * ms], "ok")])]
+    after = [_run_json(tmp_path / "a1.json", [
+                 ("mgu", "numba-cpu", [1 * ms], "ok"), ("mgu", "keras-xla", [5 * ms], "ok"),
+                 ("rwa", "numba-cpu", [1 * ms], "ok"), ("rwa", "keras-xla", [2 * ms], "ok")]),
+             _run_json(tmp_path / "a2.json", [
+                 ("mgu", "numba-cpu", [1 * ms, 3 * ms], "ok"),
+                 ("mgu", "keras-xla", [3 * ms, 4 * ms], "ok")])]
+    assert pool.main(["--before", *before, "--after", *after]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2:] == ["| custom | mgu | S1 | 2.000 / 6.000 / 3.00x | 1.000 / 4.000 / 4.00x |"]
+    with pytest.raises(SystemExit):
+        pool.main(["--before", *before, "--after", *after, "--against", "torch"])
+    assert "no case was timed" in capsys.readouterr().err
