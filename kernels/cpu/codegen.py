@@ -630,11 +630,8 @@ class CpuGenerator:
                                    "the Numba CPU generator.")
         rows, reduced, kept = self._rows_view(function, x, axes)
         names = function.names
-        row, k, mean, variance, scale = (names.fresh(h) for h in (
-            "r", "k", "mean", "variance", "scale"))
-        epsilon = self.ctx.const(eqn.params["epsilon"], out.dtype)
+        row, k, mean, scale = (names.fresh(h) for h in ("r", "k", "mean", "scale"))
         body = function.body
-        zero = self.ctx.const(0, out.dtype)
         sizes = [x.shape[axis] for axis in axes]
         count = reduced     # divided by in the rows' dtype where it is a known size
         if all(isinstance(size, int) for size in sizes):
@@ -652,11 +649,8 @@ class CpuGenerator:
         else:
             normal = self._row_buffer(function, kept, sizes, out.dtype, "normalized")
         with body.block(f"for {row} in range({rows}.shape[0]):"):
-            # two vectorised sums (kernels/cpu/reductions.py)
-            body.line(f"{mean} = row_sum({rows}, {row}, {zero}) / {count}")
-            body.line(f"{variance} = row_squared_deviations({rows}, {row}, {mean}, {zero}) "
-                      f"/ {count}")
-            body.line(f"{scale} = math.sqrt({variance} + {epsilon})")
+            self._row_moments(body, rows, row, count, out.dtype, eqn.params["epsilon"],
+                              mean, scale)
             with body.block(f"for {k} in range({reduced}):"):
                 normalized = f"({rows}[{row}, {k}] - {mean}) / {scale}"
                 if direct:
@@ -678,6 +672,15 @@ class CpuGenerator:
         self._close(function, len(indices))
         function.values[out] = ArrayValue(name, out.ndim)
 
+    def _row_moments(self, writer, rows: str, row: str, count: str, dtype: str,
+                     epsilon: float, mean: str, scale: str) -> None:
+        """`mean` and `scale` = sqrt(variance + epsilon) of `rows[row, :]` (a layer
+        norm's), from two vectorised sums (kernels/cpu/reductions.py)."""
+        zero = self.ctx.const(0, dtype)
+        writer.line(f"{mean} = row_sum({rows}, {row}, {zero}) / {count}")
+        writer.line(f"{scale} = math.sqrt(row_squared_deviations({rows}, {row}, {mean}, "
+                    f"{zero}) / {count} + {self.ctx.const(epsilon, dtype)})")
+
     def _op_einsum(self, function, eqn) -> None:
         from rshop_ir.ops.linalg import parse_einsum
 
@@ -695,9 +698,6 @@ class CpuGenerator:
             contracted)}
         accumulator = names.fresh("acc")
         body = function.body
-        factors = [function.values[atom].element([index[label] for label in labels])
-                   for labels, atom in zip(input_labels, eqn.inputs)]
-        target = ", ".join(index[label] for label in output_labels) or "()"
         for label in output_labels:
             body.line(f"for {index[label]} in range({sizes[label]}):")
             body.depth += 1
@@ -705,8 +705,11 @@ class CpuGenerator:
         for label in contracted:
             body.line(f"for {index[label]} in range({sizes[label]}):")
             body.depth += 1
+        factors = [function.values[atom].element([index[label] for label in labels])
+                   for labels, atom in zip(input_labels, eqn.inputs)]
         body.line(f"{accumulator} += {' * '.join(factors)}")
         body.depth -= len(contracted)
+        target = ", ".join(index[label] for label in output_labels) or "()"
         body.line(f"{name}[{target}] = {accumulator}")
         body.depth -= len(output_labels)
         function.values[out] = ArrayValue(name, out.ndim)
@@ -1256,17 +1259,15 @@ class CpuGenerator:
                 runs.append([eqn])
             else:
                 runs[-1].append(eqn)
-        zero, count = self.ctx.const(0, dtype), self.ctx.const(out_size, dtype)
+        count = self.ctx.const(out_size, dtype)
         with loop.block(f"for r in range({row_range}):"):
             for norm, *eqns in runs:
                 if norm is None and not eqns:
                     continue
                 if norm is not None:
                     mean, scale = names.fresh("mean"), names.fresh("scale")
-                    epsilon = self.ctx.const(norm.params["epsilon"], dtype)
-                    loop.line(f"{mean} = row_sum({projected}, r, {zero}) / {count}")
-                    loop.line(f"{scale} = math.sqrt(row_squared_deviations({projected}, r, "
-                              f"{mean}, {zero}) / {count} + {epsilon})")
+                    self._row_moments(loop, projected, "r", count, dtype,
+                                      norm.params["epsilon"], mean, scale)
                 with loop.block(f"for j in range({out_size}):"):
                     current = f"{projected}[r, j]"
                     if norm is not None:
