@@ -1,13 +1,16 @@
 """What a team of threads costs per call and per step (kernels/cpu/team.py).
 
     python -m bench.team_overhead [--repeats N] [--steps 1,10,100,1000] [--hidden 256]
+                                  [--python-members]
 
 The compiled IR program of a float32 LSTM (batch 1, 128 input features) is called
 with `team_size=2` and `team_size=1` at each sequence length; medians of
 interleaved samples (bench.cpu_kernels._median_times: idle, warm calls, then timed
 calls). A one-step call shows the fixed cost of handing a call to the other member
 and back; long sequences show the per-step cost. Outputs of the two modes are
-compared (max-abs <= 1e-5) before timing.
+compared (max-abs <= 1e-5) before timing. `--python-members` starts the team's other
+member with a Python thread (team_workers.py) instead of the kernel module's native
+launcher (team_launch.py), to compare the two.
 """
 
 import argparse
@@ -48,9 +51,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--steps", default="1,10,100,1000")
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--python-members", action="store_true",
+                        help="start the other member with a Python thread")
     args = parser.parse_args(argv)
+    if args.python_members:
+        from rshop_ir.kernels.cpu import runtime
+        runtime.native_launch_usable = lambda members: False
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
-    print(f"LSTM batch 1, input {INPUT_FEATURES}, hidden {args.hidden}, float32")
+    launcher = "Python member threads" if args.python_members else "native launcher"
+    print(f"LSTM batch 1, input {INPUT_FEATURES}, hidden {args.hidden}, float32; "
+          f"team started by the {launcher} where usable")
     print(f"{'T':>6} {'team us':>10} {'one thread us':>14} {'team us/step':>13} "
           f"{'one us/step':>12} {'one / team':>11}")
     for steps, team, single in measure([int(s) for s in args.steps.split(",")],

@@ -142,6 +142,9 @@ def test_failing_team_member_stops_the_team(monkeypatch):
         return original(member, buffers, batch, chunk)
 
     monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_team", failing_member)
+    # the Python member threads (the native launcher's failures: test_team_launch.py)
+    monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.native_launch_usable",
+                        lambda members: False)
     with pytest.raises(RuntimeError, match="member 1 failed"):
         compiled(*case.inputs, team_size=2)
     monkeypatch.undo()
@@ -294,9 +297,11 @@ def _spy_on_automatic_teams(monkeypatch) -> list:
     monkeypatch.setattr(team, "AUTO_MIN_WEIGHT_BYTES", 1)
     monkeypatch.setattr(team, "AUTO_MIN_STEPS", 1)
     teams = []
-    original = team.run_team
-    monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_team",
-                        lambda *args: teams.append(args[1].members) or original(*args))
+    for launcher in ("run_team", "launch_natively"):    # Python or native members
+        original = getattr(team, launcher)
+        monkeypatch.setattr(f"rshop_ir.kernels.cpu.runtime.{launcher}",
+                            lambda *args, original=original:
+                            teams.append(args[1].members) or original(*args))
     return teams
 
 

@@ -37,9 +37,10 @@ from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STE
                                                  aligned_start_source, packing_source,
                                                  row_buffer_size)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
+from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/10"
+GENERATOR_VERSION = "numba-cpu/11"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -98,7 +99,7 @@ class KernelSource:
     fixed_steps: int = 0         # steps of the longest top-level scan of static length
     team_shared_row_bytes: int = 0   # team_shared bytes per (step x batch row) ...
     team_shared_buffers: int = 0     # ... in this many buffers (each 64-byte aligned)
-    team_weight_bytes: int = 0   # the largest weight a team would split (also set in
+    team_weight_bytes: int = 0   # the bytes of the weights a team would split (also set in
                                  # the plain kernel: the runtime's choice, team.py)
 
 
@@ -155,7 +156,7 @@ class CpuGenerator:
                     # the chunk and step loops' own names
                     "chunk_steps", "chunk_start", "chunk_stop", "rows", "time_low", "step",
                     "t", "row",
-                    *TEAM_ARGUMENTS, *_MATH_MODULE_NAMES}
+                    *TEAM_ARGUMENTS, *LAUNCHER_NAMES, *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
         self.ctx = CpuScalarContext()
         self.globals = {}
@@ -172,6 +173,7 @@ class CpuGenerator:
         self.team_weight_bytes = 0
         self._weight_slot_of = {}     # a weight Var of `run` -> its weight slot
         self._packed_arguments = []   # (`run` argument, weight slot) of each packed copy
+        self._run_arguments = []      # `run`'s argument names
         self.weight_vars = {var for _, var in program.params}
         if program.prologue is not None:
             self.weight_vars |= {var for var in program.prologue.outputs
@@ -189,8 +191,10 @@ class CpuGenerator:
         header.line("import numpy as np")
         header.line("from numba import njit")
         if self.team:
+            header.line("from numba import prange")
             header.line("from rshop_ir.kernels.cpu.team_sync import (PHASE_BASE, team_enter, "
                         "team_leave, team_wait)")
+            header.line("from rshop_ir.kernels.cpu.team_launch import pin_member, unpin_member")
         if self.packed_products:
             header.line("from rshop_ir.kernels.cpu.packed_product import packed_product")
         header.line("from rshop_ir.kernels.cpu.reductions import row_dot, "
@@ -206,6 +210,8 @@ class CpuGenerator:
         chunks = [header.text()]
         for writer in self.functions + [run_writer]:
             chunks.append("\n\n" + writer.text())
+        if self.team_columns:     # the team's native launcher (team_launch.py)
+            chunks.append("\n\n\n" + "\n".join(launcher_source(self._run_arguments)) + "\n")
         return KernelSource("".join(chunks), dict(self.globals), "run",
                             tuple(self.program.input_names), tuple(weight_slots),
                             self.projection_row_bytes, self.step_flops_per_row,
@@ -244,6 +250,7 @@ class CpuGenerator:
             weight_slots.append(("packed", slot))
         if self.team_columns:
             arguments += list(TEAM_ARGUMENTS)
+        self._run_arguments = arguments
         results = [self._output_array(function, atom) for atom in program.outputs]
         if self.team_columns:     # the launcher's start and end handshake (team.py)
             function.body.line("team_leave(team_counter)")
@@ -734,8 +741,8 @@ class CpuGenerator:
                                               2.0 * contraction * out.shape[1])
             splits = blas_ready and self._team_splits(function, b, contraction, out)
             if splits:   # recorded in the plain kernel too: the automatic team's rule
-                self.team_weight_bytes = max(self.team_weight_bytes, contraction * out.shape[1]
-                                             * np.dtype(out.dtype).itemsize)
+                self.team_weight_bytes += contraction * out.shape[1] \
+                    * np.dtype(out.dtype).itemsize
             if splits and self.team:
                 self._team_matmul(function, a_value, b_value, name, out, contraction, b)
             else:

@@ -33,7 +33,9 @@ from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
 from rshop_ir.kernels.cpu.optimization_level import compile_for
 from rshop_ir.kernels.cpu.packed_product import pack_weight
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
-from rshop_ir.kernels.cpu.team import TeamBuffers, auto_team_size, run_team, team_size_for
+from rshop_ir.kernels.cpu.team import (TeamBuffers, auto_team_size, launch_natively,
+                                       run_team, team_size_for)
+from rshop_ir.kernels.cpu.team_launch import compile_launcher, native_launch_usable
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 
 DEFAULT_CHUNK_STEPS = 256
@@ -63,6 +65,7 @@ class CompiledProgram(CompiledProgramBase):
         self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
         self._fast_call = None
         self._team = None
+        self._native_launchers = {}     # the argument types and the launcher for them
         self._team_buffers_kept = threading.local()   # per calling thread
         self._set_weights(optimized.weights)
 
@@ -152,24 +155,20 @@ class CompiledProgram(CompiledProgramBase):
         members = 1 if team_size == 1 else team_size_for(self._team_kernel()[0], team_size)
         self.refresh_weights()
         weights = self._weight_arguments
-        if members == 1:
-            # Row slices call it with arguments of the same types.
-            compile_for(self._run, (batch, steps, self._chunk(batch, chunk_steps), *arrays,
-                                    *weights))
+        if members > 1:
+            results = self._run_team(arrays, batch, steps, chunk_steps, members)
+            if results is not None:
+                return self._finish(results)
+            # a member failed: the call runs again on one thread
+        # Row slices call it with arguments of the same types.
+        compile_for(self._run, (batch, steps, self._chunk(batch, chunk_steps), *arrays,
+                                *weights))
         slices = 1
-        if members == 1 and self._rows_independent:
+        if self._rows_independent:
             # `steps` is 0 when the time axis has a static length (no T to bind)
             work_steps = steps or kernel.fixed_steps
             slices = slice_count(batch, batch * work_steps * kernel.step_flops_per_row)
-        if members > 1:
-            team_kernel, team_run = self._team_kernel()
-            chunk = self._chunk(batch, chunk_steps)
-            buffers = self._team_buffers(team_kernel, members)
-            with blas_threads_for(0.0):
-                results = list(run_team(
-                    lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team),
-                    buffers, batch, chunk))
-        elif slices > 1:
+        if slices > 1:
             def run_slice(start, stop):
                 rows = stop - start
                 sliced = [array[start:stop] if has_rows else array
@@ -184,6 +183,35 @@ class CompiledProgram(CompiledProgramBase):
                 results = list(self._run(batch, steps, chunk, *arrays, *weights))
         return self._finish(results)
 
+    def _run_team(self, arrays: list, batch: int, steps: int, chunk_steps, members: int):
+        """The results of a call on a team of `members` threads: started by the kernel
+        module's native launcher where it may run (team_launch.py), else by Python
+        member threads (team.py); None when a member failed or gave up waiting."""
+        team_kernel, team_run, _ = self._team_kernel()
+        chunk = self._chunk(batch, chunk_steps)
+        buffers = self._team_buffers(team_kernel, members)
+        weights = self._weight_arguments
+        with blas_threads_for(0.0):
+            if native_launch_usable(members):
+                leading = (batch, steps, chunk, *arrays, *weights)
+                return launch_natively(lambda *team: self._launcher(leading, team)(
+                    *leading, *team), buffers, batch, chunk)
+            results = run_team(
+                lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team),
+                buffers, batch, chunk)
+            return None if results is None else list(results)
+
+    def _launcher(self, leading: tuple, team: tuple):
+        """The team kernel's native launcher for arguments of these types
+        (team_launch.compile_launcher), compiled at the first call that needs it."""
+        key = tuple((type(argument), getattr(argument, "dtype", None),
+                     getattr(argument, "ndim", None)) for argument in (*leading, *team))
+        if self._native_launchers.get("key") != key:
+            module = self._team_kernel()[2]
+            self._native_launchers = {"key": key,
+                                      "launch": compile_launcher(module, leading, team)}
+        return self._native_launchers["launch"]
+
     def _team_buffers(self, team_kernel, members: int) -> TeamBuffers:
         """What a team keeps between calls (team.TeamBuffers), one per team size and
         calling thread (two threads calling at once never share one; a thread's go
@@ -196,7 +224,7 @@ class CompiledProgram(CompiledProgramBase):
         return kept[members]
 
     def _team_kernel(self) -> tuple:
-        """(KernelSource, run) of the team variant, generated at the first call asking
+        """(KernelSource, run, its module) of the team variant, generated at the first call asking
         for a team (kernels/cpu/team.py): the branches and barriers it adds cost every
         first compile ~0.5 s, so kernels without a team never carry them."""
         if self._team is None:
@@ -208,7 +236,7 @@ class CompiledProgram(CompiledProgramBase):
                 raise RuntimeError(f"The team kernel of {self.name!r} takes other weight "
                                    f"arguments than its plain kernel: a generator bug.")
             module = load_module(kernel.source, kernel.globals)
-            self._team = (kernel, getattr(module, kernel.entry))
+            self._team = (kernel, getattr(module, kernel.entry), module)
         return self._team
 
     def _finish(self, results: list):

@@ -11,22 +11,26 @@ on every member alike. The input projection of each chunk of steps is split too:
 each member computes whole panels of its rows into buffers all members read, so
 every sum is added in the order one thread adds it (the outputs are equal bit for
 bit). The members are the calling thread (rank 0, whose outputs are returned) and
-member threads (team_workers.py) running the same `nogil` kernel, each pinned to a
-core of its own (pinning.py).
+other threads running the same `nogil` kernel, each pinned to a core of its own.
 
 When: `compiled(x, team_size=N)` asks for N members (1: never a team). Without it,
 `auto_team_size` forms a team of 2 for a one-row call of at least `AUTO_MIN_STEPS`
-steps whose split weight is too big for one core's cache (`AUTO_MIN_WEIGHT_BYTES`),
-when 2+ cores are usable and other processes leave them idle (core_load.py): a
-barrier per step waits a scheduler slice for a member whose core was taken.
-Members compute their block with the packed product (packed_product.py) over the
-weight the runtime packed once per weight version. Measured on the 2-core
-development machine (`python -m bench.team_overhead --repeats 9 --steps
-1,10,100,1000 --hidden H`, LSTM batch 1, team / one thread, us per call): H=256 (1 MB
-weight) 1 step 145 / 37, 10 steps 231 / 148, 100 steps 1,052 / 1,284, 1000 steps
-9,524 / 13,290; H=512 (4 MB, each member's half fits its core's 2 MB L2) 100 steps
-5,068 / 15,252, 1000 steps 46,033 / 148,327. Hence a team only for long enough calls
-and weights of AUTO_MIN_WEIGHT_BYTES or more.
+steps whose split weights (`team_weight_bytes`: all the split matmuls of a step
+together) are too big to stream from one core's cache quickly
+(`AUTO_MIN_WEIGHT_BYTES`), when 2+ cores are usable and other processes leave them
+idle (core_load.py): a barrier per step waits a scheduler slice for a member whose
+core was taken. Members compute their block with the packed product
+(packed_product.py) over the weight the runtime packed once per weight version.
+
+Members are started by the kernel module's native launcher where it may run
+(team_launch.py: 3-5 us a call), else by Python member threads (team_workers.py:
+40-90 us). Measured on the 2-core development machine with the native launcher
+(`python -m bench.team_overhead --repeats 7 --steps 32,100 --hidden H`, LSTM batch 1,
+team / one thread, us per call): H=64 (64 KB of split weight) 100 steps 182 / 137;
+H=96 266 / 242; H=128 (256 KB) 402 / 394; H=192 (576 KB) 32 steps 226 / 244, 100
+steps 632 / 751; H=256 (1 MB) 1 step 44 / 34, 100 steps 921 / 1,233. An MGU step
+(two 256 KB matrices, one after the other) at 100 steps: 0.59 / 0.66 ms. Hence a
+team for long enough calls and split weights of AUTO_MIN_WEIGHT_BYTES or more.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from rshop_ir.kernels.cpu.core_load import others_idle
 from rshop_ir.kernels.cpu.packed_product import BLOCK_COLUMNS
 from rshop_ir.kernels.cpu.pinning import member_cores, pinned
 from rshop_ir.kernels.cpu import team_workers
+from rshop_ir.kernels.cpu.team_launch import MASK_WORDS
 from rshop_ir.kernels.cpu.row_split import usable_cores
 from rshop_ir.kernels.cpu.team_sync import (ABORT, COUNTER_SIZE, FINISHED, STARTED,
                                             wait_for_count)
@@ -44,13 +49,13 @@ from rshop_ir.kernels.cpu.team_sync import (ABORT, COUNTER_SIZE, FINISHED, START
 MAX_TEAM = 16                # members at most
 AUTO_MAX_ROWS = 1            # the automatic team: one-row calls ...
 AUTO_MIN_STEPS = 32          # ... of this many steps or more ...
-AUTO_MIN_WEIGHT_BYTES = 768 * 2 ** 10   # ... splitting a weight of this size or more
+AUTO_MIN_WEIGHT_BYTES = 512 * 2 ** 10   # ... splitting weights of this size or more
 
 
 def auto_team_size(kernel, batch: int, steps: int) -> int:
     """Members of the team a call forms when it does not ask (see the module
     docstring); `kernel` is the plain kernel, whose `team_weight_bytes` tells what a
-    team would split."""
+    team would split per step."""
     if not 1 <= batch <= AUTO_MAX_ROWS or steps < AUTO_MIN_STEPS \
             or kernel.team_weight_bytes < AUTO_MIN_WEIGHT_BYTES:
         return 1
@@ -79,6 +84,8 @@ class TeamBuffers:
         dtype = np.dtype(kernel.team_dtype)
         self._pool = np.empty((2 * members, 1), dtype)
         self._shared = np.empty(0, np.uint8)
+        # each member's kept and wanted thread affinity (team_launch.pin_member)
+        self.masks = np.zeros((members, 2, MASK_WORDS), np.uint64)
 
     def pool(self, batch: int) -> np.ndarray:
         # a member's share: whole column blocks of the packed weight (codegen's
@@ -99,9 +106,24 @@ class TeamBuffers:
         return self._shared
 
 
+def launch_natively(launch, buffers: TeamBuffers, batch: int, chunk: int):
+    """Rank 0's results of `launch(members, counter, pool, shared, cores, masks)`, the
+    kernel module's `launch_team` (team_launch.py: Numba's threads run the members),
+    or None when a member failed or gave up waiting (the caller runs the call again on
+    one thread)."""
+    members = buffers.members
+    counter = np.zeros(COUNTER_SIZE, np.int64)
+    cores = np.array(member_cores(members) or [-1] * members, np.int64)
+    results = launch(members, counter, buffers.pool(batch), buffers.shared(batch, chunk),
+                     cores, buffers.masks)
+    if counter[ABORT] or counter[FINISHED] != members or len(results) != 1:
+        return None     # a member failed or gave up waiting
+    return list(results[0])
+
+
 def run_team(run_member, buffers: TeamBuffers, batch: int, chunk: int):
     """`run_member(rank, members, counter, pool, shared)` on `buffers.members` threads;
-    rank 0's results. `shared` holds the input projections' chunk buffers every
+    rank 0's results (None when a member gave up waiting for another). `shared` holds the input projections' chunk buffers every
     member sees (`chunk` steps).
 
     A thread that blocks on a lock, the GIL included, wakes ~30-50 us late on the
@@ -144,4 +166,6 @@ def run_team(run_member, buffers: TeamBuffers, batch: int, chunk: int):
     for failure in failures:
         if failure is not None:
             raise failure
-    return results
+    # An abort without a failure: a member gave up waiting (team_sync.team_wait) and
+    # rank 0's results are incomplete.
+    return None if counter[ABORT] else results

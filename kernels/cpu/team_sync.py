@@ -11,8 +11,9 @@ columns of a split matmul:
   * a member spins on an acquire load until the round is complete; after
     `SPIN_LIMIT` polls it yields its core on each poll (`sched_yield`), so a member
     whose partner lost its core to another process does not burn that core's time;
-  * `counter[1]` != 0 is the abort flag: set by the launcher when a member failed;
-    the waiting members then return False and stop.
+  * `counter[1]` != 0 is the abort flag: set when a member failed, or by a member
+    that waited ABANDON_LIMIT polls; the waiting members then return False and stop,
+    and the runtime runs the call again on one thread.
 The fetch-and-add releases the member's earlier writes (its columns), the acquire load
 makes the partners' writes visible.
 
@@ -35,6 +36,10 @@ FINISHED = 3
 PHASE_BASE = 8          # counter[PHASE_BASE + rank]: barriers the member has passed
 COUNTER_SIZE = PHASE_BASE + 64
 SPIN_LIMIT = 20000
+# Polls after which a member gives up waiting (each past SPIN_LIMIT yields the core:
+# about a second or more): it sets the abort flag, and the runtime runs the call
+# again on one thread (a member held up that long has lost its core anyway).
+ABANDON_LIMIT = SPIN_LIMIT + 3_000_000
 
 
 def _element_pointer(context, builder, array_type, array, index, index_type):
@@ -96,6 +101,9 @@ def team_wait(counter, size):
             return False
         polls += 1
         if polls > SPIN_LIMIT:
+            if polls > ABANDON_LIMIT:      # the partner never came: give up the call
+                atomic_add(counter, ABORT, 1)
+                return False
             yield_core()
     return True
 
