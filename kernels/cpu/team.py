@@ -23,14 +23,17 @@ core was taken. Members compute their block with the packed product
 (packed_product.py) over the weight the runtime packed once per weight version.
 
 Members are started by the kernel module's native launcher where it may run
-(team_launch.py: 3-5 us a call), else by Python member threads (team_workers.py:
-40-90 us). Measured on the 2-core development machine with the native launcher
-(`python -m bench.team_overhead --repeats 7 --steps 32,100 --hidden H`, LSTM batch 1,
-team / one thread, us per call): H=64 (64 KB of split weight) 100 steps 182 / 137;
-H=96 266 / 242; H=128 (256 KB) 402 / 394; H=192 (576 KB) 32 steps 226 / 244, 100
-steps 632 / 751; H=256 (1 MB) 1 step 44 / 34, 100 steps 921 / 1,233. An MGU step
-(two 256 KB matrices, one after the other) at 100 steps: 0.59 / 0.66 ms. Hence a
-team for long enough calls and split weights of AUTO_MIN_WEIGHT_BYTES or more.
+(team_launch.py), else by Python member threads (team_workers.py): a one-step call
+of an LSTM H=256 took 58 / 135 us on a team started either way, 38 us on one thread
+(BENCHMARKS.md run 14). Measured on the 2-core development machine with a native
+launcher (`python -m bench.team_overhead --repeats 7 --steps 32,100 --hidden H`, LSTM
+batch 1, team / one thread, us per call; an earlier state of the launcher, ~10 us a
+call cheaper): H=64 (64 KB of split weight) 100 steps 182 / 137; H=96 266 / 242;
+H=128 (256 KB) 402 / 394; H=192 (576 KB) 32 steps 226 / 244, 100 steps 632 / 751;
+with the final one H=256 (1 MB) 100 steps 960 / 1,302. An MGU at S2 (two 256 KB
+matrices, one after the other), the compiled Keras model at 100 steps: 0.59 / 0.66
+ms. Hence a team for long enough calls and split weights of AUTO_MIN_WEIGHT_BYTES or
+more.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ us per call on the 2-core development machine's VM (`run_team` with members that
 nothing), against 33 us for a whole one-step LSTM call on one thread. A team kernel
 module therefore also holds `launch_team` (codegen.py writes it): an `@njit(parallel=
 True)` loop whose iteration `rank` runs `run(..., rank, ...)`, so Numba's threading
-layer starts the members: 3-5 us per call, the other member waiting for its next loop
-spinning inside the OpenMP runtime. Each member pins its thread to its core for the
+layer starts the members (a bare loop of two ranks meeting at a barrier: 4.5 us a
+call), the other member waiting for its next loop spinning inside the OpenMP runtime
+for a few milliseconds. A one-step LSTM H=256 call: 58 us on a team started this way,
+135 us with Python members, 38 us on one thread (BENCHMARKS.md run 14). Each member pins its thread to its core for the
 call and restores the thread's affinity afterwards (`pin_member` / `unpin_member`,
 glibc's sched_setaffinity). A member whose kernel raises (it could only run out of
 memory) never comes to its next barrier: the others wait there for about a second,
