@@ -162,11 +162,12 @@ def compile_launcher(module, leading: tuple, team: tuple):
     (~10 s more for an LSTM's first team call; ~1 s this way)."""
     from numba import typeof
 
-    from rshop_ir.kernels.cpu.optimization_level import compile_for, kernel_optimization
+    from rshop_ir.kernels.cpu.optimization_level import kernel_optimization
 
-    member_arguments = (*leading, 0, *team[:4])
-    compile_for(module.run, member_arguments)
-    member_types = tuple(typeof(argument) for argument in member_arguments)
+    member_types = tuple(typeof(argument) for argument in (*leading, 0, *team[:4]))
+    with kernel_optimization():
+        if member_types not in module.run.overloads:
+            module.run.compile(member_types)
     signature = module.run.overloads[member_types].signature
     launcher_types = (types.FunctionType(signature),
                       *(typeof(argument) for argument in (*leading, *team)))
