@@ -11,7 +11,7 @@ for a few milliseconds. A one-step LSTM H=256 call: 58 us on a team started this
 135 us with Python members, 38 us on one thread (BENCHMARKS.md run 14). Each member pins its thread to its core for the
 call and restores the thread's affinity afterwards (`pin_member` / `unpin_member`,
 glibc's sched_setaffinity). A member whose kernel raises (it could only run out of
-memory) never comes to its next barrier: the others wait there for about a second,
+memory) never comes to its next barrier: the others wait there for a few seconds,
 give up (team_sync.team_wait) and the runtime runs the call again on one thread, as
 it does whenever a member gave up waiting.
 

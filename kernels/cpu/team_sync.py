@@ -37,9 +37,10 @@ PHASE_BASE = 8          # counter[PHASE_BASE + rank]: barriers the member has pa
 COUNTER_SIZE = PHASE_BASE + 64
 SPIN_LIMIT = 20000
 # Polls after which a member gives up waiting (each past SPIN_LIMIT yields the core:
-# about a second or more): it sets the abort flag, and the runtime runs the call
-# again on one thread (a member held up that long has lost its core anyway).
-ABANDON_LIMIT = SPIN_LIMIT + 3_000_000
+# ~0.3 us each on the development machine with nothing else to run, so about three
+# seconds or more): it sets the abort flag, and the runtime runs the call again on one
+# thread (a member held up that long has lost its core anyway).
+ABANDON_LIMIT = SPIN_LIMIT + 10_000_000
 
 
 def _element_pointer(context, builder, array_type, array, index, index_type):
