@@ -32,7 +32,7 @@ call cheaper): H=64 (64 KB of split weight) 100 steps 182 / 137; H=96 266 / 242;
 H=128 (256 KB) 402 / 394; H=192 (576 KB) 32 steps 226 / 244, 100 steps 632 / 751;
 with the final one H=256 (1 MB) 100 steps 960 / 1,302. An MGU at S2 (two 256 KB
 matrices, one after the other), the compiled Keras model at 100 steps: 0.59 / 0.66
-ms. Hence a team for long enough calls and split weights of AUTO_MIN_WEIGHT_BYTES or
+ms (ad-hoc script, 200 calls each). Hence a team for long enough calls and split weights of AUTO_MIN_WEIGHT_BYTES or
 more.
 """
 

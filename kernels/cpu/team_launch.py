@@ -6,7 +6,7 @@ nothing), against 33 us for a whole one-step LSTM call on one thread. A team ker
 module therefore also holds `launch_team` (codegen.py writes it): an `@njit(parallel=
 True)` loop whose iteration `rank` runs `run(..., rank, ...)`, so Numba's threading
 layer starts the members (a bare loop of two ranks meeting at a barrier: 4.5 us a
-call), the other member waiting for its next loop spinning inside the OpenMP runtime
+call, ad-hoc script), the other member waiting for its next loop spinning inside the OpenMP runtime
 for a few milliseconds. A one-step LSTM H=256 call: 58 us on a team started this way,
 135 us with Python members, 38 us on one thread (BENCHMARKS.md run 14). Each member pins its thread to its core for the
 call and restores the thread's affinity afterwards (`pin_member` / `unpin_member`,
