@@ -40,7 +40,7 @@ from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
 from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/11"
+GENERATOR_VERSION = "numba-cpu/12"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -150,7 +150,8 @@ class CpuGenerator:
     def __init__(self, program: Program, team: bool = False):
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
-        reserved = {"np", "math", "njit", "B", "T", "chunk", "PHASE_BASE", "team_wait",
+        reserved = {"np", "math", "njit", "wide_vectors", "B", "T", "chunk", "PHASE_BASE",
+                    "team_wait",
                     "team_enter", "team_leave",
                     "row_sum", "row_squared_deviations", "row_dot", "packed_product", "steps",
                     # the chunk and step loops' own names
@@ -190,6 +191,7 @@ class CpuGenerator:
         header.line("import math")
         header.line("import numpy as np")
         header.line("from numba import njit")
+        header.line("from rshop_ir.kernels.cpu.vector_width import wide_vectors")
         if self.team:
             header.line("from numba import prange")
             header.line("from rshop_ir.kernels.cpu.team_sync import (PHASE_BASE, team_enter, "
@@ -258,6 +260,7 @@ class CpuGenerator:
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
         with writer.block(f"def run({', '.join(arguments)}):"):
+            writer.line("wide_vectors()")
             if self.team_columns:
                 writer.line("team_enter(team_counter)")
             writer.extend(function.body)
@@ -1138,6 +1141,7 @@ class CpuGenerator:
         with writer.block(f"def {scan_name}({signature}):"):
             writer.line(f'"""scan {plan.layout}; go_backwards={backwards}, '
                         f'return_sequences={bool(params["return_sequences"])}."""')
+            writer.line("wide_vectors()")
             writer.extend(preamble)
             writer.extend(loop)
             writer.line(f"return ({', '.join(results)},)")

@@ -1,0 +1,73 @@
+"""The wide-vector mark of the generated kernels (kernels/cpu/vector_width.py).
+
+`wide_vectors()` must put LLVM's "prefer-vector-width"="512" attribute on the function
+it is compiled into and on nothing else, change no number (each element of a gate loop
+is computed the same way whatever the vector width), give 512-bit loops on a CPU with
+AVX-512, and be called by every function of a generated kernel module.
+"""
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+from numba import njit
+
+import rshop_ir
+from rshop_ir import examples
+from rshop_ir.bound import BoundProgram
+from rshop_ir.kernels.cpu.mathlib import sigmoid_f32, tanh_f32
+from rshop_ir.kernels.cpu.vector_width import PREFERRED_WIDTH, wide_vectors
+
+
+@njit(error_model="numpy")
+def _marked(x, out):
+    wide_vectors()
+    for index in range(x.shape[0]):
+        out[index] = tanh_f32(x[index]) + sigmoid_f32(x[index])
+
+
+@njit(error_model="numpy")
+def _unmarked(x, out):
+    for index in range(x.shape[0]):
+        out[index] = tanh_f32(x[index]) + sigmoid_f32(x[index])
+
+
+def _llvm_text(dispatcher) -> str:
+    return "\n".join(dispatcher.inspect_llvm().values())
+
+
+def _inputs():
+    x = np.linspace(-12, 12, 1003).astype(np.float32)
+    x[[5, 77, 500]] = [np.nan, np.inf, -np.inf]
+    return x
+
+
+def test_the_mark_sets_the_attribute_and_changes_no_number():
+    x = _inputs()
+    marked, unmarked = np.empty_like(x), np.empty_like(x)
+    _marked(x, marked)
+    _unmarked(x, unmarked)
+    assert PREFERRED_WIDTH in _llvm_text(_marked)
+    assert PREFERRED_WIDTH not in _llvm_text(_unmarked)
+    np.testing.assert_array_equal(marked, unmarked)    # bit for bit, NaN where NaN
+    expected = np.tanh(x.astype(np.float64)) + 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(marked, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif("+avx512f" not in llvm.get_host_cpu_features().flatten(),
+                    reason="512-bit vectors need a CPU with AVX-512")
+def test_the_marked_loop_uses_512_bit_registers():
+    x = _inputs()
+    _marked(x, np.empty_like(x))
+    assert "zmm" in "\n".join(_marked.inspect_asm().values())
+
+
+def test_every_generated_function_is_marked():
+    program = examples.lstm_program(3, 5, dtype="float32", return_sequences=True)
+    bound = BoundProgram(program, examples.random_weights(program, seed=1))
+    compiled = rshop_ir.compile(bound)
+    functions = compiled.source.count("\ndef ")
+    assert functions >= 2            # a scan function and `run`
+    assert compiled.source.count("    wide_vectors()\n") == functions
+    inputs = examples.random_inputs(program, batch=2, steps=4, seed=2)
+    compiled(*inputs)
+    assert PREFERRED_WIDTH in _llvm_text(compiled.module.run)
