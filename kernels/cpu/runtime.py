@@ -194,23 +194,28 @@ class CompiledProgram(CompiledProgramBase):
         with blas_threads_for(0.0):
             if native_launch_usable(members):
                 leading = (batch, steps, chunk, *arrays, *weights)
-                return launch_natively(lambda *team: self._launcher(leading, team)(
+                return launch_natively(lambda *team: self._launcher(arrays, leading, team)(
                     *leading, *team), buffers, batch, chunk)
             results = run_team(
                 lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team),
                 buffers, batch, chunk)
             return None if results is None else list(results)
 
-    def _launcher(self, leading: tuple, team: tuple):
+    def _launcher(self, arrays: list, leading: tuple, team: tuple):
         """The team kernel's native launcher for arguments of these types
-        (team_launch.compile_launcher), compiled at the first call that needs it."""
-        key = tuple((type(argument), getattr(argument, "dtype", None),
-                     getattr(argument, "ndim", None)) for argument in (*leading, *team))
-        if self._native_launchers.get("key") != key:
+        (team_launch.compile_launcher), compiled at the first call that needs it and
+        again when the types change. Only the inputs' types are compared at each call:
+        the weights and the team's buffers are the runtime's own, and their types can
+        only change with the weight arrays, whose list `_set_weights` replaces."""
+        kept = self._native_launchers
+        key = tuple((type(array), getattr(array, "dtype", None), getattr(array, "ndim", None))
+                    for array in arrays)
+        if kept.get("weights") is not self._weight_arguments or kept.get("key") != key:
             module = self._team_kernel()[2]
-            self._native_launchers = {"key": key,
-                                      "launch": compile_launcher(module, leading, team)}
-        return self._native_launchers["launch"]
+            self._native_launchers = kept = {
+                "weights": self._weight_arguments, "key": key,
+                "launch": compile_launcher(module, leading, team)}
+        return kept["launch"]
 
     def _team_buffers(self, team_kernel, members: int) -> TeamBuffers:
         """What a team keeps between calls (team.TeamBuffers), one per team size and

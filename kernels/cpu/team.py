@@ -85,17 +85,18 @@ class TeamBuffers:
     def __init__(self, kernel, members: int):
         self.kernel, self.members = kernel, members
         dtype = np.dtype(kernel.team_dtype)
+        # a member's share: whole column blocks of the packed weight (codegen's
+        # team_width)
+        block = BLOCK_COLUMNS[dtype.name]
+        blocks = -(-kernel.team_columns // block)
+        self._member_columns = -(-blocks // members) * block
         self._pool = np.empty((2 * members, 1), dtype)
         self._shared = np.empty(0, np.uint8)
         # each member's kept and wanted thread affinity (team_launch.pin_member)
         self.masks = np.zeros((members, 2, MASK_WORDS), np.uint64)
 
     def pool(self, batch: int) -> np.ndarray:
-        # a member's share: whole column blocks of the packed weight (codegen's
-        # team_width)
-        block = BLOCK_COLUMNS[self._pool.dtype.name]
-        blocks = -(-self.kernel.team_columns // block)
-        width = batch * -(-blocks // self.members) * block
+        width = batch * self._member_columns
         if self._pool.shape[1] < width:
             self._pool = np.empty((2 * self.members, width), self._pool.dtype)
         return self._pool
