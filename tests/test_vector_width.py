@@ -70,4 +70,10 @@ def test_every_generated_function_is_marked():
     assert compiled.source.count("    wide_vectors()\n") == functions
     inputs = examples.random_inputs(program, batch=2, steps=4, seed=2)
     compiled(*inputs)
-    assert PREFERRED_WIDTH in _llvm_text(compiled.module.run)
+    # Numba shows no LLVM code of a function it loaded from its disk cache: compile
+    # the generated functions again, uncached, for the types they were called with.
+    for name in ("run", "scan_0"):
+        dispatcher = getattr(compiled.module, name)
+        again = njit(error_model="numpy", nogil=True)(dispatcher.py_func)
+        again.compile(dispatcher.signatures[0])
+        assert PREFERRED_WIDTH in _llvm_text(again), name
