@@ -174,7 +174,7 @@ def test_tiled_recurrent_matmul_matches_keras(batch):
 def test_packed_input_projection_and_team_match_keras(batch, steps, team_size):
     """With 40 input features the input projection runs as the packed product too,
     in panels of 64 rows over the weight the runtime packed once; on a team, each
-    member computes whole panels and its columns of the recurrent product. Keras's
+    member computes blocks of whole 8-row tiles and its columns of the recurrent product. Keras's
     LSTM, one row and several, on one thread and on teams of 2 and 3."""
     layer = keras.layers.LSTM(48, return_sequences=True, return_state=True)
     x = np.random.default_rng(steps).standard_normal((batch, steps, 40)).astype(np.float32)

@@ -178,11 +178,12 @@ def test_layer_norm_of_the_input_projection_runs_in_its_chunks():
 
 
 @pytest.mark.parametrize("steps, chunk_steps", [(9, None), (100, None), (130, 45),
-                                                (64, 64), (3, 1)])
+                                                (64, 64), (3, 1), (67, None)])
 def test_team_gives_the_numbers_of_one_thread_exactly(steps, chunk_steps):
     """Each row of the input projection is summed in the same order on a team as on
-    one thread (panels counted from the chunk's first row, kernels/cpu/codegen.py
-    `_projections`), and so is the split recurrent product: the outputs are equal bit
+    one thread (it falls in a tile of the same shape: members compute blocks of whole
+    8-row tiles, kernels/cpu/codegen.py `_team_projections`; 67 steps end in a 2-row
+    and a 1-row tile), and so is the split recurrent product: the outputs are equal bit
     for bit. (A row summed in another order differs by a rounding, which an LSTM with
     big weights grows over the steps far beyond the numeric contract.)"""
     program = examples.lstm_program(40, 48, return_sequences=True)

@@ -34,13 +34,13 @@ from rshop_ir.kernels import lowering
 from rshop_ir.kernels.scalar_ops import ScalarContext
 from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STEPS,
-                                                 aligned_start_source, packing_source,
-                                                 row_buffer_size)
+                                                 TILE_SHAPES, aligned_start_source,
+                                                 packing_source, row_buffer_size)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
 from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/12"
+GENERATOR_VERSION = "numba-cpu/13"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -63,6 +63,7 @@ PACKED_DTYPES = tuple(BLOCK_COLUMNS)
 PACKED_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
 PACKED_MIN_COLUMNS = 16
 PROJECTION_PANEL_ROWS = 64   # rows of an input projection's packed product at a time
+# (a multiple of the biggest tile's rows: see `_team_projections`)
 
 _MATH_MODULE_NAMES = sorted({impl.split(".")[0] for pair in mathlib.FUNCTIONS.values()
                              for impl in pair if "." not in impl and impl != "abs"})
@@ -1239,12 +1240,21 @@ class CpuGenerator:
         return function.packed[key]
 
     def _team_projections(self, function, projections, chunk_buffers) -> None:
-        """The chunk's projections on a team: each member computes a block of whole
-        panels of its rows (see `_projections`) into the shared buffers; barriers
-        before (the previous chunk's rows are read) and after (all rows are written)."""
+        """The chunk's projections on a team: each member computes a block of the rows
+        (see `_projections`) into the shared buffers; barriers before (the previous
+        chunk's rows are read) and after (all rows are written).
+
+        The blocks are whole tiles of the packed product (8 rows) when every projection
+        is one, else whole panels (np.dot). A row then falls in a tile of the same
+        shape as on one thread (8-row tiles up to the chunk's last `rows % 8` rows,
+        which every split leaves at the end of the last block), so its sums are added
+        in the same order; 8-row blocks share 100 rows 56 / 44 where whole panels
+        shared them 64 / 36."""
         loop, names = function.body, function.names
         count, low, high = (names.fresh(h) for h in ("team_rows", "row_low", "row_high"))
-        panel = PROJECTION_PANEL_ROWS
+        packed = all(self._packed_projection(function, projection) is not None
+                     for _, projection, *_ in projections)
+        panel = TILE_SHAPES[0][0] if packed else PROJECTION_PANEL_ROWS
         with loop.block("if chunk_start > 0:"):
             with loop.block("if not team_wait(team_counter, team_size):"):
                 loop.line(function.abort_return)
