@@ -8,9 +8,10 @@ of P reads its 1/P of the column blocks of the packed weight (which then stay in
 own core's cache), computes its block of the product, meets the others at a barrier
 (kernels/cpu/team_sync.py), and gathers the whole product; the rest of the step runs
 on every member alike. The input projection of each chunk of steps is split too:
-each member computes whole panels of its rows into buffers all members read, so
-every sum is added in the order one thread adds it (the outputs are equal bit for
-bit). The members are the calling thread (rank 0, whose outputs are returned) and
+each member computes a block of its rows (whole 8-row tiles of the packed product,
+whole panels for np.dot: codegen's `_team_projections`) into buffers all members
+read, so every sum is added in the order one thread adds it (the outputs are equal
+bit for bit). The members are the calling thread (rank 0, whose outputs are returned) and
 other threads running the same `nogil` kernel, each pinned to a core of its own.
 
 When: `compiled(x, team_size=N)` asks for N members (1: never a team). Without it,
