@@ -3,6 +3,7 @@ interpreter: every example, both dtypes, odd sizes, the chunked projection path,
 bad inputs, NaN/inf, new weights, save/load without Keras, the on-disk cache."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -75,6 +76,29 @@ def test_large_batch_uses_blas_path_and_matches():
     compiled, bound = compiled_example("lstm_sequences_backwards_masked", "float32")
     inputs = examples.random_inputs(bound.program, batch=9, steps=20, seed=5)
     _check(compiled, bound, inputs, "float32")
+
+
+def test_a_step_is_one_loop_storing_the_outputs_where_they_go():
+    """The LSTM step's two fused regions (the cell, then h reading the cell at its own
+    element) share one loop nest, which stores c and h straight into the next state
+    buffers and h into its row of y_all: no per-step copy loop, no buffer for a gate
+    value, and the numbers of the interpreter (masked scans keep the copies)."""
+    program = examples.lstm_program(3, 4, return_sequences=True)
+    bound = BoundProgram(program, examples.random_weights(program))
+    compiled = rshop_ir.compile(bound)
+    step = compiled.source.split("for step in range(chunk_start, chunk_stop):")[1]
+    step = step.split("return (")[0]
+    gate_loop = step.split("for i_1 in range(B):")[1]
+    for store in ("next_state_1[i_1, i_2] = e_11", "y_all[i_1, step, i_2] = e_16",
+                  "next_state_0[i_1, i_2] = e_16", "e_15 = tanh_f32(np.float32(e_11))"):
+        assert store in gate_loop, compiled.source
+    assert "for b in range(B):" not in step
+    assert not re.search(r"\bv(_\d+)? = np\.empty", compiled.source)   # no value buffers
+    for batch, steps in ((3, 9), (1, 1)):
+        _check(compiled, bound, examples.random_inputs(program, batch=batch, steps=steps,
+                                                       seed=batch), "float32")
+    masked, masked_bound = compiled_example("lstm_sequences_backwards_masked", "float32")
+    assert "keep = " in masked.source
 
 
 @pytest.mark.parametrize("chunk_steps", [1, 3, 7])

@@ -31,6 +31,7 @@ from rshop_ir.errors import UnsupportedError
 from rshop_ir.ir import Literal, Program, Var
 from rshop_ir.shapes import normalize_axes, normalize_axis
 from rshop_ir.kernels import lowering
+from rshop_ir.passes.rewrite import count_uses
 from rshop_ir.kernels.scalar_ops import ScalarContext
 from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STEPS,
@@ -40,7 +41,7 @@ from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
 from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/13"
+GENERATOR_VERSION = "numba-cpu/14"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -138,6 +139,8 @@ class _Function:
         self.packed = {}             # constant Var -> (buffer, start, packed by the host)
         self.team_used = False       # a matmul of this function splits its columns
         self.abort_return = None     # the statement leaving a scan function early
+        self.direct = {}             # in a scan: body output -> its loop's extra stores
+        self.body_outputs = ()       # in a scan: the body's outputs
 
     def alloc(self, var: Var, shape_text: str, hint: str = "buf") -> str:
         name = self.names.fresh(hint)
@@ -1068,9 +1071,6 @@ class CpuGenerator:
             all_shape = self.shape_text((y_var.shape[0], "steps", *y_var.shape[1:]))
             # every step writes its row of y_all (masked steps the carried y)
             preamble.line(f"y_all = np.empty({all_shape}, {y_dtype})")
-            if self._row_width(y_var) is not None:
-                preamble.line(f"y_all_rows = y_all.reshape((B, steps, "
-                              f"{self._row_width(y_var)}))")
         readout_buffers = None
         if readout is not None:
             readout_buffers = (names.fresh("readout"), names.fresh("next_readout"))
@@ -1110,11 +1110,9 @@ class CpuGenerator:
                     function.values[body_var] = SequenceStep(data, "t", body_var.ndim)
                 else:
                     function.values[body_var] = ChunkRows(chunk_buffers[data][1], "row")
-            for eqn in body_program.eqns:
-                if eqn.op == "scan":
-                    self._emit_nested_scan(function, eqn)
-                else:
-                    self._emit_eqn(function, eqn)
+            function.direct = {} if mask is not None else self._direct_targets(
+                plan, state_buffers, readout_buffers)
+            self._emit_body(function, body_program)
             self._render_commit(function, plan, state_buffers, readout_buffers, mask)
 
         # --- the loop over chunks: the chunk's input projection, then its steps
@@ -1148,6 +1146,118 @@ class CpuGenerator:
             writer.line(f"return ({', '.join(results)},)")
         self.functions.append(writer)
         return scan_name, outer_arguments, function.team_used
+
+    def _direct_targets(self, plan, state_buffers, readout_buffers) -> dict:
+        """Body output Var -> where its loop stores each element besides (or instead
+        of) a buffer of its own, for outputs computed by an element-wise eqn of the
+        body (unmasked scans): the next state's, readout's and y's buffers, and y's row
+        of `y_all` (then y_next is not written: with return_sequences and no mask,
+        y_last is never read). The commit copies only the other outputs."""
+        body_program = plan.body
+        elementwise = {eqn.outputs[0] for eqn in body_program.eqns
+                       if lowering.is_elementwise(eqn) and len(eqn.outputs) == 1}
+        y_var, *new_states = body_program.outputs
+        targets = {}
+
+        def add(var, target):
+            if var in elementwise:
+                targets.setdefault(var, []).append(target)
+        if plan.params["return_sequences"]:
+            add(y_var, ("y_all", None))
+        else:
+            add(y_var, ("buffer", "y_next"))
+        for (_, following), new_state in zip(state_buffers, new_states):
+            add(new_state, ("buffer", following))
+        if readout_buffers is not None:
+            add(y_var, ("buffer", readout_buffers[1]))
+        return targets
+
+    def _emit_body(self, function, program) -> None:
+        """The eqns of a scan body in order; runs of element-wise eqns of one output
+        shape, each reading the earlier ones' outputs only at its own element, share
+        ONE loop nest (`_emit_elementwise_run`)."""
+        uses = count_uses(program)
+        function.body_outputs = program.outputs
+        run = []
+        for eqn in program.eqns:
+            if lowering.is_elementwise(eqn) and len(eqn.outputs) == 1:
+                if run and not self._joins_run(run, eqn):
+                    self._emit_elementwise_run(function, run, uses)
+                    run = []
+                run.append(eqn)
+                continue
+            self._emit_elementwise_run(function, run, uses)
+            run = []
+            if eqn.op == "scan":
+                self._emit_nested_scan(function, eqn)
+            else:
+                self._emit_eqn(function, eqn)
+        self._emit_elementwise_run(function, run, uses)
+
+    @staticmethod
+    def _joins_run(run, eqn) -> bool:
+        shape = run[0].outputs[0].shape
+        if eqn.outputs[0].shape != shape:
+            return False
+        made = {earlier.outputs[0] for earlier in run}
+        return all(atom.shape == shape for atom in lowering.elementwise_operands(eqn)
+                   if isinstance(atom, Var) and atom in made)
+
+    def _emit_elementwise_run(self, function, run, uses) -> None:
+        """One loop nest computing every eqn of `run` (element-wise, one output shape)
+        at each element: an eqn reads an earlier one's result as a scalar, not from
+        memory. An output is stored where `function.direct` says (the commit's
+        buffers, y_all), and into a buffer of its own only when something outside the
+        loop reads it; a value only the loop reads gets no buffer at all."""
+        if not run:
+            return
+        shape = run[0].outputs[0].shape
+        made = {eqn.outputs[0] for eqn in run}
+        read_inside = {}
+        for eqn in run:
+            for atom in lowering.elementwise_operands(eqn):
+                if isinstance(atom, Var) and atom in made:
+                    read_inside[atom] = read_inside.get(atom, 0) + 1
+        stores = {}          # out Var -> element-store targets (ArrayValue or "y_all")
+        for eqn in run:
+            out = eqn.outputs[0]
+            direct = function.direct.get(out, [])
+            as_output = sum(1 for atom in function.body_outputs if atom is out) \
+                if direct else 0
+            read_elsewhere = uses[out] - read_inside.get(out, 0) - as_output
+            targets = [ArrayValue(name, out.ndim) if kind == "buffer" else kind
+                       for kind, name in direct]
+            own = next((t for t in targets if isinstance(t, ArrayValue)), None)
+            if read_elsewhere > 0 and own is None:
+                own = ArrayValue(function.alloc(out, self.shape_text(out.shape), "v"),
+                                 out.ndim)
+                targets.append(own)
+            stores[out] = targets
+            if own is not None:
+                function.values[out] = own
+        indices = self._loops(function, shape)
+        scalars = {}
+        for eqn in run:
+            inputs = [scalars[atom] if isinstance(atom, Var) and atom in scalars
+                      else self._element(function, atom, indices, shape)
+                      for atom in lowering.elementwise_operands(eqn)]
+            statements, results = lowering.scalar_statements(
+                lowering.elementwise_as_body(eqn), inputs, self.ctx, function.names.fresh)
+            for name, expression in statements:
+                function.body.line(f"{name} = {expression}")
+            out, result = eqn.outputs[0], results[0]
+            if not result.isidentifier():
+                name = function.names.fresh("e")
+                function.body.line(f"{name} = {result}")
+                result = name
+            scalars[out] = result
+            for target in stores[out]:
+                if target == "y_all":
+                    element = f"y_all[{', '.join([indices[0], 'step', *indices[1:]])}]"
+                else:
+                    element = target.element(indices)
+                function.body.line(f"{element} = {result}")
+        self._close(function, len(indices))
 
     def _emit_nested_scan(self, function, eqn) -> None:
         plan = lowering.plan_scan(eqn)
@@ -1318,38 +1428,43 @@ class CpuGenerator:
 
     def _render_commit(self, function, plan, state_buffers, readout_buffers, mask) -> None:
         """Copy [y, *new states] (and the readout) into the next buffers, keeping the
-        previous rows where the mask is False, then swap and store y."""
+        previous rows where the mask is False, then swap and store y. Outputs the
+        body's loops stored already (`function.direct`) are not copied again."""
         body_program = plan.body
         loop = function.body
         outputs = body_program.outputs
         y_var = outputs[0]
+        direct = function.direct
         targets = [("y_next", "y_last", y_var)]
         targets += [(following, current, new_state) for (current, following), new_state
                     in zip(state_buffers, outputs[1:])]
         if readout_buffers is not None:
             targets.append((readout_buffers[1], readout_buffers[0], y_var))
-        with loop.block("for b in range(B):"):
-            if mask is not None:
-                loop.line(f"keep = {mask}[b, t]")
-            for following, current, source_var in targets:
-                inner_shape = source_var.shape[1:]
-                indices = self._loops(function, inner_shape, "k")
-                element = function.values[source_var].element(["b", *indices])
-                target = f"{following}[{', '.join(['b', *indices])}]"
+        copied = [target for target in targets if target[2] not in direct]
+        if copied:
+            with loop.block("for b in range(B):"):
                 if mask is not None:
-                    previous = f"{current}[{', '.join(['b', *indices])}]"
-                    loop.line(f"{target} = {element} if keep else {previous}")
-                else:
-                    loop.line(f"{target} = {element}")
-                self._close(function, len(indices))
+                    loop.line(f"keep = {mask}[b, t]")
+                for following, current, source_var in copied:
+                    inner_shape = source_var.shape[1:]
+                    indices = self._loops(function, inner_shape, "k")
+                    element = function.values[source_var].element(["b", *indices])
+                    target = f"{following}[{', '.join(['b', *indices])}]"
+                    if mask is not None:
+                        previous = f"{current}[{', '.join(['b', *indices])}]"
+                        loop.line(f"{target} = {element} if keep else {previous}")
+                    else:
+                        loop.line(f"{target} = {element}")
+                    self._close(function, len(indices))
         for following, current, _ in targets:
             loop.line(f"{current}, {following} = {following}, {current}")
-        if plan.params["return_sequences"]:
+        if plan.params["return_sequences"] and y_var not in direct:
             width = self._row_width(y_var)
             if width is None:
                 loop.line("y_all[:, step] = y_last")
             else:  # element loops: a slice assignment compiles Numba's shape-error
                 # formatting (unicode code, ~1.5 s of every first compile)
+                function.preamble.line(f"y_all_rows = y_all.reshape((B, steps, {width}))")
                 loop.line(f"y_last_rows = y_last.reshape((B, {width}))")
                 with loop.block("for b in range(B):"):
                     with loop.block(f"for k in range({width}):"):

@@ -18,6 +18,7 @@ from rshop_ir.passes.hoist import hoist
 from rshop_ir.passes.merge_gemms import merge_gemms
 from rshop_ir.passes.precompute_weights import precompute_weights
 from rshop_ir.passes.simplify import simplify
+from rshop_ir.passes.sink_slices import sink_slices
 from rshop_ir.passes.split_concat_matmul import split_concat_matmul
 from rshop_ir.verify import verify
 
@@ -33,6 +34,8 @@ PIPELINE = (
     ("cse_after_hoist", cse),
     ("dce_after_hoist", dce),
     ("precompute_weights", precompute_weights),
+    ("sink_slices", sink_slices),      # gates read slices of the operands, not of a sum
+    ("cse_after_sink", cse),
     ("fuse_elementwise", fuse_elementwise),
 )
 

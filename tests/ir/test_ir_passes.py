@@ -7,7 +7,7 @@ from rshop_ir import ProgramBuilder, interpret, verify
 from rshop_ir.examples import random_inputs, random_weights
 from rshop_ir.passes import (PIPELINE, cse, dce, fold_constants, fuse_elementwise, hoist,
                              merge_gemms, optimize, precompute_weights, simplify,
-                             split_concat_matmul)
+                             sink_slices, split_concat_matmul)
 
 
 def normalized(text: str) -> str:
@@ -406,6 +406,73 @@ def test_fuse_elementwise_regions():
                      l:f32[B,4] = add k j
                    in (l) }
       in (h, d) }""")
+
+
+def test_sink_slices_through_a_cascade_of_elementwise_eqns():
+    """The gates' slices of `(x + h @ w) + bias` become slices of x, of the product and
+    of the bias; the adds move to each gate (the add too: after the bias_add moved,
+    only slices read it). A slice reading the product stays a slice of the product."""
+    b = ProgramBuilder()
+    x, h = b.input("float32", ("B", 6)), b.input("float32", ("B", 3))
+    w, bias = b.param("w", "float32", (3, 6)), b.param("bias", "float32", (6,))
+    total = b.apply("bias_add", b.apply("add", x, b.apply("matmul", h, w)), bias)
+    first = b.apply("sigmoid", b.apply("slice", total, axis=1, start=0, stop=2))
+    second = b.apply("tanh", b.apply("slice", total, axis=-1, start=2, stop=6))
+    check_pass(sink_slices, b.build([first, second]), """
+    { params a:f32[3,6]=w, b:f32[6]=bias
+      inputs c:f32[B,6], d:f32[B,3]
+      let
+        e:f32[B,6] = matmul d a
+        f:f32[B,2] = slice c [axis=1, start=0, stop=2]
+        g:f32[B,2] = slice e [axis=1, start=0, stop=2]
+        h:f32[B,2] = add f g
+        i:f32[B,4] = slice c [axis=1, start=2, stop=6]
+        j:f32[B,4] = slice e [axis=1, start=2, stop=6]
+        k:f32[B,4] = add i j
+        l:f32[2] = slice b [axis=0, start=0, stop=2]
+        m:f32[B,2] = bias_add h l
+        n:f32[4] = slice b [axis=0, start=2, stop=6]
+        o:f32[B,4] = bias_add k n
+        p:f32[B,2] = sigmoid m
+        q:f32[B,4] = tanh o
+      in (p, q) }""")
+
+
+def test_sink_slices_leaves_shared_overlapping_and_escaping_values():
+    """No move when another eqn reads the whole value, when two slices overlap (an
+    element would be computed twice), when the value is a program output, or when
+    the slices cut different axes; an operand of size 1 along the cut broadcasts."""
+    b = ProgramBuilder()
+    x, column = b.input("float32", ("B", 4)), b.input("float32", ("B", 1))
+    read_whole = b.apply("exp", x)
+    overlapping = b.apply("tanh", x)
+    escaping = b.apply("neg", x)
+    two_axes = b.apply("sigmoid", b.input("float32", (4, 4)))
+    broadcast = b.apply("mul", x, column)
+    outputs = [b.apply("slice", read_whole, axis=1, start=0, stop=2), read_whole,
+               b.apply("slice", overlapping, axis=1, start=0, stop=3),
+               b.apply("slice", overlapping, axis=1, start=2, stop=4),
+               b.apply("slice", escaping, axis=1, start=0, stop=2), escaping,
+               b.apply("slice", two_axes, axis=0, start=0, stop=2),
+               b.apply("slice", two_axes, axis=1, start=0, stop=2),
+               b.apply("slice", broadcast, axis=1, start=1, stop=3)]
+    after = check_pass(sink_slices, b.build(outputs), """
+    { inputs a:f32[B,4], b:f32[B,1], c:f32[4,4]
+      let
+        d:f32[B,4] = exp a
+        e:f32[B,4] = tanh a
+        f:f32[B,4] = neg a
+        g:f32[4,4] = sigmoid c
+        h:f32[B,2] = slice a [axis=1, start=1, stop=3]
+        i:f32[B,2] = mul h b
+        j:f32[B,2] = slice d [axis=1, start=0, stop=2]
+        k:f32[B,3] = slice e [axis=1, start=0, stop=3]
+        l:f32[B,2] = slice e [axis=1, start=2, stop=4]
+        m:f32[B,2] = slice f [axis=1, start=0, stop=2]
+        n:f32[2,4] = slice g [axis=0, start=0, stop=2]
+        o:f32[4,2] = slice g [axis=1, start=0, stop=2]
+      in (j, d, k, l, m, f, n, o, i) }""")
+    assert sum(eqn.op == "mul" for eqn in after.eqns) == 1
 
 
 def test_fuse_a_whole_dag_with_one_exit():
