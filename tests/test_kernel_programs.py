@@ -114,9 +114,29 @@ def test_chunked_projection_long_sequence(chunk_steps):
 def test_memory_budget_bounds_the_chunk():
     compiled, bound = compiled_example("lstm", "float32")
     assert compiled.kernel.projection_row_bytes == (3 + 16) * 4
-    assert compiled._chunk(batch=1000, chunk_steps=None) == \
-        max(1, compiled.max_chunk_bytes // (1000 * 19 * 4))
+    # 1000 rows x 76 bytes a step: 16 MB hold 220 steps, the 4 MB kept near the
+    # cache 55 (still 55,000 rows, more than MIN_CHUNK_ROWS)
+    assert compiled._chunk(batch=1000, chunk_steps=None) == 55
+    assert compiled._chunk(batch=1000, chunk_steps=200) == 200   # asked: only 16 MB bound it
+    assert compiled._chunk(batch=1000, chunk_steps=500) == 220
     assert compiled._chunk(batch=1, chunk_steps=None) == 256
+
+
+def test_default_chunk_stays_near_the_cache_with_rows_enough(monkeypatch):
+    """By default a chunk's buffers stay within CACHE_CHUNK_BYTES unless that leaves a
+    chunk fewer than MIN_CHUNK_ROWS rows; the numbers do not depend on the chunk."""
+    from rshop_ir.kernels.cpu import runtime
+
+    compiled, bound = compiled_example("lstm_sequences_backwards_masked", "float32")
+    row_bytes = compiled.kernel.projection_row_bytes
+    monkeypatch.setattr(runtime, "CACHE_CHUNK_BYTES", 9 * 2 * row_bytes)
+    monkeypatch.setattr(runtime, "MIN_CHUNK_ROWS", 9)
+    assert compiled._chunk(batch=9, chunk_steps=None) == 2     # 2 steps in the cache
+    assert compiled._chunk(batch=3, chunk_steps=None) == 6     # 6 steps of 3 rows
+    monkeypatch.setattr(runtime, "MIN_CHUNK_ROWS", 40)
+    assert compiled._chunk(batch=9, chunk_steps=None) == 5     # 5 x 9 rows >= 40
+    inputs = examples.random_inputs(bound.program, batch=9, steps=23, seed=4)
+    _check(compiled, bound, inputs, "float32")
 
 
 def test_initial_state_and_readout_by_name():
