@@ -20,12 +20,12 @@ From an OPTIMISED program (passes/pipeline.py) this decides, without writing any
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 from rshop_ir.ir import Literal, Program, Var
 from rshop_ir.ops import ScanLayout, get_op, is_row_norm
 from rshop_ir.kernels.scalar_ops import scalar_expression
+from rshop_ir.passes.rewrite import count_uses, fresh_var
 
 
 @dataclass
@@ -71,7 +71,7 @@ class ProgramPlan:
 def plan_program(program: Program, row_norms: bool = False) -> ProgramPlan:
     """`row_norms`: a projection's chain may hold layer norms over the last axis
     (`rshop_ir.ops.is_row_norm`), for a renderer that computes them row by row in its chunks."""
-    uses = _count_uses(program)
+    uses = count_uses(program)
     producers = {var: eqn for eqn in program.eqns for var in eqn.outputs}
     absorbed = set()
     scans = {}
@@ -97,14 +97,6 @@ def plan_scan(eqn) -> ScanPlan:
     layout = ScanLayout.from_params(eqn.params)
     body = eqn.params["body"]
     return ScanPlan(eqn, layout, layout.split(eqn.inputs), layout.split(body.inputs))
-
-
-def _count_uses(program: Program) -> Counter:
-    uses = Counter()
-    for eqn in program.eqns:
-        uses.update(atom for atom in eqn.inputs if isinstance(atom, Var))
-    uses.update(atom for atom in program.outputs if isinstance(atom, Var))
-    return uses
 
 
 def _weight_like(atom) -> bool:
@@ -180,8 +172,6 @@ def elementwise_as_body(eqn) -> Program:
     """A lone element-wise eqn as a one-eqn body, so it renders like a fused region."""
     if eqn.op == "fused":
         return eqn.params["body"]
-    from rshop_ir.passes.rewrite import fresh_var
-
     inputs = [fresh_var(atom) for atom in eqn.inputs if isinstance(atom, Var)]
     mapping = dict(zip([a for a in eqn.inputs if isinstance(a, Var)], inputs))
     new_inputs = [mapping.get(atom, atom) if isinstance(atom, Var) else atom
