@@ -36,32 +36,32 @@ def sink_slices(program: Program) -> Program:
     eqns = list(program.eqns)
     outputs = {atom for atom in program.outputs if isinstance(atom, Var)}
     changed = False
+    readers = _readers(eqns)
     position = len(eqns) - 1
     while position >= 0:
         eqn = eqns[position]
-        readers = _readers(eqns)
         cuts = _slices_to_sink(eqn, readers, eqns, outputs)
         if cuts is not None:
+            params = {key: eqn.params[key] for key in eqn.params}
             replacement = []
             for reader_position, axis, start, stop in cuts:
-                reader = eqns[reader_position]
                 sliced_inputs = []
                 for atom in eqn.inputs:
                     operand, cut = _operand_slice(atom, eqn.outputs[0], axis, start, stop)
                     if cut is not None:
                         replacement.append(cut)
                     sliced_inputs.append(operand)
-                computed = make_eqn(eqn.op, sliced_inputs, **{key: eqn.params[key] for key in eqn.params})
+                computed = make_eqn(eqn.op, sliced_inputs, **params)
                 # the slice's own output Var takes the per-slice value: readers unchanged
-                replacement.append(computed.replace(outputs=reader.outputs))
+                replacement.append(computed.replace(outputs=eqns[reader_position].outputs))
+            # The per-slice eqns go where the eqn was (its operands are defined by then);
+            # the slices it replaces all come after it.
             dropped = {reader_position for reader_position, *_ in cuts}
-            # the per-slice eqns go where the eqn was (its operands are defined by then)
-            eqns = [e for p, e in enumerate(eqns[:position]) if p not in dropped] \
-                + replacement \
-                + [e for p, e in enumerate(eqns[position + 1:], position + 1)
-                   if p not in dropped]
+            eqns = eqns[:position] + replacement + [
+                e for p, e in enumerate(eqns[position + 1:], position + 1) if p not in dropped]
+            readers = _readers(eqns)
             changed = True
-            # the operands' producers are earlier: keep walking back from here
+        # the operands' producers are earlier: keep walking back from here
         position -= 1
     return program.replace(eqns=eqns) if changed else program
 
