@@ -8,8 +8,14 @@ runtime packs it once per weight version; in panels of PROJECTION_PANEL_ROWS row
 a kernel runs its input projection) and through `np.dot` inside an `@njit` function
 (what the kernels call otherwise), both on ONE thread (OpenBLAS limited to 1), results
 checked against each other, medians of interleaved rounds. Packing is not timed. The
-last three shapes are input projections: S2's (100 steps x 1 row), S3's (100 x 32)
-and a chunk of S4's (14 steps x 128 rows of a row slice).
+shapes after the first eight are input projections: S2's (100 steps x 1 row), S3's
+(100 x 32) and a chunk of S4's (14 steps x 128 rows of a row slice). The last two
+bound what a kernel can reach on this core:
+  * 1 x 256 x 512, the 512 KB of weights an S2 step of the MGU or RWA reads: a
+    matrix-vector product streams its weight from the L2 cache, so its "weight GB/s"
+    (the packed weight's bytes over the time) is the cache's rate;
+  * 4096 x 64 x 32, one column block whose 8 KB of weights stay in L1: the register
+    tile's own rate, bound by the fused multiply-adds.
 """
 
 import argparse
@@ -22,7 +28,8 @@ import numpy as np
 
 SHAPES = [(1, 64, 256), (1, 256, 1024), (2, 256, 1024), (4, 256, 1024), (8, 256, 1024),
           (32, 256, 1024), (128, 512, 2048), (33, 100, 300),
-          (100, 128, 1024), (3200, 128, 1024), (1792, 256, 2048)]
+          (100, 128, 1024), (3200, 128, 1024), (1792, 256, 2048),
+          (1, 256, 512), (4096, 64, 32)]
 
 
 def main(argv=None):
@@ -58,7 +65,7 @@ def main(argv=None):
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, one thread; "
           f"command: python -m bench.tiles --repeats {args.repeats}")
     print(f"{'dtype':8} {'rows x contraction x columns':30} {'np.dot GFLOP/s':>15} "
-          f"{'packed GFLOP/s':>15} {'packed / np.dot':>16}")
+          f"{'packed GFLOP/s':>15} {'packed / np.dot':>16} {'weight GB/s':>12}")
     rng = np.random.default_rng(0)
     with blas_threads_for(0.0):     # OpenBLAS on one thread
         for dtype in BLOCK_COLUMNS:
@@ -81,9 +88,11 @@ def main(argv=None):
                     packed_rates.append(flops / median_seconds(
                         lambda: packed(a, buffer, start, out_packed), calls) / 1e9)
                 blas_rate, packed_rate = np.median(blas_rates), np.median(packed_rates)
+                # the packed weight read once per product, at the packed product's rate
+                weight_rate = packed_rate * weight.nbytes / flops
                 print(f"{dtype:8} {f'{rows} x {contraction} x {columns}':30} "
                       f"{blas_rate:15.1f} {packed_rate:15.1f} "
-                      f"{packed_rate / blas_rate:15.2f}x")
+                      f"{packed_rate / blas_rate:15.2f}x {weight_rate:12.1f}")
 
 
 if __name__ == "__main__":

@@ -210,8 +210,8 @@ def test_cli_quick_writes_json_and_png(tmp_path, capsys):
 
 def test_tiles_bench_checks_and_prints_every_shape(monkeypatch, capsys):
     """`python -m bench.tiles` compares the packed product with np.dot (it asserts
-    they agree) and prints one line per dtype and shape with both rates and their
-    ratio."""
+    they agree) and prints one line per dtype and shape with both rates, their ratio
+    and the rate the packed product reads its weight at."""
     from rshop_ir.bench import tiles
 
     monkeypatch.setattr(tiles, "SHAPES", [(3, 17, 20), (4, 16, 16)])
@@ -225,6 +225,11 @@ def test_tiles_bench_checks_and_prints_every_shape(monkeypatch, capsys):
         blas_rate, tile_rate, ratio = float(line[6]), float(line[7]), float(line[8][:-1])
         assert blas_rate > 0 and tile_rate > 0
         assert ratio == pytest.approx(tile_rate / blas_rate, rel=0.1, abs=0.05)
+        rows, contraction, columns = int(line[1]), int(line[3]), int(line[5])
+        itemsize = 4 if line[0] == "float32" else 8
+        # GFLOP/s x bytes per flop = GB/s: 2 flops per weight element per row
+        assert float(line[9]) == pytest.approx(
+            tile_rate * itemsize / (2 * rows), rel=0.1, abs=0.05)
 
 
 def _run_json(path, rows):

@@ -198,6 +198,55 @@ def test_team_gives_the_numbers_of_one_thread_exactly(steps, chunk_steps):
             np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("steps, chunk_steps", [(9, None), (67, 5)])
+def test_team_members_own_columns_of_every_gate(steps, chunk_steps):
+    """Gates starting on whole blocks of the packed weight (64 units): each member
+    computes its columns of every gate (one packed product a gate), runs the gate loop
+    over those columns only, and the team exchanges ONE value a step, h, which the next
+    product reads whole; the cell state c, read only by the gate loop, stays split
+    until one exchange after the last step (kernels/cpu/team_columns.py). Outputs and
+    final states equal one thread's bit for bit (members 2 and 3: the third owns no
+    column of a 64-wide value), and the interpreter's."""
+    program = examples.lstm_program(40, 64, return_sequences=True)
+    weights = examples.random_weights(program, scale=0.5)
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    source = compiled._team_kernel()[0].source
+    steps_start = source.index("for step in range(")
+    after_steps = source.index("\n    if team_size > 1:", steps_start)
+    step_loop, after = source[steps_start:after_steps], source[after_steps:]
+    assert step_loop.count("packed_product(state_0, packed, packed_start + (") == 4
+    assert "e = (projected_0[row + i_4, j_4] + product[i_4, j_4])" in step_loop
+    assert "j_4 = (own_low_64 + jj_4) & 0x7FFFFFFF" in step_loop      # the owned gate loop
+    assert step_loop.count("team_wait(") == 1 and "next_state_0[i_5, member_low" in step_loop
+    assert after.count("team_wait(") == 1 and "state_1[i_6, member_low_1 + j_6]" in after
+    x = np.random.default_rng(steps).standard_normal((1, steps, 40)).astype(np.float32)
+    one = compiled(x, team_size=1, chunk_steps=chunk_steps)
+    _assert_close(one, interpret(program, x, weights=weights))
+    for members in (2, 3):
+        team_result = compiled(x, team_size=members, chunk_steps=chunk_steps)
+        assert len(team_result) == 3
+        for got, expected in zip(team_result, one):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_a_product_off_the_blocks_is_gathered_whole_and_its_gates_still_split():
+    """Gates of 48 units do not start on blocks of 32 columns: the team splits the
+    product's columns and gathers them whole right after it. The gate loop still
+    runs over each member's columns, since it reads the cell state, which stays split
+    between steps. Same numbers as one thread."""
+    program = examples.lstm_program(40, 48, return_sequences=True)
+    weights = examples.random_weights(program, scale=0.5)
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    source = compiled._team_kernel()[0].source
+    assert "packed_start + team_low * 48, team_part)" in source
+    assert "& 0x7FFFFFFF" in source[source.index("= (projected_0[row + ") - 400:]
+    x = np.random.default_rng(5).standard_normal((1, 11, 40)).astype(np.float32)
+    one = compiled(x, team_size=1)
+    _assert_close(one, interpret(program, x, weights=weights))
+    for got, expected in zip(compiled(x, team_size=2), one):
+        np.testing.assert_array_equal(got, expected)
+
+
 def _lstm(input_size=8, units=16):
     """A small LSTM program whose recurrent matmul a team splits by default."""
     program = examples.lstm_program(input_size, units, return_sequences=True)

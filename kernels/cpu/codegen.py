@@ -38,10 +38,11 @@ from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STE
                                                  TILE_SHAPES, aligned_start_source,
                                                  packing_source, row_buffer_size)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
+from rshop_ir.kernels.cpu.team_columns import ColumnOwnership, kept_states, product_segments
 from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/14"
+GENERATOR_VERSION = "numba-cpu/15"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -141,6 +142,8 @@ class _Function:
         self.abort_return = None     # the statement leaving a scan function early
         self.direct = {}             # in a scan: body output -> its loop's extra stores
         self.body_outputs = ()       # in a scan: the body's outputs
+        self.readers = {}            # in a scan: body Var -> the body eqns reading it
+        self.ownership = None        # in a team scan: its owned columns (team_columns.py)
 
     def alloc(self, var: Var, shape_text: str, hint: str = "buf") -> str:
         name = self.names.fresh(hint)
@@ -738,7 +741,6 @@ class CpuGenerator:
             self._one_column_matmul(function, eqn)
             return
         if a.ndim == 2 and b.ndim == 2:
-            name = function.alloc(out, self.shape_text(out.shape), "product")
             a_value, b_value = function.values[a], function.values[b]
             blas_ready = is_float and a_value.contiguous and b_value.contiguous
             contraction = a.shape[1]
@@ -750,6 +752,14 @@ class CpuGenerator:
             if splits:   # recorded in the plain kernel too: the automatic team's rule
                 self.team_weight_bytes += contraction * out.shape[1] \
                     * np.dtype(out.dtype).itemsize
+            segments = splits and self.team and function.ownership is not None \
+                and product_segments(out, function.readers.get(out, []),
+                                     BLOCK_COLUMNS[out.dtype])
+            if segments:
+                self._owned_matmul(function, a_value, b_value, out, contraction, b,
+                                   segments)
+                return
+            name = function.alloc(out, self.shape_text(out.shape), "product")
             if splits and self.team:
                 self._team_matmul(function, a_value, b_value, name, out, contraction, b)
             else:
@@ -951,6 +961,40 @@ class CpuGenerator:
         self.team_columns = max(self.team_columns, columns)
         self.team_dtype = out.dtype
 
+    def _owned_matmul(self, function, a_value, b_value, out, contraction, weight_var,
+                      segments) -> None:
+        """`out = a @ b` where each member computes and keeps only its columns of each
+        segment (a slice read from the product, or the whole product; see
+        kernels/cpu/team_columns.py): one packed product per segment into a buffer of
+        the member's columns, copied to those columns of the segment's value. Nothing
+        is exchanged here; a value is gathered where something reads it whole."""
+        ownership, names = function.ownership, function.names
+        preamble, body = function.preamble, function.body
+        buffer, start, _ = self._packed_weight(function, b_value, weight_var, contraction,
+                                               out)
+        left = self._contiguous(a_value)
+        for var, low_column, high_column in segments:
+            columns = high_column - low_column
+            _, low, count = ownership.partition(columns)
+            part = names.fresh("own_part")
+            preamble.line(f"{part} = np.empty((B, {count}), {dtype_expression(out.dtype)})")
+            name = function.alloc(var, self.shape_text(var.shape), "product")
+            body.line(f"packed_product({left}, {buffer}, {start} + ({low_column} + {low}) "
+                      f"* {contraction}, {part})")
+            row = names.fresh("i")
+            with body.block(f"for {row} in range(B):"):
+                local, column = ownership.open_loop(body, columns)
+                body.line(f"{name}[{row}, {column}] = {part}[{row}, {local}]")
+                body.depth -= 1
+            function.values[var] = ArrayValue(name, 2)
+            ownership.own(var, [ArrayValue(name, 2)])
+            if var is not out:
+                ownership.done.update(id(eqn) for eqn in function.readers[out]
+                                      if eqn.outputs[0] is var)
+        function.team_used = True
+        self.team_columns = max(self.team_columns, out.shape[1])
+        self.team_dtype = out.dtype
+
     def _hand_matmul(self, function, a_value, b_value, name, out, contraction) -> None:
         names, body = function.names, function.body
         i, j, k, a_ik = (names.fresh(h) for h in ("i", "j", "k", "a_ik"))
@@ -1101,6 +1145,8 @@ class CpuGenerator:
         # the chunk's input projection is computed)
         backwards = bool(params["go_backwards"])
         function.preamble = preamble
+        if self.team and top_level and mask is None:
+            self._start_ownership(function, body_program, inner["states"], state_buffers)
         step_loop = function.body = SourceWriter()
         with step_loop.block("for step in range(chunk_start, chunk_stop):"):
             step_loop.line("t = steps - 1 - step" if backwards else "t = step")
@@ -1113,6 +1159,8 @@ class CpuGenerator:
             function.direct = {} if mask is not None else self._direct_targets(
                 plan, state_buffers, readout_buffers)
             self._emit_body(function, body_program)
+            if function.ownership is not None:
+                self._gather_outputs(function, body_program, inner["states"])
             self._render_commit(function, plan, state_buffers, readout_buffers, mask)
 
         # --- the loop over chunks: the chunk's input projection, then its steps
@@ -1133,6 +1181,14 @@ class CpuGenerator:
             else:
                 self._projections(function, projections, chunk_buffers, "0", "rows")
             loop.extend(step_loop)
+        if function.ownership is not None:
+            # the states kept owned between steps, whole in the results
+            ownership = function.ownership
+            for state_var, (current, _) in zip(inner["states"], state_buffers):
+                if state_var in ownership.kept:
+                    ownership.own(state_var, [ArrayValue(current, 2)])
+                    ownership.gather(loop, state_var)
+            self.team_columns = max(self.team_columns, ownership.widest)
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
         team_arguments = list(TEAM_ARGUMENTS) if function.team_used else []
@@ -1172,14 +1228,61 @@ class CpuGenerator:
             add(y_var, ("buffer", readout_buffers[1]))
         return targets
 
+    def _start_ownership(self, function, body_program, state_vars, state_buffers) -> None:
+        """Members of a team own columns in this scan (kernels/cpu/team_columns.py)
+        when its body has a matmul a team splits; the states read only by element-wise
+        loops of their shape stay owned between steps."""
+        dtype = next((eqn.outputs[0].dtype for eqn in body_program.eqns
+                      if self._splittable(function, eqn)), None)
+        if dtype is None:
+            return
+        ownership = function.ownership = ColumnOwnership(
+            function.names, function.preamble, BLOCK_COLUMNS[dtype], function.abort_return,
+            dtype)
+        self.team_dtype = self.team_dtype or dtype
+        kept = kept_states(body_program, state_vars)
+        for state_var, (current, _) in zip(state_vars, state_buffers):
+            if state_var in kept and state_var.dtype == dtype:
+                ownership.kept.add(state_var)
+                ownership.own(state_var, [ArrayValue(current, 2)])
+        function.team_used = True
+
+    def _splittable(self, function, eqn) -> bool:
+        """`eqn` is a matmul of a team scan's body whose columns a team splits (see
+        `_team_splits`; its left operand, not known yet, is C-contiguous in the bodies
+        the passes make)."""
+        if eqn.op != "matmul":
+            return False
+        a, b = eqn.inputs
+        out = eqn.outputs[0]
+        return isinstance(a, Var) and isinstance(b, Var) and a.ndim == b.ndim == 2 \
+            and out.dtype in ("float32", "float64") and a.dtype == b.dtype == out.dtype \
+            and not (b.shape[1] == 1) and self._team_splits(function, b, a.shape[1], out)
+
+    def _gather_outputs(self, function, body_program, state_vars) -> None:
+        """Before the commit: gather y and the new states that are not kept owned."""
+        ownership = function.ownership
+        y_var, *new_states = body_program.outputs
+        wanted = [y_var] + [new for state_var, new in zip(state_vars, new_states)
+                            if state_var not in ownership.kept]
+        ownership.gather_inputs(function.body, wanted)
+
     def _emit_body(self, function, program) -> None:
         """The eqns of a scan body in order; runs of element-wise eqns of one output
         shape, each reading the earlier ones' outputs only at its own element, share
         ONE loop nest (`_emit_elementwise_run`)."""
         uses = count_uses(program)
         function.body_outputs = program.outputs
+        function.readers = {}
+        for eqn in program.eqns:
+            for atom in eqn.inputs:
+                if isinstance(atom, Var):
+                    function.readers.setdefault(atom, []).append(eqn)
+        ownership = function.ownership
         run = []
         for eqn in program.eqns:
+            if ownership is not None and id(eqn) in ownership.done:
+                continue
             if lowering.is_elementwise(eqn) and len(eqn.outputs) == 1:
                 if run and not self._joins_run(run, eqn):
                     self._emit_elementwise_run(function, run, uses)
@@ -1188,6 +1291,8 @@ class CpuGenerator:
                 continue
             self._emit_elementwise_run(function, run, uses)
             run = []
+            if ownership is not None:      # it reads its operands whole
+                ownership.gather_inputs(function.body, eqn.inputs)
             if eqn.op == "scan":
                 self._emit_nested_scan(function, eqn)
             else:
@@ -1213,6 +1318,7 @@ class CpuGenerator:
             return
         shape = run[0].outputs[0].shape
         made = {eqn.outputs[0] for eqn in run}
+        owned_loop = self._owned_run(function, run, made, uses)
         read_inside = {}
         for eqn in run:
             for atom in lowering.elementwise_operands(eqn):
@@ -1235,7 +1341,13 @@ class CpuGenerator:
             stores[out] = targets
             if own is not None:
                 function.values[out] = own
-        indices = self._loops(function, shape)
+            if owned_loop and targets:
+                function.ownership.own(out, targets)
+        if owned_loop:
+            indices = self._loops(function, shape[:1])
+            indices.append(function.ownership.open_loop(function.body, shape[1])[1])
+        else:
+            indices = self._loops(function, shape)
         scalars = {}
         for eqn in run:
             inputs = [scalars[atom] if isinstance(atom, Var) and atom in scalars
@@ -1258,6 +1370,33 @@ class CpuGenerator:
                     element = target.element(indices)
                 function.body.line(f"{element} = {result}")
         self._close(function, len(indices))
+
+    def _owned_run(self, function, run, made, uses) -> bool:
+        """Whether a team member runs this element-wise run over its own columns only
+        (kernels/cpu/team_columns.py): it reads an owned value, every owned value it
+        reads has its (B, n) shape, and what it stores has the exchange's dtype.
+        Otherwise the owned values it reads are gathered first."""
+        ownership = function.ownership
+        if ownership is None:
+            return False
+        owned = [atom for eqn in run for atom in lowering.elementwise_operands(eqn)
+                 if isinstance(atom, Var) and atom not in made and atom in ownership.owned]
+        if not owned:
+            return False
+        shape = run[0].outputs[0].shape
+        read_inside = {}
+        for eqn in run:
+            for atom in lowering.elementwise_operands(eqn):
+                if isinstance(atom, Var) and atom in made:
+                    read_inside[atom] = read_inside.get(atom, 0) + 1
+        stored = [eqn.outputs[0] for eqn in run
+                  if uses[eqn.outputs[0]] > read_inside.get(eqn.outputs[0], 0)]
+        if len(shape) == 2 and isinstance(shape[1], int) \
+                and all(atom.shape == shape for atom in owned) \
+                and all(var.dtype == ownership.dtype for var in stored):
+            return True
+        ownership.gather_inputs(function.body, owned)
+        return False
 
     def _emit_nested_scan(self, function, eqn) -> None:
         plan = lowering.plan_scan(eqn)

@@ -1,0 +1,194 @@
+"""Team members that own columns: a team step's element-wise work split too.
+
+In a team kernel (team.py) each member computes its blocks of columns of a split
+matmul. Gathering every member's blocks right after the product and running the
+element-wise loops whole on every member (the same numbers everywhere) costs each
+member the whole step's gate math, and an exchange of the whole product. Instead a
+member here keeps its own columns of the product and runs the element-wise loops over
+those columns only:
+
+  * the columns of an n-wide value (B, n): member m owns [m * w, min(n, (m + 1) * w))
+    with w whole blocks of the packed weight (`BLOCK_COLUMNS`), the same split for
+    every value of that width, so values of one width line up column by column;
+  * a product read only through slices along its last axis (the LSTM's gates, the
+    RWA's two halves) is split slice by slice: member m computes its columns of each
+    slice (one packed product per slice), so it owns units [low, low + count) of
+    every gate;
+  * an element-wise loop whose owned operands all have its shape runs over the
+    member's columns only (its other operands are whole on every member); its
+    outputs are then owned;
+  * a value is gathered (each member writes its columns to the exchange buffer, the
+    barrier, each copies the others' columns) where something reads it whole: a
+    matmul's operand, an op that is not element-wise, a loop of another shape, y (at
+    the end of each step), a state that is read whole at the next step;
+  * a state read only by element-wise loops of its own shape stays owned from step
+    to step and is gathered once, after the last step.
+
+An owned loop's column index is `(own_low + jj) & INDEX_MASK`: Numba wraps negative
+indices, and LLVM vectorises the loop only where it can tell the index is not
+negative (ad-hoc on the development machine, the RWA at S2 on a team of two: 0.89 ms
+a call with `own_low + jj`, 0.54 ms with the mask, 0.64 ms gathering whole products).
+Every column is computed by the same operations in the same order as on one thread,
+so a team's numbers stay those of one thread, bit for bit.
+"""
+
+from __future__ import annotations
+
+from rshop_ir.ir import Var
+from rshop_ir.kernels import lowering
+from rshop_ir.kernels.cpu.source import smaller
+from rshop_ir.shapes import normalize_axis
+
+INDEX_MASK = "0x7FFFFFFF"    # column indices are below 2**31
+
+
+def product_segments(product: Var, readers: list, block_columns: int):
+    """How a split product's columns are owned: [(var, start, stop)] with one entry
+    per slice reading it along its last axis (each starting on a block boundary), or
+    [(product, 0, columns)] when no slice reads it; None when other ops read it too
+    (it is then gathered whole right after the product)."""
+    columns = product.shape[-1]
+    if not readers:
+        return None
+    slices = [eqn for eqn in readers if eqn.op == "slice"]
+    if not slices:
+        return [(product, 0, columns)]
+    if len(slices) != len(readers):
+        return None
+    segments = []
+    for eqn in slices:
+        axis = normalize_axis(eqn.params["axis"], product.ndim)
+        if axis != product.ndim - 1 or eqn.outputs[0].ndim != 2:
+            return None
+        start, stop, step = slice(eqn.params["start"], eqn.params["stop"]).indices(columns)
+        if step != 1 or stop <= start or start % block_columns:
+            return None
+        segments.append((eqn.outputs[0], start, stop))
+    return segments
+
+
+def kept_states(body_program, state_vars) -> set:
+    """The body's state inputs that may stay owned between steps: 2-D of a static
+    width, read only by element-wise eqns of their own shape and not passed through
+    as a body output unchanged."""
+    readers = {}
+    for eqn in body_program.eqns:
+        for atom in eqn.inputs:
+            if isinstance(atom, Var):
+                readers.setdefault(atom, []).append(eqn)
+    kept = set()
+    for var in state_vars:
+        uses = readers.get(var, [])
+        if var.ndim == 2 and isinstance(var.shape[1], int) and uses \
+                and var not in body_program.outputs \
+                and all(lowering.is_elementwise(eqn) and len(eqn.outputs) == 1
+                        and eqn.outputs[0].shape == var.shape for eqn in uses):
+            kept.add(var)
+    return kept
+
+
+class ColumnOwnership:
+    """The owned values of one team scan function and the source that splits and
+    gathers them (see the module docstring).
+
+    Args:
+        names: the function's Namespace.
+        preamble: the SourceWriter run once before the steps (the partitions).
+        block_columns: columns of one block of the packed weight.
+        abort_return: the statement leaving the scan when the team aborts.
+        dtype: the dtype of the split products and of the exchange buffer.
+    """
+
+    def __init__(self, names, preamble, block_columns: int, abort_return: str, dtype: str):
+        self.names, self.preamble = names, preamble
+        self.dtype = dtype
+        self.block_columns = block_columns
+        self.abort_return = abort_return
+        self.owned = {}          # Var -> its element-store targets (ArrayValue / "y_all")
+        self.partitions = {}     # width n -> (w, low, count) names
+        self.done = set()        # ids of the slice eqns a split product wrote
+        self.kept = set()        # state inputs owned between steps
+        self.widest = 0          # the widest value gathered (sizes the exchange buffer)
+
+    def partition(self, columns: int) -> tuple:
+        """(w, low, count): the names of this member's columns of a `columns`-wide
+        value, defined once in the preamble (all columns on one thread)."""
+        if columns not in self.partitions:
+            width, low, count = (self.names.fresh(f"own_{hint}_{columns}")
+                                 for hint in ("width", "low", "count"))
+            block = self.block_columns
+            self.preamble.line(f"{width} = (({columns} + {block - 1}) // {block} "
+                               f"+ team_size - 1) // team_size * {block} "
+                               f"if team_size > 1 else {columns}")
+            self.preamble.line(f"{low} = {smaller(str(columns), f'team_rank * {width}')}")
+            self.preamble.line(f"{count} = {smaller(str(columns), f'{low} + {width}')} - {low}")
+            self.partitions[columns] = (width, low, count)
+        return self.partitions[columns]
+
+    def open_loop(self, writer, columns: int) -> tuple:
+        """Open `for` over this member's columns; returns the names of the index among
+        them (from 0) and of the column."""
+        _, low, count = self.partition(columns)
+        local, column = self.names.fresh("jj"), self.names.fresh("j")
+        writer.line(f"for {local} in range({count}):")
+        writer.depth += 1
+        writer.line(f"{column} = ({low} + {local}) & {INDEX_MASK}")
+        return local, column
+
+    def own(self, var: Var, targets: list) -> None:
+        self.owned[var] = list(targets)
+
+    @staticmethod
+    def _element(target, row: str, column: str) -> str:
+        if target == "y_all":
+            return f"y_all[{row}, step, {column}]"
+        return target.element([row, column])
+
+    def gather(self, writer, var: Var) -> None:
+        """Make `var` whole on every member: each writes its columns to its row of the
+        exchange buffer, waits at the barrier, then copies the other members' columns
+        into every place `var` is stored. Rows (phase % 2) * team_size + member
+        alternate between barriers, as for the split products (codegen's
+        `_team_matmul`)."""
+        targets = self.owned.pop(var)
+        columns = var.shape[1]
+        self.widest = max(self.widest, columns)
+        width, low, count = self.partition(columns)
+        names = self.names
+        phase, part, member, member_low, member_count, member_part, i, j, value = (
+            names.fresh(hint) for hint in ("phase", "team_part", "member", "member_low",
+                                           "member_count", "member_part", "i", "j",
+                                           "value"))
+        with writer.block("if team_size > 1:"):
+            writer.line(f"{phase} = team_counter[PHASE_BASE + team_rank]")
+            writer.line(f"{part} = team_pool[({phase} % 2) * team_size + team_rank]"
+                        f"[:B * {count}].reshape((B, {count}))")
+            with writer.block(f"for {i} in range(B):"):
+                with writer.block(f"for {j} in range({count}):"):
+                    source = self._element(targets[0], i, f"({low} + {j}) & {INDEX_MASK}")
+                    writer.line(f"{part}[{i}, {j}] = {source}")
+            with writer.block("if not team_wait(team_counter, team_size):"):
+                writer.line(self.abort_return)
+            writer.line(f"team_counter[PHASE_BASE + team_rank] = {phase} + 1")
+            with writer.block(f"for {member} in range(team_size):"):
+                with writer.block(f"if {member} != team_rank:"):
+                    writer.line(f"{member_low} = "
+                                f"{smaller(str(columns), f'{member} * {width}')}")
+                    writer.line(f"{member_count} = "
+                                f"{smaller(str(columns), f'{member_low} + {width}')} "
+                                f"- {member_low}")
+                    writer.line(f"{member_part} = team_pool[({phase} % 2) * team_size + "
+                                f"{member}][:B * {member_count}].reshape((B, "
+                                f"{member_count}))")
+                    with writer.block(f"for {i} in range(B):"):
+                        with writer.block(f"for {j} in range({member_count}):"):
+                            writer.line(f"{value} = {member_part}[{i}, {j}]")
+                            for target in targets:
+                                writer.line(f"{self._element(target, i, f'{member_low} + {j}')}"
+                                            f" = {value}")
+
+    def gather_inputs(self, writer, atoms) -> None:
+        """Gather the owned ones of `atoms` (a reader needs them whole)."""
+        for atom in dict.fromkeys(atoms):
+            if isinstance(atom, Var) and atom in self.owned:
+                self.gather(writer, atom)
