@@ -217,8 +217,10 @@ def test_team_members_own_columns_of_every_gate(steps, chunk_steps):
     assert step_loop.count("packed_product(state_0, packed, packed_start + (") == 4
     assert "e = (projected_0[row + i_4, j_4] + product[i_4, j_4])" in step_loop
     assert "j_4 = (own_low_64 + jj_4) & 0x7FFFFFFF" in step_loop      # the owned gate loop
-    assert step_loop.count("team_wait(") == 1 and "next_state_0[i_5, member_low" in step_loop
-    assert after.count("team_wait(") == 1 and "state_1[i_6, member_low_1 + j_6]" in after
+    assert step_loop.count("team_wait(") == 1 \
+        and "next_state_0[i_5, (member_low + j_5) & 0x7FFFFFFF]" in step_loop
+    assert after.count("team_wait(") == 1 \
+        and "state_1[i_6, (member_low_1 + j_6) & 0x7FFFFFFF]" in after
     x = np.random.default_rng(steps).standard_normal((1, steps, 40)).astype(np.float32)
     one = compiled(x, team_size=1, chunk_steps=chunk_steps)
     _assert_close(one, interpret(program, x, weights=weights))

@@ -184,8 +184,8 @@ class ColumnOwnership:
                         with writer.block(f"for {j} in range({member_count}):"):
                             writer.line(f"{value} = {member_part}[{i}, {j}]")
                             for target in targets:
-                                writer.line(f"{self._element(target, i, f'{member_low} + {j}')}"
-                                            f" = {value}")
+                                column = f"({member_low} + {j}) & {INDEX_MASK}"
+                                writer.line(f"{self._element(target, i, column)} = {value}")
 
     def gather_inputs(self, writer, atoms) -> None:
         """Gather the owned ones of `atoms` (a reader needs them whole)."""
