@@ -973,6 +973,10 @@ class CpuGenerator:
         buffer, start, _ = self._packed_weight(function, b_value, weight_var, contraction,
                                                out)
         left = self._contiguous(a_value)
+        if not isinstance(a_value, ArrayValue):    # a copy, made once for every segment
+            copy = names.fresh("left")
+            body.line(f"{copy} = {left}")
+            left = copy
         for var, low_column, high_column in segments:
             columns = high_column - low_column
             _, low, count = ownership.partition(columns)
