@@ -31,7 +31,7 @@ from rshop_ir.errors import UnsupportedError
 from rshop_ir.ir import Literal, Program, Var
 from rshop_ir.shapes import normalize_axes, normalize_axis
 from rshop_ir.kernels import lowering
-from rshop_ir.passes.rewrite import count_uses
+from rshop_ir.passes.rewrite import count_uses, reader_positions
 from rshop_ir.kernels.scalar_ops import ScalarContext
 from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STEPS,
@@ -1244,7 +1244,7 @@ class CpuGenerator:
             function.names, function.preamble, BLOCK_COLUMNS[dtype], function.abort_return,
             dtype)
         self.team_dtype = self.team_dtype or dtype
-        kept = kept_states(body_program, state_vars)
+        kept = kept_states(body_program, state_vars, self._readers(body_program))
         for state_var, (current, _) in zip(state_vars, state_buffers):
             if state_var in kept and state_var.dtype == dtype:
                 ownership.kept.add(state_var)
@@ -1261,7 +1261,7 @@ class CpuGenerator:
         out = eqn.outputs[0]
         return isinstance(a, Var) and isinstance(b, Var) and a.ndim == b.ndim == 2 \
             and out.dtype in ("float32", "float64") and a.dtype == b.dtype == out.dtype \
-            and not (b.shape[1] == 1) and self._team_splits(function, b, a.shape[1], out)
+            and b.shape[1] != 1 and self._team_splits(function, b, a.shape[1], out)
 
     def _gather_outputs(self, function, body_program, state_vars) -> None:
         """Before the commit: gather y and the new states that are not kept owned."""
@@ -1271,17 +1271,29 @@ class CpuGenerator:
                             if state_var not in ownership.kept]
         ownership.gather_inputs(function.body, wanted)
 
+    @staticmethod
+    def _readers(program) -> dict:
+        """Var -> the eqns of `program` reading it."""
+        return {var: [program.eqns[position] for position in positions]
+                for var, positions in reader_positions(program.eqns).items()}
+
+    @staticmethod
+    def _read_inside(run, made) -> dict:
+        """Var of `made` -> how many times the eqns of `run` read it."""
+        read_inside = {}
+        for eqn in run:
+            for atom in lowering.elementwise_operands(eqn):
+                if isinstance(atom, Var) and atom in made:
+                    read_inside[atom] = read_inside.get(atom, 0) + 1
+        return read_inside
+
     def _emit_body(self, function, program) -> None:
         """The eqns of a scan body in order; runs of element-wise eqns of one output
         shape, each reading the earlier ones' outputs only at its own element, share
         ONE loop nest (`_emit_elementwise_run`)."""
         uses = count_uses(program)
         function.body_outputs = program.outputs
-        function.readers = {}
-        for eqn in program.eqns:
-            for atom in eqn.inputs:
-                if isinstance(atom, Var):
-                    function.readers.setdefault(atom, []).append(eqn)
+        function.readers = self._readers(program)
         ownership = function.ownership
         run = []
         for eqn in program.eqns:
@@ -1323,11 +1335,7 @@ class CpuGenerator:
         shape = run[0].outputs[0].shape
         made = {eqn.outputs[0] for eqn in run}
         owned_loop = self._owned_run(function, run, made, uses)
-        read_inside = {}
-        for eqn in run:
-            for atom in lowering.elementwise_operands(eqn):
-                if isinstance(atom, Var) and atom in made:
-                    read_inside[atom] = read_inside.get(atom, 0) + 1
+        read_inside = self._read_inside(run, made)
         stores = {}          # out Var -> element-store targets (ArrayValue or "y_all")
         for eqn in run:
             out = eqn.outputs[0]
@@ -1388,11 +1396,7 @@ class CpuGenerator:
         if not owned:
             return False
         shape = run[0].outputs[0].shape
-        read_inside = {}
-        for eqn in run:
-            for atom in lowering.elementwise_operands(eqn):
-                if isinstance(atom, Var) and atom in made:
-                    read_inside[atom] = read_inside.get(atom, 0) + 1
+        read_inside = self._read_inside(run, made)
         stored = [eqn.outputs[0] for eqn in run
                   if uses[eqn.outputs[0]] > read_inside.get(eqn.outputs[0], 0)]
         if len(shape) == 2 and isinstance(shape[1], int) \

@@ -67,15 +67,10 @@ def product_segments(product: Var, readers: list, block_columns: int):
     return segments
 
 
-def kept_states(body_program, state_vars) -> set:
+def kept_states(body_program, state_vars, readers: dict) -> set:
     """The body's state inputs that may stay owned between steps: 2-D of a static
     width, read only by element-wise eqns of their own shape and not passed through
-    as a body output unchanged."""
-    readers = {}
-    for eqn in body_program.eqns:
-        for atom in eqn.inputs:
-            if isinstance(atom, Var):
-                readers.setdefault(atom, []).append(eqn)
+    as a body output unchanged. `readers`: Var -> the body eqns reading it."""
     kept = set()
     for var in state_vars:
         uses = readers.get(var, [])

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 from rshop_ir.ir import Eqn, Program, Var
 from rshop_ir.ops import get_op
@@ -72,6 +72,17 @@ def make_eqn(op_name: str, inputs, **params) -> Eqn:
 
 def fresh_var(like) -> Var:
     return Var(like.dtype, like.shape)
+
+
+def reader_positions(eqns) -> dict:
+    """Var -> the positions in `eqns` of the eqns reading it (in order, once per
+    operand)."""
+    readers = defaultdict(list)
+    for position, eqn in enumerate(eqns):
+        for atom in eqn.inputs:
+            if isinstance(atom, Var):
+                readers[atom].append(position)
+    return readers
 
 
 def count_uses(program: Program) -> Counter:

@@ -23,11 +23,10 @@ elements, so the numbers do not change.
 
 from __future__ import annotations
 
-from collections import defaultdict
 
 from rshop_ir.ir import Literal, Program, Var
 from rshop_ir.ops import get_op
-from rshop_ir.passes.rewrite import make_eqn, map_bodies
+from rshop_ir.passes.rewrite import make_eqn, map_bodies, reader_positions
 from rshop_ir.shapes import is_symbolic, normalize_axis
 
 
@@ -36,7 +35,7 @@ def sink_slices(program: Program) -> Program:
     eqns = list(program.eqns)
     outputs = {atom for atom in program.outputs if isinstance(atom, Var)}
     changed = False
-    readers = _readers(eqns)
+    readers = reader_positions(eqns)
     position = len(eqns) - 1
     while position >= 0:
         eqn = eqns[position]
@@ -59,20 +58,11 @@ def sink_slices(program: Program) -> Program:
             dropped = {reader_position for reader_position, *_ in cuts}
             eqns = eqns[:position] + replacement + [
                 e for p, e in enumerate(eqns[position + 1:], position + 1) if p not in dropped]
-            readers = _readers(eqns)
+            readers = reader_positions(eqns)
             changed = True
         # the operands' producers are earlier: keep walking back from here
         position -= 1
     return program.replace(eqns=eqns) if changed else program
-
-
-def _readers(eqns) -> dict:
-    readers = defaultdict(list)
-    for position, eqn in enumerate(eqns):
-        for atom in eqn.inputs:
-            if isinstance(atom, Var):
-                readers[atom].append(position)
-    return readers
 
 
 def _slices_to_sink(eqn, readers, eqns, outputs):
