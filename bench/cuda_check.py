@@ -23,9 +23,12 @@ hidden, length) the median time per step of our kernel (its automatic layout; wh
 is a group of blocks, the block layout is timed too) and of torch.nn.LSTM (cuDNN) with
 the same weights, inputs already on the device for both, timed with CUDA events after a
 warm-up, plus the max abs difference between the two outputs; then a layout sweep (the
-batch-1 LSTM with 0, 1, 2, 4, ... 32 blocks per group) for tuning the automatic layout.
-Without torch (or without a GPU for torch) the torch column says so and the checks still
-run. `--budget-seconds` stops timing new sizes when the run gets long (default 270 s).
+batch-1 LSTM with 0, 1, 2, 4, ... 128 blocks per group, as many as the GPU holds) for
+tuning the automatic layout. Without torch (or without a GPU for torch) the torch column
+says so and the checks still run. `--budget-seconds` stops timing new sizes when the run
+gets long (default 270 s). A case that fails (an error building, running or at a
+barrier) is recorded in the report with its error and the run goes on; the report is
+rewritten after each stage, so a run stopped by a time limit leaves what it measured.
 """
 
 from __future__ import annotations
@@ -147,32 +150,38 @@ def run(directory: str, out: str, budget_seconds: float = 270.0,
     with open(os.path.join(directory, "manifest.json")) as handle:
         manifest = json.load(handle)
     started = time.perf_counter()
-    report = {"device": reason, "gemm": gemm.backend_name(), "checks": [], "timings": [],
-              "notes": []}
+    report = {"device": reason, "gemm": gemm.backend_name(), "versions": _versions(),
+              "checks": [], "timings": [], "notes": []}
     torch, torch_note = _torch()
     if torch_note:
         report["notes"].append(torch_note)
+    # after a group barrier times out once, the rest of the run keeps the block layout:
+    # every further group launch would wait out its own timeout
+    health = {"groups_work": True, "report": report}
 
     for check in manifest["checks"]:
-        bound = rshop_ir.load(os.path.join(directory, check["name"]))
-        arrays = np.load(os.path.join(directory, f"{check['name']}.npz"))
-        compiled = build(rshop_ir.optimize(bound), bound,
-                         rows_per_block=check["rows_per_block"],
-                         shared_memory_bytes=check["shared_memory_bytes"])
+        try:
+            bound = rshop_ir.load(os.path.join(directory, check["name"]))
+            arrays = np.load(os.path.join(directory, f"{check['name']}.npz"))
+            compiled = build(rshop_ir.optimize(bound), bound,
+                             rows_per_block=check["rows_per_block"],
+                             shared_memory_bytes=check["shared_memory_bytes"])
+        except Exception as error:
+            report["checks"].append({**check, "blocks": 0, "layout": "-",
+                                     "error": _describe(error)})
+            print(f"check {check['name']} failed to build: {_describe(error)}", flush=True)
+            continue
         blocks = -(-check["batch"] // check["rows_per_block"])
         for layout in _layouts(blocks, device):
-            compiled.blocks_per_group = layout
-            got = compiled(arrays["x"])
-            on_device = compiled(device.to_device(arrays["x"])).copy_to_host()
-            used = compiled.group_blocks_used
-            report["checks"].append({
-                **check, "blocks": blocks * max(1, used),
-                "layout": f"groups of {used} blocks" if used else "block per rows",
-                "error_vs_cpu": float(np.abs(got - arrays["cpu"]).max()),
-                "error_vs_keras": float(np.abs(got - arrays["keras"]).max()),
-                "device_input_error": float(np.abs(on_device - got).max())})
-            print(f"check {check['name']} ({report['checks'][-1]['layout']}): "
-                  f"{report['checks'][-1]['error_vs_keras']:.2e}", flush=True)
+            if layout != 0 and not health["groups_work"]:
+                continue
+            report["checks"].append(_check_one(compiled, check, arrays, blocks, layout,
+                                               device, health))
+            row = report["checks"][-1]
+            print(f"check {check['name']} ({row['layout']}): "
+                  + (f"{row['error_vs_keras']:.2e}" if "error" not in row
+                     else row["error"]), flush=True)
+    _write(report, out, started, quiet=True)
 
     compiled_models = {}
     for timing in manifest["timings"]:
@@ -184,22 +193,30 @@ def run(directory: str, out: str, budget_seconds: float = 270.0,
         for model in ("lstm", "mgu"):
             name = f"timing_{model}_h{timing['hidden']}"
             entry = manifest["models"][name]
-            if name not in compiled_models:
-                bound = rshop_ir.load(os.path.join(directory, name))
-                compiled_models[name] = (bound, rshop_ir.compile(bound, target="cuda"))
-            bound, compiled = compiled_models[name]
-            row = _time_one(compiled, bound, entry, timing, torch, device, repeats, model)
+            try:
+                if name not in compiled_models:
+                    bound = rshop_ir.load(os.path.join(directory, name))
+                    compiled_models[name] = (bound, rshop_ir.compile(bound, target="cuda"))
+                bound, compiled = compiled_models[name]
+                row = _time_one(compiled, bound, entry, timing, torch, device, repeats,
+                                model, health)
+            except Exception as error:
+                row = {"model": model, "batch": timing["batch"], "hidden": timing["hidden"],
+                       "length": timing["length"], "error": _describe(error)}
             report["timings"].append(row)
             print(f"timing {model} B{timing['batch']} H{timing['hidden']} "
-                  f"T{timing['length']}: {row['ours_us_per_step']:.1f} us/step", flush=True)
+                  f"T{timing['length']}: " + (f"{row['ours_us_per_step']:.1f} us/step"
+                                              if "error" not in row else row["error"]),
+                  flush=True)
+            _write(report, out, started, quiet=True)
     report["layout_sweep"] = _layout_sweep(directory, manifest, compiled_models, device,
-                                           repeats, started, budget_seconds, report)
-    report["seconds"] = time.perf_counter() - started
-    _write(report, out)
+                                           repeats, started, budget_seconds, report) \
+        if health["groups_work"] else []
+    _write(report, out, started)
     return report
 
 
-SWEEP_GROUP_BLOCKS = (0, 1, 2, 4, 8, 16, 32)
+SWEEP_GROUP_BLOCKS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 SWEEP_LENGTH = 100
 
 
@@ -222,15 +239,24 @@ def _layout_sweep(directory, manifest, compiled_models, device, repeats, started
         name = f"timing_lstm_h{hidden}"
         entry = manifest["models"][name]
         if name not in compiled_models:
-            bound = rshop_ir.load(os.path.join(directory, name))
-            compiled_models[name] = (bound, rshop_ir.compile(bound, target="cuda"))
+            try:
+                bound = rshop_ir.load(os.path.join(directory, name))
+                compiled_models[name] = (bound, rshop_ir.compile(bound, target="cuda"))
+            except Exception as error:
+                report["notes"].append(f"layout sweep H{hidden}: {_describe(error)}")
+                continue
         compiled = compiled_models[name][1]
         x = device.to_device(np.random.default_rng(hidden).standard_normal(
             (1, SWEEP_LENGTH, entry["input"])).astype(np.float32))
         row, reference = {"hidden": hidden, "us_per_step": {}, "max_abs_diff": {}}, None
         for size in fitting:
             compiled.blocks_per_group = size
-            seconds, y = _median_seconds(lambda: compiled(x), device, repeats)
+            try:
+                seconds, y = _median_seconds(lambda: compiled(x), device, repeats)
+            except Exception as error:
+                report["notes"].append(f"layout sweep H{hidden} G={size}: "
+                                       f"{_describe(error)}")
+                continue
             row["us_per_step"][size] = seconds / SWEEP_LENGTH * 1e6
             reference = _host(y) if reference is None else reference
             row["max_abs_diff"][size] = float(np.abs(_host(y) - reference).max())
@@ -240,6 +266,65 @@ def _layout_sweep(directory, manifest, compiled_models, device, repeats, started
             f"G={size} {value:.1f}" for size, value in row["us_per_step"].items()),
             flush=True)
     return rows
+
+
+def _check_one(compiled, check, arrays, blocks, layout, device, health) -> dict:
+    """One correctness case in one layout: errors against both references, or the
+    error that stopped it (recorded, so that one failure does not end the run)."""
+    row = {**check, "blocks": blocks, "layout": f"blocks_per_group={layout}"}
+    try:
+        compiled.blocks_per_group = layout
+        got = compiled(arrays["x"])
+        on_device = compiled(device.to_device(arrays["x"])).copy_to_host()
+    except Exception as error:
+        row["error"] = _describe(error)
+        _note_barrier_timeout(error, health)
+        return row
+    used = compiled.group_blocks_used
+    row.update({"blocks": blocks * max(1, used),
+                "layout": f"groups of {used} blocks" if used else "block per rows",
+                "error_vs_cpu": float(np.abs(got - arrays["cpu"]).max()),
+                "error_vs_keras": float(np.abs(got - arrays["keras"]).max()),
+                "device_input_error": float(np.abs(on_device - got).max())})
+    return row
+
+
+def _note_barrier_timeout(error: BaseException, health: dict) -> None:
+    """Keep the block layout from now on if `error` is a group barrier's timeout."""
+    from rshop_ir.kernels.cuda.group_sync import GroupBarrierTimeout
+
+    if isinstance(error, GroupBarrierTimeout) and health["groups_work"]:
+        health["groups_work"] = False
+        health["report"]["notes"].append(
+            "a group barrier timed out: the rest of the run used the block layout only "
+            "(no group layouts, no layout sweep)")
+
+
+def _describe(error: BaseException) -> str:
+    """An error in one line for the report: its type, message, and where it rose."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)[-3:]
+    where = " (at " + " < ".join(f"{frame.filename.split('site-packages/')[-1]}:"
+                                f"{frame.lineno}" for frame in reversed(frames)) + ")" \
+        if frames else ""
+    message = " ".join(str(error).split())[:600]
+    return f"{type(error).__name__}: {message}{where}"
+
+
+def _versions() -> dict:
+    """Versions of the packages the GPU side runs with (none of them pinned there)."""
+    from importlib import metadata
+
+    found = {}
+    for package in ("numpy", "numba", "numba-cuda", "llvmlite", "cuda-python",
+                    "cuda-bindings", "torch", "cupy-cuda13x", "cupy-cuda12x"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    found["python"] = sys.version.split()[0]
+    return found
 
 
 def _layouts(groups: int, device) -> list:
@@ -264,13 +349,18 @@ def _torch():
     return torch, ""
 
 
-def _time_one(compiled, bound, entry, timing, torch, device, repeats, model) -> dict:
+def _time_one(compiled, bound, entry, timing, torch, device, repeats, model,
+              health) -> dict:
     batch, length, hidden = timing["batch"], timing["length"], timing["hidden"]
     rng = np.random.default_rng(timing["seed"])
     x_host = rng.standard_normal((batch, length, entry["input"])).astype(np.float32)
     x = device.to_device(x_host)
-    compiled.blocks_per_group = None
-    ours, y = _median_seconds(lambda: compiled(x), device, repeats)
+    compiled.blocks_per_group = None if health["groups_work"] else 0
+    try:
+        ours, y = _median_seconds(lambda: compiled(x), device, repeats)
+    except Exception as error:
+        _note_barrier_timeout(error, health)
+        raise
     row = {"model": model, "batch": batch, "hidden": hidden, "length": length,
            "ours_us_per_step": ours / length * 1e6,
            "group_blocks": compiled.group_blocks_used, "block_layout_us_per_step": None}
@@ -338,14 +428,23 @@ def _median_seconds(call, device, repeats, torch=None):
     return float(np.median(times)), result
 
 
-def _write(report: dict, out: str) -> None:
+def _write(report: dict, out: str, started: float, quiet: bool = False) -> None:
+    """Write OUT (markdown) and OUT.json; called after each stage, so that a run
+    stopped by its time limit still leaves what it measured."""
+    report["seconds"] = time.perf_counter() - started
+    versions = ", ".join(f"{name} {version}" for name, version in
+                         report.get("versions", {}).items())
     lines = ["# rshop_ir CUDA check", "",
              f"Device: {report['device']}; input-projection GEMM: {report['gemm']}; "
-             f"{report['seconds']:.0f} s.", "",
+             f"{report['seconds']:.0f} s.", "", f"Versions: {versions}.", "",
              "## Correctness (max abs error)", "",
              "| case | batch | layout | blocks | vs CPU kernel | vs Keras | device input |",
              "|---|---|---|---|---|---|---|"]
     for check in report["checks"]:
+        if "error" in check:
+            lines.append(f"| {check['name']} | {check['batch']} | {check['layout']} | "
+                         f"{check['blocks']} | FAILED: {check['error']} | | |")
+            continue
         lines.append(f"| {check['name']} | {check['batch']} | {check['layout']} | "
                      f"{check['blocks']} | "
                      f"{check['error_vs_cpu']:.2e} | {check['error_vs_keras']:.2e} | "
@@ -355,6 +454,10 @@ def _write(report: dict, out: str) -> None:
               "| block layout (us/step) | torch cuDNN (us/step) | torch / ours "
               "| max abs diff vs torch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["timings"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['batch']} | {row['hidden']} | "
+                         f"{row['length']} | | FAILED: {row['error']} | | | | |")
+            continue
         theirs = row.get("torch_us_per_step")
         speed = f"{theirs / row['ours_us_per_step']:.2f}x" if theirs else "-"
         diff = row.get("max_abs_diff_vs_torch")
@@ -379,7 +482,8 @@ def _write(report: dict, out: str) -> None:
     if report["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in report["notes"]]
     text = "\n".join(lines) + "\n"
-    print(text)
+    if not quiet:
+        print(text)
     directory = os.path.dirname(os.path.abspath(out))
     os.makedirs(directory, exist_ok=True)
     with open(out, "w") as handle:

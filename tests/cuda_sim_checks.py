@@ -349,11 +349,47 @@ def check_weight_slices() -> None:
             corrupted=corrupted != source)
 
 
+def check_left_staging() -> None:
+    """The split matmuls' left rows (eqn_rendering._split_matmul): staged in shared
+    memory with one accumulator register per row when there is room, else read in place
+    with the local `acc` array. Both give the interpreter's numbers, in the simulator and
+    on the ordered executor; leaving out the barrier after the staging copy makes the
+    ordered runs wrong, which shows the barrier is needed and checked."""
+    import re
+
+    program = examples.lstm_program(6, 24, return_sequences=True)
+    bound = BoundProgram(program, examples.random_weights(program, seed=7))
+    x = examples.random_inputs(program, batch=3, steps=4, seed=8)[0]
+    expected = _as_list(rshop_ir.interpret(bound, x))
+    staged = _compile(bound, {"rows_per_block": 2, "threads_per_block": 16})
+    in_place = _compile(bound, {"rows_per_block": 2, "threads_per_block": 16,
+                                "shared_memory_bytes": 0})
+    unsynced = re.sub(r"(lsh\w*\[\w+\] = [^\n]*\n)\s+cuda\.syncthreads\(\)\n", r"\1",
+                      staged.source)
+    errors = {}
+    for label, compiled in (("staged", staged), ("in place", in_place)):
+        compiled.blocks_per_group = 0
+        errors[f"{label} simulator G=0"] = _max_error(_as_list(compiled(x)), expected)
+        compiled.blocks_per_group = None
+        for order, group_blocks in (("reverse", 0), ("reverse", 2), ("forward", 3)):
+            errors[f"{label} {order} G={group_blocks}"] = _ordered_error(
+                compiled, compiled.source, order, group_blocks, expected, x)
+    for order, group_blocks in (("reverse", 0), ("forward", 3)):
+        errors[f"no staging barrier {order} G={group_blocks}"] = _ordered_error(
+            staged, unsynced, order, group_blocks, expected, x)
+    _report(case="left_staging", errors=errors,
+            staged={"lsh": "lsh = cuda.shared.array" in staged.source,
+                    "local acc": "acc = cuda.local.array" in staged.source},
+            in_place={"lsh": "lsh = cuda.shared.array" in in_place.source,
+                      "local acc": "acc = cuda.local.array" in in_place.source},
+            barrier_removed=unsynced != staged.source)
+
+
 EXTRA = {"device_arrays": check_device_arrays, "new_weights": check_new_weights,
          "unsupported": check_unsupported, "gemm": check_gemm_methods,
          "edges": check_edges, "group_requests": check_group_requests,
          "ordered_races": check_ordered_threads_find_races,
-         "weight_slices": check_weight_slices}
+         "weight_slices": check_weight_slices, "left_staging": check_left_staging}
 
 
 def main(argv) -> None:

@@ -32,7 +32,7 @@ ATOL = 1e-4
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, TIME, FEATURES, UNITS = 2, 4, 3, 4
 EXTRA_CHECKS = ["device_arrays", "new_weights", "unsupported", "gemm", "edges",
-                "group_requests", "ordered_races", "weight_slices"]
+                "group_requests", "ordered_races", "weight_slices", "left_staging"]
 
 
 def _as_list(value):
@@ -292,6 +292,21 @@ def test_blocks_keep_their_weight_tiles_in_shared_memory_when_they_fit(simulator
         assert (error > 1e-2) if uses_tiles else (error < ATOL), errors
 
 
+def test_split_matmuls_stage_their_left_rows_in_shared_memory(simulator_results):
+    fields = simulator_results["left_staging"]
+    assert "error" not in fields, fields.get("error")
+    assert fields["staged"] == {"lsh": True, "local acc": False}, fields
+    assert fields["in_place"] == {"lsh": False, "local acc": True}, fields
+    assert fields["barrier_removed"], fields
+    errors = fields["errors"]
+    assert len(errors) == 10, errors
+    for label, error in errors.items():
+        if label.startswith("no staging barrier"):
+            assert error > 1e-2, errors          # the ordered runs catch the missing sync
+        else:
+            assert error < ATOL, errors
+
+
 def test_group_layout_is_chosen_for_few_rows_on_a_big_gpu(monkeypatch):
     """The automatic layout (kernels/cuda/runtime.py) with a stand-in GPU of 132
     multiprocessors: a group of blocks for rows that would leave most of them idle,
@@ -303,7 +318,9 @@ def test_group_layout_is_chosen_for_few_rows_on_a_big_gpu(monkeypatch):
     monkeypatch.setattr(device, "device_count_of_sms", lambda: 132)
     rt = runtime._Runtime(threads=256)
     assert rt.blocks_per_group(1, 256) == 8             # LSTM H=64: 4H columns, 32 a tile
-    assert rt.blocks_per_group(1, 1024) == runtime.MAX_GROUP_BLOCKS    # H=256: 32 tiles
+    assert rt.blocks_per_group(1, 1024) == 32           # H=256: 32 tiles
+    assert rt.blocks_per_group(1, 8192) == runtime.MAX_GROUP_BLOCKS == 128   # capped
+    assert rt.blocks_per_group(2, 4096) == 66           # two groups of rows share 132
     assert rt.blocks_per_group(40, 1024) == 3          # 132 // 40 blocks per group fit
     assert rt.blocks_per_group(1, 32) == 0             # one tile: one block does it all
     assert rt.blocks_per_group(100, 4096) == 0         # rows already fill the GPU
@@ -423,3 +440,40 @@ def test_gpu_check_sizes_are_validated():
                                                                        (8, 512, 10)]
     with pytest.raises(ValueError, match="B:H:T"):
         cuda_check.parse_sizes("1:256")
+
+
+def test_gpu_check_records_a_failing_case_and_keeps_the_block_layout_after_a_timeout(
+        tmp_path):
+    """bench/cuda_check.py on a GPU: a case that fails is a row of the report with its
+    error, the run goes on, and after a group barrier's timeout it runs the block layout
+    only (each further group launch would wait out its own timeout)."""
+    from bench import cuda_check
+    from rshop_ir.kernels.cuda.group_sync import GroupBarrierTimeout, check_barriers
+
+    with pytest.raises(GroupBarrierTimeout, match="blocks_per_group=0") as caught:
+        check_barriers(np.array([3, 1]))
+    report = {"device": "test", "gemm": "test", "checks": [], "timings": [], "notes": []}
+    health = {"groups_work": True, "report": report}
+
+    class Failing:
+        blocks_per_group = None
+
+        def __call__(self, x):
+            raise caught.value
+
+    cuda_check._note_barrier_timeout(ValueError("not a barrier"), health)
+    assert health["groups_work"] and not report["notes"]
+    row = cuda_check._check_one(Failing(), {"name": "case", "batch": 3}, {"x": np.zeros(2)},
+                                1, 2, None, health)
+    assert row["error"].startswith("GroupBarrierTimeout: A group of CUDA blocks"), row
+    assert "group_sync.py" in row["error"]                  # where it rose
+    assert not health["groups_work"] and len(report["notes"]) == 1
+    report["checks"].append(row)
+    report["timings"].append({"model": "lstm", "batch": 1, "hidden": 8, "length": 3,
+                              "error": "RuntimeError: boom"})
+    out = tmp_path / "report.md"
+    cuda_check._write(report, str(out), started=0.0, quiet=True)
+    text = out.read_text()
+    assert "| case | 3 | blocks_per_group=2 | 1 | FAILED: GroupBarrierTimeout" in text
+    assert "| lstm | 1 | 8 | 3 | | FAILED: RuntimeError: boom |" in text
+    assert "block layout only" in text

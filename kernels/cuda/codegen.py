@@ -38,7 +38,7 @@ from rshop_ir.kernels.cuda.scan_kernel import render_scan
 from rshop_ir.kernels.cuda.values import GLOBAL_ROW, Stored, product
 from rshop_ir.kernels.cuda.weights import WeightLayout
 
-GENERATOR_VERSION = "numba-cuda/2"
+GENERATOR_VERSION = "numba-cuda/3"
 RESERVED = {"np", "math", "cuda", "B", "T", "rt", "weights", "tid", "nthreads", "row0",
             "G", "group", "arrivals", "barrier_target", "group_barrier", "member", "members",
             "partials", "split_lanes", "split_parts", "lane", "part",

@@ -16,8 +16,16 @@ simulator stands in for a GPU: kernels run as Python, one block at a time.
 from __future__ import annotations
 
 import numpy as np
-from numba import config as numba_config
-from numba import cuda
+
+# numba-cuda 0.30 still types NumPy functions that NumPy 2.5 removed (np.row_stack among
+# them): with NumPy 2.5 every kernel compilation fails with an AttributeError. Give the
+# removed names back as the aliases they were, only where they are missing.
+for _removed, _same in (("row_stack", "vstack"), ("trapz", "trapezoid"), ("in1d", "isin")):
+    if not hasattr(np, _removed) and hasattr(np, _same):
+        setattr(np, _removed, getattr(np, _same))
+
+from numba import config as numba_config  # noqa: E402
+from numba import cuda  # noqa: E402
 
 # numba-cuda caps static + dynamic shared memory at 48 KiB per block without opt-in.
 SHARED_MEMORY_BYTES = 48 * 1024

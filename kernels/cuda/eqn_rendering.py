@@ -305,34 +305,70 @@ def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero,
     Every thread of the block passes the same syncthreads: the tiles a block takes
     depend only on its member index. `weight_slice` (name, tiles): the shared array
     into which the kernel's preamble copied this block's tiles of the weight, used when
-    `<name>_used` (scan_kernel._copy_weight_slice)."""
-    writer.needs_accumulator = writer.needs_partials = True
+    `<name>_used` (scan_kernel._copy_weight_slice).
+
+    Where the kernel has room for a shared staging array of left rows
+    (`writer.left_staging`, scan_kernel.py), the block first copies its rows of `a`
+    there: every k of the contraction then reads shared memory instead of waiting on
+    an L2 load (the group layout's workspace is in global memory). Each thread then
+    keeps one accumulator per row of the block in registers (rows past `rows_here`
+    repeat row 0 and are never stored), so the loop has no local-memory traffic.
+    Without that room, the accumulators are the local array `acc`, indexed by row."""
+    writer.needs_partials = True
     names, body = writer.names, writer.body
     tile, column, k, p, total, weight = (names.fresh(hint) for hint in
                                          ("tile", "column", "k", "p", "total", "weight"))
+    rows = writer.rows_per_block
+    staging = writer.left_staging
+    staged = None
+    if staging is not None and staging[1] >= rows * _int_or_none(contraction, 0):
+        staged = _stage_left(writer, a_value, contraction, staging[0])
+        row_names = [0] + [names.fresh("row") for _ in range(1, rows)]
+        for position, row in enumerate(row_names[1:], start=1):
+            body.line(f"{row} = {position} if rows_here > {position} else 0")
+        accumulators = [names.fresh("acc") for _ in range(rows)]
+        terms = [(accumulator, f"{staged}[{product([row, contraction])} + {k}]")
+                 for accumulator, row in zip(accumulators, row_names)]
+    else:
+        writer.needs_accumulator = True
+        left = a_value.element(["r", k])
+
+    def accumulate(weight_element):
+        if staged is not None:
+            _accumulate_registers(body, k, indices, weight, weight_element, terms)
+        else:
+            _accumulate_rows(body, k, indices, weight, weight_element, left)
+
     with body.block(f"for {tile} in range(member, ({columns} + split_lanes - 1) // "
                     f"split_lanes, members):"):
         body.line(f"{column} = {tile} * split_lanes + lane")
-        with body.block("for r in range(rows_here):"):
-            body.line(f"acc[r] = {zero}")
         with body.block(f"if part < split_parts and {column} < {columns}:"):
+            if staged is not None:
+                for accumulator in accumulators:
+                    body.line(f"{accumulator} = {zero}")
+            else:
+                with body.block("for r in range(rows_here):"):
+                    body.line(f"acc[r] = {zero}")
             indices = f"range(part, {contraction}, split_parts)"
             in_global = b_value.element([k, column])
-            left = a_value.element(["r", k])
             if weight_slice is None:
-                _accumulate_rows(body, k, indices, weight, in_global, left)
+                accumulate(in_global)
             else:
                 name, _ = weight_slice
                 local = f"({tile} - member) // members"
                 with body.block(f"if {name}_used:"):
-                    _accumulate_rows(body, k, indices, weight,
-                                     f"{name}[({local} * {contraction} + {k}) * "
-                                     f"{SPLIT_LANES} + lane]", left)
+                    accumulate(f"{name}[({local} * {contraction} + {k}) * "
+                               f"{SPLIT_LANES} + lane]")
                 with body.block("else:"):
-                    _accumulate_rows(body, k, indices, weight, in_global, left)
-            with body.block("for r in range(rows_here):"):
-                body.line(f"partials[(r * {SPLIT_PARTS} + part) * {SPLIT_LANES} + lane] "
-                          f"= acc[r]")
+                    accumulate(in_global)
+            if staged is not None:
+                for position, accumulator in enumerate(accumulators):
+                    body.line(f"partials[({position * SPLIT_PARTS} + part) * "
+                              f"{SPLIT_LANES} + lane] = {accumulator}")
+            else:
+                with body.block("for r in range(rows_here):"):
+                    body.line(f"partials[(r * {SPLIT_PARTS} + part) * {SPLIT_LANES} + "
+                              f"lane] = acc[r]")
         body.line("cuda.syncthreads()")
         with body.block(f"if part == 0 and {column} < {columns}:"):
             with body.block("for r in range(rows_here):"):
@@ -342,6 +378,37 @@ def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero,
                               f"{SPLIT_LANES} + lane]")
                 body.line(f"{stored.element(['r', column])} = {total}")
         body.line("cuda.syncthreads()")
+
+
+def _stage_left(writer, a_value, contraction, staging_name):
+    """Copy the block's rows of `a` (rows_here x contraction, row-major) into the shared
+    staging array `staging_name`, then meet (the tile loop reads other threads'
+    copies); returns the array's name."""
+    names, body = writer.names, writer.body
+    flat = names.fresh("i")
+    with body.block(f"for {flat} in range(cuda.threadIdx.x, rows_here * {contraction}, "
+                    f"cuda.blockDim.x):"):
+        body.line(f"r = {flat} // {contraction}")     # values address their row as `r`
+        body.line(f"{staging_name}[{flat}] = "
+                  f"{a_value.element(['r', f'{flat} - r * {contraction}'])}")
+    body.line("cuda.syncthreads()")
+    return staging_name
+
+
+def _accumulate_registers(body, k, indices, weight, weight_element, terms) -> None:
+    """acc_r += left[row_r, k] * weight[k, column] for k in `indices`, one statement per
+    (accumulator, left element) of `terms`: each weight element read once for all rows."""
+    with body.block(f"for {k} in {indices}:"):
+        body.line(f"{weight} = {weight_element}")
+        for accumulator, left_element in terms:
+            body.line(f"{accumulator} += {left_element} * {weight}")
+
+
+def _int_or_none(value, default):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 @_private_locals

@@ -55,10 +55,14 @@ def group_barrier(arrivals, group, target):
     cuda.syncthreads()
 
 
+class GroupBarrierTimeout(RuntimeError):
+    """A launch's group barrier timed out: that call's results were dropped."""
+
+
 def check_barriers(arrivals_on_host) -> None:
     """Raise when a launch's group barrier timed out (its flag, the last element)."""
     if int(arrivals_on_host[-1]):
-        raise RuntimeError(
+        raise GroupBarrierTimeout(
             "A group of CUDA blocks waited too long at its step barrier (are other "
             "programs using this GPU's multiprocessors?), so this call's results were "
             "dropped. Set blocks_per_group=0 on the compiled object to run one block per "

@@ -53,6 +53,8 @@ class KernelWriter:
         self.split_contractions = False     # matmuls by a weight split K (eqn_rendering)
         self.needs_partials = False         # ... and one did: `partials` in shared memory
         self.weight_slices = {}             # weight Var -> (shared array, tiles it holds)
+        self.left_staging = None            # (shared array, elements): split matmuls'
+                                            # left rows, staged (eqn_rendering)
         if self.grouped:                    # fixed names, reserved by the generator
             self.arguments += [("G", "int", None), ("arrivals", "array", "int64")]
 
@@ -142,6 +144,9 @@ class KernelWriter:
         if self.needs_accumulator:
             lines.append(f"acc = cuda.local.array({self.rows_per_block}, "
                          f"np.{self.float_dtype})")
+        if self.left_staging is not None:
+            staging, elements = self.left_staging
+            lines.append(f"{staging} = cuda.shared.array({elements}, np.{self.float_dtype})")
         if self.needs_partials:
             lines += [f"partials = cuda.shared.array({self.partials_size()}, "
                       f"np.{self.float_dtype})",

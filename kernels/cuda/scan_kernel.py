@@ -143,6 +143,10 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
     shared_work = not grouped and work_size * itemsize <= budget
     if shared_work:
         budget -= work_size * itemsize
+    staged = _left_staging_elements(body, rows)  # split matmuls' left rows, in shared
+    if 0 < staged * itemsize <= budget:
+        writer.left_staging = (names.fresh("lsh"), staged)
+        budget -= staged * itemsize
 
     # ---- weights: shared where they fit, largest first --------------------------------
     packed = {}                    # slot key -> (offset, shape)
@@ -341,6 +345,24 @@ def _row_elements(writer, var) -> int:
         return _count([int(dim) for dim in writer.dims(var)])
     except (TypeError, ValueError, UnsupportedError):
         return 1
+
+
+def _left_staging_elements(body, rows: int) -> int:
+    """Elements of the shared array the split matmuls of `body` stage their left rows in
+    (eqn_rendering._split_matmul): rows x the widest contraction of a matmul of a
+    per-row vector by a 2-D weight; 0 when there is none."""
+    widest = 0
+    for eqn in body.eqns:
+        if eqn.op != "matmul":
+            continue
+        left, weight = eqn.inputs
+        if isinstance(left, Literal) or isinstance(weight, Literal) or not is_batched(left) \
+                or is_batched(weight) or left.ndim != 2 or weight.ndim != 2:
+            continue
+        contraction = left.shape[-1]
+        if isinstance(contraction, (int, np.integer)):
+            widest = max(widest, int(contraction))
+    return rows * widest
 
 
 def _copy_weight_slice(preamble, writer, name, tiles, per_tile, weight) -> None:
