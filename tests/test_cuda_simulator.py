@@ -477,3 +477,50 @@ def test_gpu_check_records_a_failing_case_and_keeps_the_block_layout_after_a_tim
     assert "| case | 3 | blocks_per_group=2 | 1 | FAILED: GroupBarrierTimeout" in text
     assert "| lstm | 1 | 8 | 3 | | FAILED: RuntimeError: boom |" in text
     assert "block layout only" in text
+
+
+PTXAS_SAMPLE = """ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'scan_0_groups' for 'sm_90'
+ptxas info    : Function properties for scan_0_groups
+    16 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 140 registers, used 1 barriers, 40960 bytes smem
+"""
+
+
+def test_cuda_resources_reads_what_ptxas_reports():
+    """bench/cuda_resources.py: the resource lines of `ptxas -v`, with and without
+    shared memory; an error naming what ptxas printed when they are missing."""
+    from bench import cuda_resources
+
+    assert cuda_resources.parse_ptxas(PTXAS_SAMPLE) == {
+        "registers": 140, "shared_bytes": 40960, "stack_bytes": 16,
+        "spill_store_bytes": 8, "spill_load_bytes": 12}
+    without_shared = PTXAS_SAMPLE.replace(", 40960 bytes smem", "")
+    assert cuda_resources.parse_ptxas(without_shared)["shared_bytes"] == 0
+    with pytest.raises(ValueError, match="no resource lines.*Compile time"):
+        cuda_resources.parse_ptxas("ptxas info    : Compile time = 5 ms")
+
+
+def test_scan_kernels_keep_their_sums_out_of_local_memory(tmp_path):
+    """Compiled with NVVM and ptxas (where installed; CUDA run 1 in BENCHMARKS.md): the
+    scan kernels of an LSTM of 256 units have no stack frame and no spills, so the
+    recurrent matmul's sums stay in registers in both layouts."""
+    from rshop_ir import examples
+    from rshop_ir.bound import BoundProgram
+    from rshop_ir.kernels.cuda import device
+    from bench import cuda_resources
+
+    available, reason = device.nvvm_available()
+    if not available:
+        pytest.skip(reason)
+    try:
+        ptxas = cuda_resources.find_ptxas()
+    except ValueError as error:
+        pytest.skip(str(error))
+    program = examples.lstm_program(128, 256, return_sequences=True)
+    path = str(tmp_path / "lstm")
+    rshop_ir.save(BoundProgram(program, examples.random_weights(program)), path)
+    found = dict(cuda_resources.kernel_resources(path, 4, "sm_90", ptxas))
+    for name in ("scan_0", "scan_0_groups"):
+        assert found[name]["stack_bytes"] == 0, (name, found[name])
+        assert found[name]["spill_store_bytes"] == 0, (name, found[name])
