@@ -321,7 +321,8 @@ def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero,
     rows = writer.rows_per_block
     staging = writer.left_staging
     staged = None
-    if staging is not None and staging[1] >= rows * _int_or_none(contraction, 0):
+    known = _int_or(contraction, None)          # a symbolic contraction is never staged
+    if staging is not None and known is not None and staging[1] >= rows * known:
         staged = _stage_left(writer, a_value, contraction, staging[0])
         row_names = [0] + [names.fresh("row") for _ in range(1, rows)]
         for position, row in enumerate(row_names[1:], start=1):
@@ -404,7 +405,8 @@ def _accumulate_registers(body, k, indices, weight, weight_element, terms) -> No
             body.line(f"{accumulator} += {left_element} * {weight}")
 
 
-def _int_or_none(value, default):
+def _int_or(value, default):
+    """`value` as an int, or `default` for a symbolic size."""
     try:
         return int(value)
     except (TypeError, ValueError):
