@@ -7,6 +7,10 @@ Two steps, two machines:
     # 2. on the GPU machine (numba-cuda; optional cupy, torch): check, then time
     python -m bench.cuda_check --run DIR --out OUT.md
 
+(On a machine with the source tree but no install, first mirror pyproject's
+package-dir mapping: `ln -s ../kernels rshop_ir/kernels; ln -s ../frontends
+rshop_ir/frontends; ln -s ../bench rshop_ir/bench`.)
+
 --prepare writes DIR/manifest.json and one saved program (rshop_ir.save) per model and
 hidden size: correctness cases (small LSTM and MGU, several batch sizes so that scan
 kernels run on several blocks, one with the workspace forced into global memory), with
