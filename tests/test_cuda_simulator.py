@@ -16,6 +16,7 @@ does not type-check kernels).
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,8 @@ from keras import layers
 import rshop_ir
 import zoo
 from recurrentshop import GRUCell, LSTMCell, RecurrentSequential
+from rshop_ir.kernels.cuda.device import cuda
+from rshop_ir.kernels.cuda.group_sync import group_barrier
 
 ATOL = 1e-4
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -524,3 +527,54 @@ def test_scan_kernels_keep_their_sums_out_of_local_memory(tmp_path):
     for name in ("scan_0", "scan_0_groups"):
         assert found[name]["stack_bytes"] == 0, (name, found[name])
         assert found[name]["spill_store_bytes"] == 0, (name, found[name])
+
+
+def _barrier_kernel(arrivals, target):
+    group_barrier(arrivals, 0, target)
+
+
+def _plain_load_poll_kernel(arrivals, target):
+    """A poll whose counter read is an ordinary load, which the compiler may hoist."""
+    if cuda.threadIdx.x == 0:
+        polls = 0
+        while arrivals[0] < target:
+            polls += 1
+            if polls > 1000000:
+                break
+    cuda.syncthreads()
+
+
+FRESH_READ = re.compile(r"atom\.global\.add|ld\.volatile|ld\.acquire|ld\.relaxed")
+
+
+def _ptx_loops(ptx: str) -> list:
+    """The text of each loop of a PTX kernel: from a label to a branch back to it."""
+    lines = ptx[ptx.index(".entry"):].splitlines()
+    labels, loops = {}, []
+    for index, line in enumerate(lines):
+        label = re.match(r"\s*(\$L\w+):", line)
+        if label:
+            labels[label.group(1)] = index
+        branch = re.search(r"\bbra(?:\.uni)?\s+(\$L\w+);", line)
+        if branch and branch.group(1) in labels:
+            loops.append("\n".join(lines[labels[branch.group(1)]:index + 1]))
+    return loops
+
+
+def test_group_barrier_reads_the_counter_again_on_every_poll():
+    """The group barrier's poll must read the arrivals counter anew on each pass: a
+    read the compiler may hoist out of the loop waits forever on a real GPU (it did on
+    an H200 with numba-cuda's `cuda.ldcv`, BENCHMARKS.md CUDA run 1), and the simulator
+    cannot tell. Checked in the PTX (where NVVM is installed): a loop of the barrier
+    holds an atomic add (of 0: the read), volatile or acquire read; a poll by a plain
+    load has none, nor had the ldcv one (checked by hand with numba-cuda 0.30.4)."""
+    from rshop_ir.kernels.cuda import device
+
+    available, reason = device.nvvm_available()
+    if not available:
+        pytest.skip(reason)
+    types = ["int64[::1]", "int64"]
+    barrier_loops = _ptx_loops(device.compile_ptx(_barrier_kernel, types))
+    assert any(FRESH_READ.search(loop) for loop in barrier_loops), barrier_loops
+    plain_loops = _ptx_loops(device.compile_ptx(_plain_load_poll_kernel, types))
+    assert not any(FRESH_READ.search(loop) for loop in plain_loops), plain_loops
