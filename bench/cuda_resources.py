@@ -64,20 +64,17 @@ def find_ptxas() -> str:
 def kernel_resources(path: str, rows_per_block: int, arch: str, ptxas: str) -> list:
     """(kernel name, resources) for every kernel of the saved program at `path`."""
     import rshop_ir
-    from rshop_ir.kernels.cuda import device
-    from rshop_ir.kernels.cuda.codegen import generate
-    from rshop_ir.kernels.cuda.loader import load_module
+    from rshop_ir.kernels.cuda.ptx_check import generated_ptx
 
     capability = tuple(int(digit) for digit in arch.removeprefix("sm_"))
-    optimized = rshop_ir.optimize(rshop_ir.load(path))
-    module_source = generate(optimized.program, rows_per_block=rows_per_block)
-    module = load_module(module_source.source)
+    ptx, _ = generated_ptx(rshop_ir.optimize(rshop_ir.load(path)), rows_per_block,
+                           capability)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for name, types in module_source.kernels.items():
+        for name, text in ptx.items():
             ptx_path = os.path.join(folder, f"{name}.ptx")
             with open(ptx_path, "w") as handle:
-                handle.write(device.compile_ptx(getattr(module, name), types, capability))
+                handle.write(text)
             done = subprocess.run([ptxas, f"-arch={arch}", "-O3", "-v", ptx_path, "-o",
                                    os.path.join(folder, f"{name}.cubin")],
                                   capture_output=True, text=True, check=True)

@@ -12,6 +12,7 @@ naming the op.
 from __future__ import annotations
 
 import math
+import numbers
 
 from rshop_ir.errors import UnsupportedError
 from rshop_ir.ir import Literal
@@ -321,8 +322,9 @@ def _split_matmul(writer, stored, a_value, b_value, columns, contraction, zero,
     rows = writer.rows_per_block
     staging = writer.left_staging
     staged = None
-    known = _int_or(contraction, None)          # a symbolic contraction is never staged
-    if staging is not None and known is not None and staging[1] >= rows * known:
+    # the staging array is sized from concrete contractions: a symbolic one stays in place
+    if staging is not None and isinstance(contraction, numbers.Integral) \
+            and staging[1] >= rows * int(contraction):
         staged = _stage_left(writer, a_value, contraction, staging[0])
         row_names = [0] + [names.fresh("row") for _ in range(1, rows)]
         for position, row in enumerate(row_names[1:], start=1):
@@ -403,14 +405,6 @@ def _accumulate_registers(body, k, indices, weight, weight_element, terms) -> No
         body.line(f"{weight} = {weight_element}")
         for accumulator, left_element in terms:
             body.line(f"{accumulator} += {left_element} * {weight}")
-
-
-def _int_or(value, default):
-    """`value` as an int, or `default` for a symbolic size."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
 
 
 @_private_locals

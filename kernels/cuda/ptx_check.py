@@ -20,15 +20,20 @@ from rshop_ir.kernels.cuda.codegen import generate
 from rshop_ir.kernels.cuda.loader import load_module
 
 
-def compile_all(program, rows_per_block: int = 4, compute_capability=(9, 0)) -> dict:
-    """Compile every kernel of `program` (an optimised Program or BoundProgram)."""
+def generated_ptx(program, rows_per_block: int = 4, compute_capability=(9, 0)) -> tuple:
+    """({kernel name: PTX} of every kernel the generator writes for `program`, an
+    optimised Program or BoundProgram; the module source)."""
     program = getattr(program, "program", program)
     module_source = generate(program, rows_per_block=rows_per_block)
     module = load_module(module_source.source)
-    sizes = {}
-    for name, types in module_source.kernels.items():
-        ptx = device.compile_ptx(getattr(module, name), types, compute_capability)
-        sizes[name] = len(ptx)
+    return ({name: device.compile_ptx(getattr(module, name), types, compute_capability)
+             for name, types in module_source.kernels.items()}, module_source)
+
+
+def compile_all(program, rows_per_block: int = 4, compute_capability=(9, 0)) -> dict:
+    """Compile every kernel of `program` (an optimised Program or BoundProgram)."""
+    ptx, module_source = generated_ptx(program, rows_per_block, compute_capability)
+    sizes = {name: len(text) for name, text in ptx.items()}
     for dtype in sorted({module_source.float_dtype}):
         kernel = gemm._tiled_kernel(gemm.TILE, np.dtype(dtype).type)
         types = [f"{dtype}[::1]", f"{dtype}[::1]", "int64", f"{dtype}[::1]", "int64",
