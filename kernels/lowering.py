@@ -7,6 +7,10 @@ From an OPTIMISED program (passes/pipeline.py) this decides, without writing any
   that follow it over the whole sequence (e.g. `bias_add p b`; with `row_norms`, a
   layer norm over the last axis too), when the scan is their only reader. A kernel computes them chunk by chunk inside its time loop, so the
   projection of a 100k-step sequence is never held at once (`ScanPlan.projections`);
+* with `epilogues`, the top-level eqns reading a scan's output sequence as
+  `chain(y @ W)` (an output layer after the loop, passes/sink_output_projection.py):
+  a kernel computes them after each chunk's steps from that chunk's rows of y, so the
+  sequence of y is never held whole either (`ScanPlan.epilogue`);
 * how the scan's inputs split into sequences, states, readout, constants and mask
   (`ScanPlan.groups`, `ScanPlan.body_groups`);
 * how a body value is stored (`body_storage`): a per-step buffer, a view of a slice
@@ -46,12 +50,29 @@ class Projection:
 
 
 @dataclass
+class Epilogue:
+    """The eqns after a scan computed chunk by chunk inside its kernel:
+    `chain(y @ weight)`, y the scan's output sequence (B, T, H).
+
+    weight: the (H, N) matrix; chain: element-wise eqns applied after the GEMM, each
+    reading the previous result once, other operands literals or 1-D weights; output:
+    the Var the program reads afterwards, (B, T, N).
+    """
+
+    weight: Var
+    matmul: object
+    chain: list
+    output: Var
+
+
+@dataclass
 class ScanPlan:
     eqn: object
     layout: ScanLayout
     groups: dict            # outer inputs by group ("sequences", "states", ...)
     body_groups: dict       # body inputs by group
     projections: dict = field(default_factory=dict)   # sequence index -> Projection
+    epilogue: Epilogue = None
 
     @property
     def params(self):
@@ -68,11 +89,18 @@ class ProgramPlan:
     steps: list             # ("eqn", eqn) or ("scan", ScanPlan), in execution order
 
 
-def plan_program(program: Program, row_norms: bool = False) -> ProgramPlan:
+def plan_program(program: Program, row_norms: bool = False,
+                 epilogues: bool = False) -> ProgramPlan:
     """`row_norms`: a projection's chain may hold layer norms over the last axis
-    (`rshop_ir.ops.is_row_norm`), for a renderer that computes them row by row in its chunks."""
+    (`rshop_ir.ops.is_row_norm`), for a renderer that computes them row by row in its chunks.
+    `epilogues`: a top-level scan absorbs the output layer after it (`Epilogue`)."""
     uses = count_uses(program)
     producers = {var: eqn for eqn in program.eqns for var in eqn.outputs}
+    readers = {}
+    for eqn in program.eqns:
+        for atom in eqn.inputs:
+            if isinstance(atom, Var):
+                readers.setdefault(atom, []).append(eqn)
     absorbed = set()
     scans = {}
     for eqn in program.eqns:
@@ -85,6 +113,13 @@ def plan_program(program: Program, row_norms: bool = False) -> ProgramPlan:
                     absorbed.update(id(member) for member in
                                     [projection.matmul, *projection.chain])
             scans[id(eqn)] = plan
+    for plan in scans.values() if epilogues else ():
+        # after the projections: a scan's output projected for the next scan stays that
+        # scan's chunked projection (an epilogue would hold it whole)
+        epilogue = _epilogue(plan.eqn, readers, uses, program.outputs)
+        if epilogue is not None and id(epilogue.matmul) not in absorbed:
+            plan.epilogue = epilogue
+            absorbed.update(id(member) for member in [epilogue.matmul, *epilogue.chain])
     steps = []
     for eqn in program.eqns:
         if id(eqn) in absorbed:
@@ -132,6 +167,39 @@ def _projection(sequence, producers, uses, row_norms: bool):
             return None
         chain.append(eqn)
         value = previous[0]
+
+
+def _epilogue(eqn, readers, uses, program_outputs):
+    """The absorbable `chain(y @ W)` reading the scan's output sequence y, or None."""
+    y = eqn.outputs[0]
+    if not eqn.params["return_sequences"] or y.ndim != 3 or uses[y] != 1 \
+            or len(readers.get(y, [])) != 1:
+        return None
+    matmul = readers[y][0]
+    if matmul.op != "matmul" or matmul.inputs[0] is not y:
+        return None
+    weight = matmul.inputs[1]
+    value = matmul.outputs[0]
+    if not (isinstance(weight, Var) and weight.ndim == 2 and _weight_like(weight)
+            and y.dtype == weight.dtype == value.dtype
+            and value.dtype in ("float32", "float64")):
+        return None
+    chain = []
+    outputs = {atom for atom in program_outputs if isinstance(atom, Var)}
+    while uses[value] == 1 and value not in outputs and len(readers.get(value, [])) == 1:
+        follower = readers[value][0]
+        if not is_elementwise(follower) or len(follower.outputs) != 1 \
+                or follower.outputs[0].shape != value.shape \
+                or follower.outputs[0].dtype != value.dtype:
+            break
+        others = [atom for atom in follower.inputs if atom is not value]
+        if len(others) != len(follower.inputs) - 1 or not all(
+                isinstance(atom, Literal)
+                or (_weight_like(atom) and atom.ndim <= 1) for atom in others):
+            break
+        chain.append(follower)
+        value = follower.outputs[0]
+    return Epilogue(weight, matmul, chain, value)
 
 
 # ---- element-wise loop nests ---------------------------------------------------------

@@ -138,6 +138,32 @@ def decoder_program(input_size: int = 4, units: int = 5, length: int = 4,
     return builder.build(outputs)
 
 
+def output_layer_program(input_size: int = 3, units: int = 4, outputs: int = 6,
+                         dtype: str = "float32", go_backwards: bool = False) -> Program:
+    """An RNN whose step ends in an output layer only y reads: h' = tanh(x_t @ W + h @ U),
+    y = tanh(h' @ V + c) (passes/sink_output_projection.py moves it after the loop).
+    Inputs [x (B,T,I), initial_state/0]; outputs [y (B, T, outputs), h_T]; params "W",
+    "U", "V", "c"."""
+    body = ProgramBuilder()
+    x_t, h = body.input(dtype, ("B", input_size)), body.input(dtype, ("B", units))
+    kernel, recurrent = body.input(dtype, (input_size, units)), body.input(dtype, (units, units))
+    output_kernel, output_bias = body.input(dtype, (units, outputs)), body.input(dtype, (outputs,))
+    new_h = body.apply("tanh", body.apply("add", body.apply("matmul", x_t, kernel),
+                                          body.apply("matmul", h, recurrent)))
+    y = body.apply("tanh", body.apply("bias_add", body.apply("matmul", new_h, output_kernel),
+                                      output_bias))
+    builder = ProgramBuilder()
+    x = builder.input(dtype, ("B", "T", input_size), name="x")
+    h0 = builder.input(dtype, ("B", units), name="initial_state/0", default=0.0)
+    weights = [builder.param(name, dtype, shape) for name, shape in (
+        ("W", (input_size, units)), ("U", (units, units)), ("V", (units, outputs)),
+        ("c", (outputs,)))]
+    results = builder.scan(body.build([y, new_h]), sequences=[x], states=[h0],
+                           constants=weights, return_sequences=True,
+                           go_backwards=go_backwards)
+    return builder.build(results)
+
+
 def nested_program(input_size: int = 3, units: int = 4, dtype: str = "float64") -> Program:
     """A nested RNN: x (B, T, S, I); each outer step runs an inner tanh-RNN over the S
     axis of its slice and adds the result to the outer state. Params "W", "U", "V"."""

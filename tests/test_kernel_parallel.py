@@ -11,6 +11,8 @@ choice, pinning) are checked against the interpreter.
 
 from types import SimpleNamespace
 
+import re
+
 import numpy as np
 import pytest
 
@@ -192,6 +194,32 @@ def test_team_gives_the_numbers_of_one_thread_exactly(steps, chunk_steps):
     assert "packed_product(staged_0[panel:panel_end]" in compiled._team_kernel()[0].source
     x = np.random.default_rng(steps).standard_normal((1, steps, 40)).astype(np.float32)
     one = compiled(x, team_size=1, chunk_steps=chunk_steps)
+    for members in (2, 3):
+        team_result = compiled(x, team_size=members, chunk_steps=chunk_steps)
+        for got, expected in zip(team_result, one):
+            np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("steps, chunk_steps", [(9, None), (67, 5), (150, None)])
+def test_team_computes_the_output_layer_after_each_chunk(steps, chunk_steps):
+    """An output layer moved after the loop (passes/sink_output_projection.py): a team's
+    step multiplies by the recurrent weight only and exchanges h once; after each
+    chunk's steps every member runs the output layer over the chunk's rows of y (a
+    packed product in panels). The outputs equal one thread's bit for bit, and the
+    interpreter's."""
+    program = examples.output_layer_program(40, 64, outputs=48)
+    weights = examples.random_weights(program, scale=0.1)   # not chaotic: h' = tanh(.. h U)
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    source = compiled._team_kernel()[0].source
+    steps_start = source.index("for step in range(")
+    chunk_end = source.index("for b_out in range(B):", steps_start)
+    step_loop = source[steps_start:chunk_end]
+    assert step_loop.count("packed_product(") == 1 and step_loop.count("team_wait(") == 1
+    assert re.search(r"packed_product\(y_all\[b_out, panel_\d+:panel_end_\d+\]",
+                     source[chunk_end:])
+    x = np.random.default_rng(steps).standard_normal((1, steps, 40)).astype(np.float32)
+    one = compiled(x, team_size=1, chunk_steps=chunk_steps)
+    _assert_close(one, interpret(program, x, weights=weights))
     for members in (2, 3):
         team_result = compiled(x, team_size=members, chunk_steps=chunk_steps)
         for got, expected in zip(team_result, one):

@@ -14,6 +14,7 @@ import pytest
 import rshop_ir
 from rshop_ir import examples
 from rshop_ir.bound import BoundProgram
+from rshop_ir.kernels.lowering import plan_program
 
 ATOL = {"float32": 1e-4, "float64": 1e-10}
 
@@ -44,6 +45,9 @@ PROGRAMS = {
         dtype=dtype, masked=True, return_sequences=False),
     "decoder": lambda dtype: examples.decoder_program(dtype=dtype),
     "nested": lambda dtype: examples.nested_program(dtype=dtype),
+    "output_layer": lambda dtype: examples.output_layer_program(dtype=dtype),
+    "output_layer_backwards": lambda dtype: examples.output_layer_program(
+        dtype=dtype, go_backwards=True),
 }
 _COMPILED = {}
 
@@ -109,6 +113,50 @@ def test_chunked_projection_long_sequence(chunk_steps):
     got = _as_list(compiled(*inputs, chunk_steps=chunk_steps))
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["output_layer", "output_layer_backwards"])
+@pytest.mark.parametrize("chunk_steps", [1, 4, 50])
+def test_output_layer_after_the_loop_chunk_by_chunk(name, chunk_steps):
+    """The output layer moved after the loop (passes/sink_output_projection.py) runs on
+    each chunk's rows of y inside the kernel: the kernel keeps a chunk of y, not the
+    sequence, and gives the interpreter's numbers (of the program before the passes too)
+    for every chunk size."""
+    compiled, bound = compiled_example(name, "float64")
+    assert [eqn.op for eqn in compiled.program.eqns][-3:] == ["scan", "matmul", "fused"]
+    assert "y_all = np.empty((B, chunk_steps, 4), np.float64)" in compiled.source
+    assert "y_out = np.empty((B, steps, 6), np.float64)" in compiled.source
+    inputs = examples.random_inputs(bound.program, batch=3, steps=23, seed=4)
+    expected = _as_list(rshop_ir.interpret(bound, *inputs))
+    got = _as_list(compiled(*inputs, chunk_steps=chunk_steps))
+    assert [a.shape for a in got] == [(3, 23, 6), (3, 4)]
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-10, rtol=0)
+
+
+def test_a_projection_of_the_next_scan_stays_that_scans_projection():
+    """Two stacked LSTMs: the matmul of the first one's sequence by the second's input
+    weight is the second scan's chunked input projection, not an output layer of the
+    first (which would hold the projected sequence whole)."""
+    builder = rshop_ir.ProgramBuilder()
+    sequence = builder.input("float64", ("B", "T", 3), name="x")
+    for layer, input_size in enumerate((3, 4)):
+        h0 = builder.input("float64", ("B", 4), name=f"h0_{layer}", default=0.0)
+        shapes = [(input_size, 4)] * 4 + [(4, 4)] * 4 + [(4,)] * 4
+        weights = [builder.param(f"lstm{layer}/{k}", "float64", shape)
+                   for k, shape in enumerate(shapes)]
+        sequence = builder.scan(examples.lstm_step_body(input_size, 4, "float64"),
+                                sequences=[sequence], states=[h0, h0], constants=weights,
+                                return_sequences=True)[0]
+    program = builder.build([sequence])
+    bound = BoundProgram(program, examples.random_weights(program, seed=2))
+    compiled = rshop_ir.compile(bound)
+    plans = [item for kind, item in plan_program(compiled.program, epilogues=True).steps
+             if kind == "scan"]
+    assert [plan.epilogue for plan in plans] == [None, None]
+    assert [len(plan.projections) for plan in plans] == [1, 1]
+    _check(compiled, bound, examples.random_inputs(program, batch=2, steps=11, seed=5),
+           "float64")
 
 
 def test_memory_budget_bounds_the_chunk():

@@ -104,6 +104,7 @@ class ColumnOwnership:
         self.done = set()        # ids of the slice eqns a split product wrote
         self.kept = set()        # state inputs owned between steps
         self.widest = 0          # the widest value gathered (sizes the exchange buffer)
+        self.y_step = "step"     # the index of the step's row in y_all
 
     def partition(self, columns: int) -> tuple:
         """(w, low, count): the names of this member's columns of a `columns`-wide
@@ -133,10 +134,9 @@ class ColumnOwnership:
     def own(self, var: Var, targets: list) -> None:
         self.owned[var] = list(targets)
 
-    @staticmethod
-    def _element(target, row: str, column: str) -> str:
+    def _element(self, target, row: str, column: str) -> str:
         if target == "y_all":
-            return f"y_all[{row}, step, {column}]"
+            return f"y_all[{row}, {self.y_step}, {column}]"
         return target.element([row, column])
 
     def gather(self, writer, var: Var) -> None:

@@ -18,6 +18,7 @@ from rshop_ir.passes.hoist import hoist
 from rshop_ir.passes.merge_gemms import merge_gemms
 from rshop_ir.passes.precompute_weights import precompute_weights
 from rshop_ir.passes.simplify import simplify
+from rshop_ir.passes.sink_output_projection import sink_output_projection
 from rshop_ir.passes.sink_slices import sink_slices
 from rshop_ir.passes.split_concat_matmul import split_concat_matmul
 from rshop_ir.verify import verify
@@ -28,6 +29,7 @@ PIPELINE = (
     ("cse", cse),
     ("dce", dce),
     ("split_concat_matmul", split_concat_matmul),
+    ("sink_output_projection", sink_output_projection),   # y's Dense after the loop
     ("merge_gemms", merge_gemms),
     ("hoist", hoist),
     ("merge_gemms_after_hoist", merge_gemms),   # e.g. two scans projecting the same x
