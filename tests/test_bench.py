@@ -232,6 +232,34 @@ def test_tiles_bench_checks_and_prints_every_shape(monkeypatch, capsys):
             tile_rate * itemsize / (2 * rows), rel=0.1, abs=0.05)
 
 
+def test_output_layer_bench_compares_the_layer_in_and_after_the_loop(capsys):
+    """`python -m bench.output_layer` times one program compiled twice: the usual way
+    (the output layer after the loop) and without passes/sink_output_projection.py (the
+    output layer in the step); it asserts they agree, and prints one row per size."""
+    from rshop_ir.bench import output_layer
+    from rshop_ir import examples
+
+    program = examples.output_layer_program(5, 7, outputs=9)
+    after, inside = output_layer._compiled_pair(program, examples.random_weights(program))
+    def body_products(compiled):
+        scan = next(eqn for eqn in compiled.program.eqns if eqn.op == "scan")
+        return [eqn.op for eqn in scan.params["body"].eqns].count("matmul")
+
+    assert body_products(after) == 1 and body_products(inside) == 2     # h U, h' V
+    assert [eqn.op for eqn in after.program.eqns][-2:] == ["matmul", "fused"]
+    assert [eqn.op for eqn in inside.program.eqns][-1] == "scan"
+    output_layer.main(["--outputs", "9", "16", "--batches", "1", "2", "--steps", "6",
+                       "--input", "5", "--hidden", "7", "--rounds", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(row[0], row[4]) for row in rows] == [("1", "9"), ("2", "9"), ("1", "16"),
+                                                  ("2", "16")]
+    for row in rows:
+        inside_ms, after_ms, ratio = float(row[5]), float(row[6]), float(row[7][:-1])
+        assert inside_ms > 0 and after_ms > 0
+        # the times are printed to 0.001 ms, the ratio of the unrounded ones to 0.01
+        assert abs(ratio * after_ms - inside_ms) <= 0.0005 * (1 + ratio) + 0.005 * after_ms
+
+
 def _run_json(path, rows):
     """A minimal `python -m bench --json` file: (model, backend, samples, status) rows."""
     results = [{"suite": "custom", "model": model, "size": {"name": "S1"}, "backend": backend,
