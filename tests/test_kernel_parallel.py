@@ -204,18 +204,23 @@ def test_team_gives_the_numbers_of_one_thread_exactly(steps, chunk_steps):
 def test_team_computes_the_output_layer_after_each_chunk(steps, chunk_steps):
     """An output layer moved after the loop (passes/sink_output_projection.py): a team's
     step multiplies by the recurrent weight only and exchanges h once; after each
-    chunk's steps every member runs the output layer over the chunk's rows of y (a
-    packed product in panels). The outputs equal one thread's bit for bit, and the
-    interpreter's."""
+    chunk's steps the members split the chunk's rows of y in whole 8-row tiles and
+    write their rows of the output layer (a packed product in panels) into rank 0's
+    output (kernels/cpu/team_output.py). The outputs equal one thread's bit for bit
+    (with 3 members and short chunks some members have no rows), and the
+    interpreter's. The automatic team's rule counts the output layer's weight."""
     program = examples.output_layer_program(40, 64, outputs=48)
     weights = examples.random_weights(program, scale=0.1)   # not chaotic: h' = tanh(.. h U)
     compiled = rshop_ir.compile(BoundProgram(program, weights))
+    assert compiled.kernel.team_weight_bytes == 4 * (64 * 64 + 64 * 48)
     source = compiled._team_kernel()[0].source
+    assert "publish_output(team_counter, 4, y_out)" in source
+    assert "team_out = output_at(out_address, y_out)" in source
     steps_start = source.index("for step in range(")
     chunk_end = source.index("for b_out in range(B):", steps_start)
     step_loop = source[steps_start:chunk_end]
     assert step_loop.count("packed_product(") == 1 and step_loop.count("team_wait(") == 1
-    assert re.search(r"packed_product\(y_all\[b_out, panel_\d+:panel_end_\d+\]",
+    assert re.search(r"packed_product\(y_all\[b_out\]\[panel_\d+:panel_end_\d+\]",
                      source[chunk_end:])
     x = np.random.default_rng(steps).standard_normal((1, steps, 40)).astype(np.float32)
     one = compiled(x, team_size=1, chunk_steps=chunk_steps)
@@ -224,6 +229,22 @@ def test_team_computes_the_output_layer_after_each_chunk(steps, chunk_steps):
         team_result = compiled(x, team_size=members, chunk_steps=chunk_steps)
         for got, expected in zip(team_result, one):
             np.testing.assert_array_equal(got, expected)
+
+
+def test_members_view_the_output_rank_0_published():
+    """team_output.py: a member waits for rank 0's address, views the same memory (its
+    writes land in rank 0's array), and gets 0 instead when the run was aborted."""
+    from rshop_ir.kernels.cpu.team_output import output_at, publish_output, published_output
+    from rshop_ir.kernels.cpu.team_sync import ABORT, COUNTER_SIZE
+
+    counter = np.zeros(COUNTER_SIZE, np.int64)
+    output = np.zeros((2, 3, 4), np.float32)
+    publish_output(counter, 5, output)
+    view = output_at(published_output(counter, 5), np.empty_like(output))
+    view[1, 2, 3] = 7.0
+    assert output[1, 2, 3] == 7.0 and view.shape == output.shape
+    counter[ABORT] = 1
+    assert published_output(counter, 6) == 0
 
 
 @pytest.mark.parametrize("steps, chunk_steps", [(9, None), (67, 5)])

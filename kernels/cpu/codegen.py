@@ -40,9 +40,10 @@ from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STE
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
 from rshop_ir.kernels.cpu.team_columns import ColumnOwnership, kept_states, product_segments
 from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
+from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/16"
+GENERATOR_VERSION = "numba-cpu/17"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -145,6 +146,7 @@ class _Function:
         self.readers = {}            # in a scan: body Var -> the body eqns reading it
         self.ownership = None        # in a team scan: its owned columns (team_columns.py)
         self.y_step = "step"         # in a scan: the index of the step's row in y_all
+        self.splits_output = False   # in a team scan: members write rank 0's output
 
     def alloc(self, var: Var, shape_text: str, hint: str = "buf") -> str:
         name = self.names.fresh(hint)
@@ -159,7 +161,7 @@ class CpuGenerator:
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
         reserved = {"np", "math", "njit", "wide_vectors", "B", "T", "chunk", "PHASE_BASE",
-                    "team_wait",
+                    "team_wait", "output_at", "publish_output", "published_output",
                     "team_enter", "team_leave",
                     "row_sum", "row_squared_deviations", "row_dot", "packed_product", "steps",
                     # the chunk and step loops' own names
@@ -178,6 +180,7 @@ class CpuGenerator:
         self.packed_products = False  # a matmul may run as a packed product
         self.fixed_steps = 0         # the longest top-level scan of static length
         self.team_shared_row_bytes = 0
+        self.output_slots = 0        # team_output.OUTPUT_SLOTS taken by scans' epilogues
         self.team_shared_buffers = 0
         self.team_weight_bytes = 0
         self._weight_slot_of = {}     # a weight Var of `run` -> its weight slot
@@ -205,6 +208,8 @@ class CpuGenerator:
             header.line("from rshop_ir.kernels.cpu.team_sync import (PHASE_BASE, team_enter, "
                         "team_leave, team_wait)")
             header.line("from rshop_ir.kernels.cpu.team_launch import pin_member, unpin_member")
+            header.line("from rshop_ir.kernels.cpu.team_output import (output_at, "
+                        "publish_output, published_output)")
         if self.packed_products:
             header.line("from rshop_ir.kernels.cpu.packed_product import packed_product")
         header.line("from rshop_ir.kernels.cpu.reductions import row_dot, "
@@ -1130,6 +1135,7 @@ class CpuGenerator:
         self._fill_zeros(preamble, names, "y_last", y_var.ndim)
         preamble.line(f"y_next = np.empty({y_shape}, {y_dtype})")
         function.y_step = "step"
+        function.split_bytes_before = self.team_weight_bytes
         if epilogue is not None:
             # y_all holds the chunk's rows of y; the output layer writes y_out after them
             all_shape = self.shape_text((y_var.shape[0], "chunk_steps", *y_var.shape[1:]))
@@ -1223,6 +1229,10 @@ class CpuGenerator:
                     ownership.own(state_var, [ArrayValue(current, 2)])
                     ownership.gather(loop, state_var)
             self.team_columns = max(self.team_columns, ownership.widest)
+        if function.splits_output:    # until every member's rows of the output are written
+            with loop.block("if team_size > 1:"):
+                with loop.block("if not team_wait(team_counter, team_size):"):
+                    loop.line(function.abort_return)
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
         team_arguments = list(TEAM_ARGUMENTS) if function.team_used else []
@@ -1487,22 +1497,29 @@ class CpuGenerator:
                 with loop.block(f"for {k} in range({staged}.shape[1]):"):
                     loop.line(f"{staged}[{row}, {k}] = {source}[{b}, time_low + {step}, {k}]")
             packed = self._packed_projection(function, projection)
-            if packed is not None:   # in panels of rows that stay in the core's cache
-                buffer, start = packed
-                first, last = names.fresh("panel"), names.fresh("panel_end")
-                with loop.block(f"for {first} in range({low}, {high}, "
-                                f"{PROJECTION_PANEL_ROWS}):"):
-                    loop.line(f"{last} = "
-                              f"{smaller(f'{first} + {PROJECTION_PANEL_ROWS}', high)}")
-                    loop.line(f"packed_product({staged}[{first}:{last}], {buffer}, {start}, "
-                              f"{projected}[{first}:{last}])")
-            else:
-                with loop.block(f"if {high} > {low}:"):
-                    loop.line(f"np.dot({staged}[{low}:{high}], {weight}, "
-                              f"{projected}[{low}:{high}])")
+            self._panel_product(function, packed, weight, staged, projected, low, high)
             if projection.chain:
                 self._render_chain(function, projection, projected, chain_operands,
                                    f"{low}, {high}")
+
+    @staticmethod
+    def _panel_product(function, packed, weight, left, out, low, high, out_offset=None):
+        """`out[offset + r] = left[r] @ weight` for rows r in [low, high): a packed product
+        (`packed` = (buffer, start)) in panels of PROJECTION_PANEL_ROWS rows that stay in
+        the core's cache, counted from `low`; else one np.dot."""
+        loop, names = function.body, function.names
+        shift = f"{out_offset} + " if out_offset else ""
+        if packed is not None:
+            buffer, start = packed
+            first, last = names.fresh("panel"), names.fresh("panel_end")
+            with loop.block(f"for {first} in range({low}, {high}, {PROJECTION_PANEL_ROWS}):"):
+                loop.line(f"{last} = {smaller(f'{first} + {PROJECTION_PANEL_ROWS}', high)}")
+                loop.line(f"packed_product({left}[{first}:{last}], {buffer}, {start}, "
+                          f"{out}[{shift}{first}:{shift}{last}])")
+        else:
+            with loop.block(f"if {high} > {low}:"):
+                loop.line(f"np.dot({left}[{low}:{high}], {weight}, "
+                          f"{out}[{shift}{low}:{shift}{high}])")
 
     def _packed_projection(self, function, projection):
         """(buffer, start) of the input projection's weight packed by the runtime (a
@@ -1556,30 +1573,61 @@ class CpuGenerator:
 
     def _epilogue(self, function, epilogue, weight, chain_operands) -> None:
         """After a chunk's steps: its rows of y (`y_all`, per batch row) through the output
-        layer into `y_out`: one GEMM (a packed product in panels of rows, as the input
-        projection, else np.dot), then the element-wise chain in place. Every member of
-        a team holds all of y (y is gathered each step) and computes all rows: the rows
-        of the member returning the results are then those of one thread."""
-        loop, names = function.body, function.names
+        layer into the output: one GEMM (a packed product in panels of rows, as the
+        input projection, else np.dot), then the element-wise chain in place.
+
+        On a team (every member holds all of y: y is gathered each step) the members
+        split the chunk's rows as `_team_projections` does, in whole 8-row tiles of the
+        packed product (whole panels for np.dot), and write them into rank 0's output
+        (kernels/cpu/team_output.py): a row falls in a tile of the shape it has on one
+        thread, so its sums are added in the same order. A barrier after the last
+        chunk keeps rank 0 from returning before every row is written."""
+        loop, names, preamble = function.body, function.names, function.preamble
+        packed = self._packed_projection(function, epilogue)
+        if self.team_weight_bytes > function.split_bytes_before:
+            # a team splits this scan's steps, and then its output layer: count its weight
+            # with theirs for the automatic team's rule (team.auto_team_size)
+            in_size, out_size = epilogue.weight.shape
+            self.team_weight_bytes += in_size * out_size \
+                * np.dtype(epilogue.output.dtype).itemsize
+        split = function.team_used and self.output_slots < len(OUTPUT_SLOTS)
+        rows = names.fresh("out_steps")
+        low, high = names.fresh("out_low"), names.fresh("out_high")
+        target = "y_out"
+        loop.line(f"{rows} = chunk_stop - chunk_start")
+        if split:
+            slot = OUTPUT_SLOTS[self.output_slots]
+            self.output_slots += 1
+            target, address = names.fresh("team_out"), names.fresh("out_address")
+            preamble.line(f"{target} = y_out")
+            with preamble.block("if team_size > 1:"):
+                with preamble.block("if team_rank == 0:"):
+                    preamble.line(f"publish_output(team_counter, {slot}, y_out)")
+                with preamble.block("else:"):
+                    preamble.line(f"{address} = published_output(team_counter, {slot})")
+                    with preamble.block(f"if {address} == 0:"):
+                        preamble.line(function.abort_return)
+                    preamble.line(f"{target} = output_at({address}, y_out)")
+            unit = TILE_SHAPES[0][0] if packed is not None else PROJECTION_PANEL_ROWS
+            count = names.fresh("out_count")
+            with loop.block("if team_size > 1:"):
+                loop.line(f"{count} = (({rows} + {unit - 1}) // {unit} + team_size - 1) "
+                          f"// team_size * {unit}")
+                loop.line(f"{low} = {smaller(rows, f'team_rank * {count}')}")
+                loop.line(f"{high} = {smaller(rows, f'{low} + {count}')}")
+            with loop.block("else:"):
+                loop.line(f"{low}, {high} = 0, {rows}")
+            function.splits_output = True
+        else:
+            loop.line(f"{low}, {high} = 0, {rows}")
         b, rows_out = names.fresh("b_out"), names.fresh("out_rows")
         with loop.block(f"for {b} in range(B):"):
-            loop.line(f"{rows_out} = y_out[{b}]")
-            packed = self._packed_projection(function, epilogue)
-            if packed is not None:
-                buffer, start = packed
-                first, last = names.fresh("panel"), names.fresh("panel_end")
-                with loop.block(f"for {first} in range(0, chunk_stop - chunk_start, "
-                                f"{PROJECTION_PANEL_ROWS}):"):
-                    loop.line(f"{last} = " + smaller(f"{first} + {PROJECTION_PANEL_ROWS}",
-                                                     "chunk_stop - chunk_start"))
-                    loop.line(f"packed_product(y_all[{b}, {first}:{last}], {buffer}, {start}, "
-                              f"{rows_out}[chunk_start + {first}:chunk_start + {last}])")
-            else:
-                loop.line(f"np.dot(y_all[{b}, :chunk_stop - chunk_start], {weight}, "
-                          f"{rows_out}[chunk_start:chunk_stop])")
+            loop.line(f"{rows_out} = {target}[{b}]")
+            self._panel_product(function, packed, weight, f"y_all[{b}]", rows_out, low, high,
+                                out_offset="chunk_start")
             if epilogue.chain:
                 self._render_chain(function, epilogue, rows_out, chain_operands,
-                                   "chunk_start, chunk_stop")
+                                   f"chunk_start + {low}, chunk_start + {high}")
 
     def _render_chain(self, function, projection, projected, chain_operands,
                       row_range: str) -> None:

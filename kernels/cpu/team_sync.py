@@ -1,8 +1,8 @@
 """The step barrier of a kernel run by a team of threads (see kernels/cpu/team.py).
 
-Numba has no atomics for the CPU, so two LLVM intrinsics supply them: `atomic_add`
-(sequentially consistent fetch-and-add on an int64 array element) and `atomic_load`
-(an acquire load). `team_wait` is the barrier every member calls after writing its
+Numba has no atomics for the CPU, so LLVM intrinsics supply them: `atomic_add`
+(sequentially consistent fetch-and-add on an int64 array element), `atomic_load` (an
+acquire load) and `atomic_store` (a release store, team_output.py). `team_wait` is the barrier every member calls after writing its
 columns of a split matmul:
 
   * `counter[0]` counts arrivals over the whole run; a member's ticket tells which
@@ -33,6 +33,7 @@ ARRIVALS = 0
 ABORT = 1
 STARTED = 2
 FINISHED = 3
+# counter[4:8]: team_output.OUTPUT_SLOTS
 PHASE_BASE = 8          # counter[PHASE_BASE + rank]: barriers the member has passed
 COUNTER_SIZE = PHASE_BASE + 64
 SPIN_LIMIT = 20000
@@ -75,6 +76,22 @@ def atomic_load(typing_context, array, index):
         pointer = _element_pointer(context, builder, sig.args[0], arguments[0],
                                    arguments[1], sig.args[1])
         return builder.load_atomic(pointer, "acquire", 8)
+    return signature, codegen
+
+
+@intrinsic
+def atomic_store(typing_context, array, index, value):
+    """array[index] = value with release ordering (int64 array)."""
+    if not (isinstance(array, types.Array) and array.dtype == types.int64):
+        return None
+    signature = types.void(array, index, value)
+
+    def codegen(context, builder, sig, arguments):
+        pointer = _element_pointer(context, builder, sig.args[0], arguments[0],
+                                   arguments[1], sig.args[1])
+        amount = context.cast(builder, arguments[2], sig.args[2], types.int64)
+        builder.store_atomic(amount, pointer, "release", 8)
+        return context.get_dummy_value()
     return signature, codegen
 
 
