@@ -26,7 +26,7 @@ Before:                                   After:
              p = matmul n w                  p = matmul z w
              q = bias_add p b                y = bias_add p b
            in (q, n) }
-(dce.py then drops the body's dead matmul and the unread constants stay for dce.)
+(dce.py then drops the body's dead output layer and the constants only it read.)
 """
 
 from __future__ import annotations
