@@ -80,6 +80,9 @@ def test_most_zoo_kernels_can_split_their_matmuls():
                  if _compiled_case(entry, split_every_matmul=True)[1]._team_kernel()[0]
                  .team_columns > 0]
     assert len(splitting) >= len(zoo.ZOO) - 3, splitting
+    # the attention decoder's output layer runs after the loop, its rows split too
+    attention = _compiled_case(zoo.attention_decoder, split_every_matmul=True)[1]
+    assert "publish_output(team_counter" in attention._team_kernel()[0].source
     assert "keras_lstm" in splitting and "mgu" in splitting
 
 

@@ -43,7 +43,7 @@ from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/17"
+GENERATOR_VERSION = "numba-cpu/18"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -147,6 +147,7 @@ class _Function:
         self.ownership = None        # in a team scan: its owned columns (team_columns.py)
         self.y_step = "step"         # in a scan: the index of the step's row in y_all
         self.splits_output = False   # in a team scan: members write rank 0's output
+        self.split_bytes_before = 0  # in a scan: team_weight_bytes before its body
 
     def alloc(self, var: Var, shape_text: str, hint: str = "buf") -> str:
         name = self.names.fresh(hint)
@@ -1097,8 +1098,7 @@ class CpuGenerator:
                 for atom in lowering.elementwise_operands(eqn):
                     if isinstance(atom, Var) and atom.shape != epilogue.output.shape:
                         epilogue_operands[atom] = argument(atom, "chain")
-            in_size, out_size = epilogue.weight.shape
-            row_bytes += in_size * np.dtype(epilogue.output.dtype).itemsize
+            row_bytes += epilogue.weight.shape[0] * np.dtype(epilogue.output.dtype).itemsize
         self.projection_row_bytes = max(self.projection_row_bytes, row_bytes)
 
         # --- preamble: step count, states, outputs, buffers
@@ -1136,11 +1136,12 @@ class CpuGenerator:
         preamble.line(f"y_next = np.empty({y_shape}, {y_dtype})")
         function.y_step = "step"
         function.split_bytes_before = self.team_weight_bytes
+        if projections or epilogue is not None:
+            preamble.line(f"chunk_steps = {larger('1', smaller('chunk', 'steps'))}")
         if epilogue is not None:
             # y_all holds the chunk's rows of y; the output layer writes y_out after them
             all_shape = self.shape_text((y_var.shape[0], "chunk_steps", *y_var.shape[1:]))
             out_shape = self.shape_text(("B", "steps", epilogue.weight.shape[1]))
-            preamble.line(f"chunk_steps = {larger('1', smaller('chunk', 'steps'))}")
             preamble.line(f"y_all = np.empty({all_shape}, {y_dtype})")
             preamble.line(f"y_out = np.empty({out_shape}, "
                           f"{dtype_expression(epilogue.output.dtype)})")
@@ -1170,8 +1171,6 @@ class CpuGenerator:
         results += [current for current, _ in state_buffers]
         function.abort_return = f"return ({', '.join(results)},)"
         chunk_buffers = {}
-        if projections and epilogue is None:
-            preamble.line(f"chunk_steps = {larger('1', smaller('chunk', 'steps'))}")
         for index, projection, source, weight, _ in projections:
             chunk_buffers[index] = (names.fresh(f"staged_{index}"),
                                     names.fresh(f"projected_{index}"))
@@ -1555,21 +1554,30 @@ class CpuGenerator:
         which every split leaves at the end of the last block), so its sums are added
         in the same order; 8-row blocks share 100 rows 56 / 44 where whole panels
         shared them 64 / 36."""
-        loop, names = function.body, function.names
-        count, low, high = (names.fresh(h) for h in ("team_rows", "row_low", "row_high"))
+        loop = function.body
         packed = all(self._packed_projection(function, projection) is not None
                      for _, projection, *_ in projections)
-        panel = TILE_SHAPES[0][0] if packed else PROJECTION_PANEL_ROWS
         with loop.block("if chunk_start > 0:"):
             with loop.block("if not team_wait(team_counter, team_size):"):
                 loop.line(function.abort_return)
-        loop.line(f"{count} = ((rows + {panel - 1}) // {panel} + team_size - 1) // team_size "
-                  f"* {panel}")
-        loop.line(f"{low} = {smaller('rows', f'team_rank * {count}')}")
-        loop.line(f"{high} = {smaller('rows', f'{low} + {count}')}")
+        low, high = self._member_rows(function, "rows", packed)
         self._projections(function, projections, chunk_buffers, low, high)
         with loop.block("if not team_wait(team_counter, team_size):"):
             loop.line(function.abort_return)
+
+    @staticmethod
+    def _member_rows(function, rows: str, packed: bool) -> tuple:
+        """Names of this member's block [low, high) of `rows` rows, defined at the
+        current line: whole 8-row tiles of the packed product (`packed`), else whole
+        panels, as many per member as it takes (see `_team_projections`)."""
+        names, loop = function.names, function.body
+        count, low, high = (names.fresh(h) for h in ("team_rows", "row_low", "row_high"))
+        unit = TILE_SHAPES[0][0] if packed else PROJECTION_PANEL_ROWS
+        loop.line(f"{count} = (({rows} + {unit - 1}) // {unit} + team_size - 1) // team_size "
+                  f"* {unit}")
+        loop.line(f"{low} = {smaller(rows, f'team_rank * {count}')}")
+        loop.line(f"{high} = {smaller(rows, f'{low} + {count}')}")
+        return low, high
 
     def _epilogue(self, function, epilogue, weight, chain_operands) -> None:
         """After a chunk's steps: its rows of y (`y_all`, per batch row) through the output
@@ -1592,9 +1600,9 @@ class CpuGenerator:
                 * np.dtype(epilogue.output.dtype).itemsize
         split = function.team_used and self.output_slots < len(OUTPUT_SLOTS)
         rows = names.fresh("out_steps")
-        low, high = names.fresh("out_low"), names.fresh("out_high")
         target = "y_out"
         loop.line(f"{rows} = chunk_stop - chunk_start")
+        low, high = "0", rows
         if split:
             slot = OUTPUT_SLOTS[self.output_slots]
             self.output_slots += 1
@@ -1608,18 +1616,9 @@ class CpuGenerator:
                     with preamble.block(f"if {address} == 0:"):
                         preamble.line(function.abort_return)
                     preamble.line(f"{target} = output_at({address}, y_out)")
-            unit = TILE_SHAPES[0][0] if packed is not None else PROJECTION_PANEL_ROWS
-            count = names.fresh("out_count")
-            with loop.block("if team_size > 1:"):
-                loop.line(f"{count} = (({rows} + {unit - 1}) // {unit} + team_size - 1) "
-                          f"// team_size * {unit}")
-                loop.line(f"{low} = {smaller(rows, f'team_rank * {count}')}")
-                loop.line(f"{high} = {smaller(rows, f'{low} + {count}')}")
-            with loop.block("else:"):
-                loop.line(f"{low}, {high} = 0, {rows}")
+            # one member alone (team_size 1) has block [0, rows)
+            low, high = self._member_rows(function, rows, packed is not None)
             function.splits_output = True
-        else:
-            loop.line(f"{low}, {high} = 0, {rows}")
         b, rows_out = names.fresh("b_out"), names.fresh("out_rows")
         with loop.block(f"for {b} in range(B):"):
             loop.line(f"{rows_out} = {target}[{b}]")
