@@ -138,6 +138,45 @@ def decoder_program(input_size: int = 4, units: int = 5, length: int = 4,
     return builder.build(outputs)
 
 
+def attention_decoder_program(features: int = 3, units: int = 32, memory_length: int = 4,
+                              length: int = 5, dtype: str = "float32") -> Program:
+    """A decoder with additive attention over a memory (B, memory_length, features):
+    keys = memory @ K once; at each of `length` steps q = h @ Q + b, scores = tanh(keys
+    + q) @ v, a = softmax(scores), context = a . memory, h' = tanh(context @ C + h @ U
+    + c). Inputs [memory, initial_state/0]; outputs [y (B, length, units), h_final];
+    params "K", "Q", "b", "v", "C", "U", "c"."""
+    body = ProgramBuilder()
+    h = body.input(dtype, ("B", units))
+    memory = body.input(dtype, ("B", memory_length, features))
+    keys = body.input(dtype, ("B", memory_length, units))
+    query_kernel, query_bias = body.input(dtype, (units, units)), body.input(dtype, (units,))
+    score_kernel = body.input(dtype, (units, 1))
+    context_kernel = body.input(dtype, (features, units))
+    recurrent, bias = body.input(dtype, (units, units)), body.input(dtype, (units,))
+    query = body.apply("bias_add", body.apply("matmul", h, query_kernel), query_bias)
+    energy = body.apply("tanh", body.apply("add", keys, body.apply("expand_dims", query,
+                                                                   axis=1)))
+    scores = body.apply("reshape", body.apply("matmul", energy, score_kernel),
+                        shape=("B", memory_length))
+    attention = body.apply("softmax", scores, axis=-1)
+    context = body.apply("einsum", attention, memory, equation="bl,blf->bf")
+    new_h = body.apply("tanh", body.apply("bias_add", body.apply(
+        "add", body.apply("matmul", context, context_kernel),
+        body.apply("matmul", h, recurrent)), bias))
+    builder = ProgramBuilder()
+    memory_in = builder.input(dtype, ("B", memory_length, features), name="memory")
+    h0 = builder.input(dtype, ("B", units), name="initial_state/0", default=0.0)
+    weights = {name: builder.param(name, dtype, shape) for name, shape in (
+        ("K", (features, units)), ("Q", (units, units)), ("b", (units,)),
+        ("v", (units, 1)), ("C", (features, units)), ("U", (units, units)),
+        ("c", (units,)))}
+    keys_in = builder.apply("matmul", memory_in, weights["K"])
+    outputs = builder.scan(body.build([new_h, new_h]), states=[h0], constants=[
+        memory_in, keys_in, weights["Q"], weights["b"], weights["v"], weights["C"],
+        weights["U"], weights["c"]], length=length, return_sequences=True)
+    return builder.build(outputs)
+
+
 def output_layer_program(input_size: int = 3, units: int = 4, outputs: int = 6,
                          dtype: str = "float32", go_backwards: bool = False) -> Program:
     """An RNN whose step ends in an output layer only y reads: h' = tanh(x_t @ W + h @ U),

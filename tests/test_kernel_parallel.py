@@ -234,6 +234,54 @@ def test_team_computes_the_output_layer_after_each_chunk(steps, chunk_steps):
             np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("dtype, units, blocks", [("float32", 64, True),
+                                                  ("float64", 64, True),
+                                                  ("float32", 48, False)])
+def test_team_members_split_the_attention_scores(dtype, units, blocks):
+    """Additive attention on a team (codegen's `_one_column_matmul`, team_columns.py):
+    each member adds its own columns of the query to the keys, takes their tanh and the
+    partial scores of its blocks of columns (block_dot.py), and the members exchange
+    those partials instead of the query. One thread sums the same blocks in the same
+    order, so the outputs are equal bit for bit, and the interpreter's. A width off the
+    blocks (48 float32 columns) keeps one dot a row and the query gathered whole."""
+    program = examples.attention_decoder_program(features=3, units=units,
+                                                 memory_length=5, length=40, dtype=dtype)
+    weights = examples.random_weights(program, seed=1, scale=0.1)  # not chaotic
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    source = compiled._team_kernel()[0].source
+    owned_tanh = re.search(rf"for i_\d+ in range\(5\):\n\s+for jj_\d+ in "
+                           rf"range\(own_count_{units}\):", source)
+    if blocks:
+        assert "block_dot(" in compiled.source and "row_dot(" not in compiled.source
+        assert owned_tanh and "first_block" in source
+    else:
+        assert "block_dot(" not in source and not owned_tanh
+    memory = np.random.default_rng(units).standard_normal((1, 5, 3)).astype(dtype)
+    one = compiled(memory, team_size=1)
+    for got, expected in zip(one, interpret(program, memory, weights=weights)):
+        np.testing.assert_allclose(got, expected, rtol=0,
+                                   atol=1e-4 if dtype == "float32" else 1e-10)
+    for members in (2, 3):
+        team_result = compiled(memory, team_size=members)
+        for got, expected in zip(team_result, one):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_team_attention_scores_of_a_keras_decoder_match_keras():
+    """The Keras attention decoder of the benchmark (Dense layers, RepeatVector, Dot)
+    at 64 units: its team kernel splits the scores, and gives Keras's numbers."""
+    from bench import sizes, suites
+
+    case = suites.attention_decoder(sizes.parse_size("2,9,8,64"), np.random.default_rng(5))
+    compiled = rshop_ir.compile(case.model, target="cpu")
+    assert "first_block" in compiled._team_kernel()[0].source
+    expected = case.model.predict(case.inputs[0], verbose=0)
+    one = compiled(*case.inputs, team_size=1)
+    _assert_close(one, expected)
+    for members in (2, 3):
+        np.testing.assert_array_equal(compiled(*case.inputs, team_size=members), one)
+
+
 def test_members_view_the_output_rank_0_published():
     """team_output.py: a member waits for rank 0's address, views the same memory (its
     writes land in rank 0's array), and gets 0 instead when the run was aborted."""

@@ -38,12 +38,13 @@ from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STE
                                                  TILE_SHAPES, aligned_start_source,
                                                  packing_source, row_buffer_size)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
-from rshop_ir.kernels.cpu.team_columns import ColumnOwnership, kept_states, product_segments
+from rshop_ir.kernels.cpu.team_columns import (ColumnOwnership, block_dot_applies,
+                                               kept_states, product_segments)
 from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/18"
+GENERATOR_VERSION = "numba-cpu/19"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -165,6 +166,7 @@ class CpuGenerator:
                     "team_wait", "output_at", "publish_output", "published_output",
                     "team_enter", "team_leave",
                     "row_sum", "row_squared_deviations", "row_dot", "packed_product", "steps",
+                    "block_dot",
                     # the chunk and step loops' own names
                     "chunk_steps", "chunk_start", "chunk_stop", "rows", "time_low", "step",
                     "t", "row", "y_step", "y_out",
@@ -179,6 +181,7 @@ class CpuGenerator:
         self.team_columns = 0
         self.team_dtype = None       # the dtype of the matmuls a team splits (one only)
         self.packed_products = False  # a matmul may run as a packed product
+        self.block_dots = False      # a one-column matmul sums by blocks (block_dot.py)
         self.fixed_steps = 0         # the longest top-level scan of static length
         self.team_shared_row_bytes = 0
         self.output_slots = 0        # team_output.OUTPUT_SLOTS taken by scans' epilogues
@@ -213,6 +216,8 @@ class CpuGenerator:
                         "publish_output, published_output)")
         if self.packed_products:
             header.line("from rshop_ir.kernels.cpu.packed_product import packed_product")
+        if self.block_dots:
+            header.line("from rshop_ir.kernels.cpu.block_dot import block_dot")
         header.line("from rshop_ir.kernels.cpu.reductions import row_dot, "
                     "row_squared_deviations, row_sum")
         header.line("from rshop_ir.kernels.cpu.mathlib import (")
@@ -802,8 +807,11 @@ class CpuGenerator:
 
     def _one_column_matmul(self, function, eqn) -> None:
         """`a @ w` with w of shape (K, 1) (a Dense(1): the score of additive attention):
-        one vectorised dot a row (kernels/cpu/reductions.py). BLAS's call costs more
-        than such a product, and a hand loop is one chain of dependent adds."""
+        BLAS's call costs more than such a product, and a hand loop is one chain of
+        dependent adds. Where K is whole blocks of columns, each block's partial sum in a
+        fixed order (block_dot.py), then the partials in block order: a team member
+        owning columns of `a` computes its blocks and exchanges the partials. Else one
+        vectorised dot a row (kernels/cpu/reductions.py)."""
         a, b = eqn.inputs
         out = eqn.outputs[0]
         contraction = b.shape[0]
@@ -817,10 +825,41 @@ class CpuGenerator:
         body.line(f"{vector} = {self._array(function, b, contiguous=True)}"
                   f".reshape({contraction})")
         body.line(f"{result} = {name}.reshape({rows})")
-        zero = self.ctx.const(0, out.dtype)
-        with body.block(f"for {row} in range({left}.shape[0]):"):
-            body.line(f"{result}[{row}] = row_dot({left}, {row}, {vector}, {zero})")
         function.values[out] = ArrayValue(name, out.ndim)
+        if not block_dot_applies(eqn):
+            zero = self.ctx.const(0, out.dtype)
+            with body.block(f"for {row} in range({left}.shape[0]):"):
+                body.line(f"{result}[{row}] = row_dot({left}, {row}, {vector}, {zero})")
+            return
+        self.block_dots = True
+        width = BLOCK_COLUMNS[out.dtype]
+        blocks = contraction // width
+        partials = function.alloc(Var(out.dtype, (*a.shape[:-1], blocks)),
+                                  self.shape_text((rows, blocks)), "partials")
+        ownership = function.ownership
+        owned = ownership is not None and a in ownership.owned
+        block, total = function.names.fresh("block"), function.names.fresh("total")
+        if owned:
+            _, low, count = ownership.partition(contraction)
+            first = function.names.fresh("first_block")
+            body.line(f"{first} = {low} // {width}")
+            block_range = f"{first}, {first} + {count} // {width}"
+        else:
+            block_range = str(blocks)
+        with body.block(f"for {row} in range({rows}):"):
+            with body.block(f"for {block} in range({block_range}):"):
+                body.line(f"{partials}[{row}, {block}] = block_dot({left}, {row}, "
+                          f"{vector}, {block})")
+        if owned:
+            ownership.owned.pop(a)
+            ownership.views.pop(a, None)
+            row_count = int(np.prod([int(d) for d in a.shape[1:-1]]))
+            ownership.exchange_partials(body, partials, rows, row_count, contraction)
+        with body.block(f"for {row} in range({rows}):"):
+            body.line(f"{total} = {partials}[{row}, 0]")
+            with body.block(f"for {block} in range(1, {blocks}):"):
+                body.line(f"{total} += {partials}[{row}, {block}]")
+            body.line(f"{result}[{row}] = {total}")
 
     def _plain_matmul(self, function, a_value, b_value, name, out, contraction,
                       blas_ready: bool, weight: Var) -> None:
@@ -1347,12 +1386,16 @@ class CpuGenerator:
                 continue
             self._emit_elementwise_run(function, run, uses)
             run = []
-            if ownership is not None:      # it reads its operands whole
-                ownership.gather_inputs(function.body, eqn.inputs)
+            view = ownership is not None and self._owned_view(function, eqn)
+            if ownership is not None and not view:     # it reads its operands whole
+                ownership.gather_inputs(function.body, eqn.inputs[1:]
+                                        if block_dot_applies(eqn) else eqn.inputs)
             if eqn.op == "scan":
                 self._emit_nested_scan(function, eqn)
             else:
                 self._emit_eqn(function, eqn)
+            if view:
+                ownership.own_view(eqn.outputs[0], eqn.inputs[0])
         self._emit_elementwise_run(function, run, uses)
 
     @staticmethod
@@ -1396,8 +1439,8 @@ class CpuGenerator:
             if owned_loop and targets:
                 function.ownership.own(out, targets)
         if owned_loop:
-            indices = self._loops(function, shape[:1])
-            indices.append(function.ownership.open_loop(function.body, shape[1])[1])
+            indices = self._loops(function, shape[:-1])
+            indices.append(function.ownership.open_loop(function.body, shape[-1])[1])
         else:
             indices = self._loops(function, shape)
         scalars = {}
@@ -1439,12 +1482,51 @@ class CpuGenerator:
         read_inside = self._read_inside(run, made)
         stored = [eqn.outputs[0] for eqn in run
                   if uses[eqn.outputs[0]] > read_inside.get(eqn.outputs[0], 0)]
-        if len(shape) == 2 and isinstance(shape[1], int) \
-                and all(atom.shape == shape for atom in owned) \
-                and all(var.dtype == ownership.dtype for var in stored):
+        if isinstance(shape[-1], int) and len(shape) >= 2 \
+                and all(var.dtype == ownership.dtype for var in stored) \
+                and (all(atom.shape == shape for atom in owned) if len(shape) == 2
+                     else self._owned_scores(function, shape, owned, stored)):
             return True
         ownership.gather_inputs(function.body, owned)
         return False
+
+    @staticmethod
+    def _owned_scores(function, shape, owned, stored) -> bool:
+        """Whether a member runs a (B, R, n) element-wise run over its own columns: it
+        reads owned values of its shape or owned (B, 1, n) views, and what it stores
+        only block-summed one-column matmuls read (`_one_column_matmul`: attention's
+        scores), so no (B, R, n) value is ever gathered."""
+        ownership = function.ownership
+        view_shape = (shape[0], 1, shape[-1])
+        if not all(atom.shape == shape or (atom in ownership.views and len(shape) == 3
+                                           and atom.shape == view_shape)
+                   for atom in owned):
+            return False
+        return all(var not in function.direct and var not in function.body_outputs
+                   and function.readers.get(var)
+                   and all(block_dot_applies(reader) and reader.inputs[0] is var
+                           and reader.inputs[1] is not var
+                           for reader in function.readers[var])
+                   for var in stored)
+
+    @staticmethod
+    def _owned_view(function, eqn) -> bool:
+        """Whether the (B, 1, n) reshape of an owned (B, n) value stays owned, as a view
+        sharing its storage (team_columns.ColumnOwnership.own_view): only element-wise
+        eqns read it."""
+        if eqn.op not in ("expand_dims", "reshape"):
+            return False
+        ownership = function.ownership
+        x, out = eqn.inputs[0], eqn.outputs[0]
+        if not isinstance(x, Var) or x not in ownership.owned or x in ownership.views \
+                or x.ndim != 2 or out.shape != (x.shape[0], 1, x.shape[1]):
+            return False
+        value = function.values.get(x)
+        readers = function.readers.get(out, [])
+        return isinstance(value, ArrayValue) and value.contiguous and bool(readers) \
+            and out not in function.body_outputs \
+            and all(lowering.is_elementwise(reader) and len(reader.outputs) == 1
+                    for reader in readers)
 
     def _emit_nested_scan(self, function, eqn) -> None:
         plan = lowering.plan_scan(eqn)
