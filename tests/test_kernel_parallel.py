@@ -269,17 +269,24 @@ def test_team_members_split_the_attention_scores(dtype, units, blocks):
 
 def test_team_attention_scores_of_a_keras_decoder_match_keras():
     """The Keras attention decoder of the benchmark (Dense layers, RepeatVector, Dot)
-    at 64 units: its team kernel splits the scores, and gives Keras's numbers."""
+    at 64 units: its team kernel splits the scores, and gives Keras's numbers; so does
+    a batch of 5 whose keys, 80 rows, take np.dot instead of the packed product."""
     from bench import sizes, suites
 
-    case = suites.attention_decoder(sizes.parse_size("2,9,8,64"), np.random.default_rng(5))
+    case = suites.attention_decoder(sizes.parse_size("2,9,16,64"), np.random.default_rng(5))
     compiled = rshop_ir.compile(case.model, target="cpu")
     assert "first_block" in compiled._team_kernel()[0].source
+    # the keys (memory @ K, once a call outside the scan): packed product up to
+    # RUN_PACKED_MAX_ROWS rows of memory, np.dot beyond
+    assert f"if B * 16 <= {codegen.RUN_PACKED_MAX_ROWS}:\n        packed_product(in_" \
+        in compiled.source
     expected = case.model.predict(case.inputs[0], verbose=0)
     one = compiled(*case.inputs, team_size=1)
     _assert_close(one, expected)
     for members in (2, 3):
         np.testing.assert_array_equal(compiled(*case.inputs, team_size=members), one)
+    many = np.random.default_rng(6).standard_normal((5, 16, 16)).astype(np.float32)
+    _assert_close(compiled(many), case.model.predict(many, verbose=0))   # 80 rows
 
 
 def test_members_view_the_output_rank_0_published():

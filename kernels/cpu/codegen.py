@@ -44,7 +44,7 @@ from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/19"
+GENERATOR_VERSION = "numba-cpu/20"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -67,6 +67,11 @@ PACKED_DTYPES = tuple(BLOCK_COLUMNS)
 PACKED_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
 PACKED_MIN_COLUMNS = 16
 PROJECTION_PANEL_ROWS = 64   # rows of an input projection's packed product at a time
+# A product of `run` (outside the scans) by a weight: the packed product up to this many
+# rows (one thread), np.dot (BLAS, maybe threaded) beyond. The attention decoder's keys,
+# (16 x 128) @ (128 x 256) once a call at S2: 16 us with np.dot, a call 4% faster packed
+# (ad-hoc, a team of two, each member computing them).
+RUN_PACKED_MAX_ROWS = 64
 # (a multiple of the biggest tile's rows: see `_team_projections`)
 
 _MATH_MODULE_NAMES = sorted({impl.split(".")[0] for pair in mathlib.FUNCTIONS.values()
@@ -787,8 +792,9 @@ class CpuGenerator:
         name = function.alloc(out, self.shape_text(out.shape), "product")
         if b.ndim == 2:
             rows = " * ".join(str(d) for d in a.shape[:-1])
-            function.body.line(f"np.dot({a_array}.reshape(({rows}, {a.shape[-1]})), "
-                               f"{b_array}, {name}.reshape(({rows}, {b.shape[-1]})))")
+            self._run_product(function, f"{a_array}.reshape(({rows}, {a.shape[-1]}))",
+                              b, b_array, f"{name}.reshape(({rows}, {b.shape[-1]}))",
+                              rows, out)
         elif a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2]:
             batch = " * ".join(str(d) for d in a.shape[:-2])
             left, right, result, index = (function.names.fresh(h) for h in
@@ -881,8 +887,11 @@ class CpuGenerator:
                 body.line(product)
             with body.block("else:"):
                 body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
-        elif blas_ready and (function.preamble is None or (
-                isinstance(contraction, int) and contraction >= BLAS_MIN_CONTRACTION)):
+        elif blas_ready and function.preamble is None:
+            self._run_product(function, self._contiguous(a_value), weight, b_value.array(),
+                              name, f"{a_value.array()}.shape[0]", out)
+        elif blas_ready and isinstance(contraction, int) \
+                and contraction >= BLAS_MIN_CONTRACTION:
             body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
         elif blas_ready:
             with body.block(f"if B >= {BLAS_MIN_BATCH}:"):
@@ -891,6 +900,27 @@ class CpuGenerator:
                 self._hand_matmul(function, a_value, b_value, name, out, contraction)
         else:
             self._hand_matmul(function, a_value, b_value, name, out, contraction)
+
+    def _run_product(self, function, left: str, weight, right: str, out_name: str,
+                     rows: str, out) -> None:
+        """`out_name = left @ right` (2-D C arrays) in `run`: by a weight of `run` big
+        enough to pack, the packed product over the copy the runtime packs once per
+        weight version for up to RUN_PACKED_MAX_ROWS rows, else np.dot."""
+        body = function.body
+        contraction, columns = (weight.shape if isinstance(weight, Var) else (None, None))
+        if not (weight in self._weight_slot_of and out.dtype in PACKED_DTYPES
+                and isinstance(contraction, int) and contraction >= PACKED_MIN_CONTRACTION
+                and isinstance(columns, int) and columns >= PACKED_MIN_COLUMNS):
+            body.line(f"np.dot({left}, {right}, {out_name})")
+            return
+        buffer = self._packed_argument(function, PackedWeight(weight))
+        start = function.names.fresh("packed_start")
+        body.line(f"{start} = {aligned_start_source(buffer, np.dtype(out.dtype).itemsize)}")
+        with body.block(f"if {rows} <= {RUN_PACKED_MAX_ROWS}:"):
+            body.line(f"packed_product({left}, {buffer}, {start}, {out_name})")
+        with body.block("else:"):
+            body.line(f"np.dot({left}, {right}, {out_name})")
+        self.packed_products = True
 
     def _packing_applies(self, function, weight: Var, contraction, out) -> bool:
         """A matmul inside a scan by one of the scan's constants, big enough to pack."""
