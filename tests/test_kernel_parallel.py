@@ -267,6 +267,38 @@ def test_team_members_split_the_attention_scores(dtype, units, blocks):
             np.testing.assert_array_equal(got, expected)
 
 
+def test_an_owned_value_scored_and_read_again_stays_owned():
+    """z = tanh(x_t W + h U) is owned by columns on a team; s = z @ v sums z's blocks
+    (each member its own, then the partials exchanged), and h' = z * s reads z again:
+    z must still be owned there (the loop runs over the member's columns), not taken
+    for whole. Team == one thread bit for bit == the interpreter."""
+    units = 64
+    body = ProgramBuilder()
+    x_t, h = body.input("float32", ("B", 8)), body.input("float32", ("B", units))
+    kernel, recurrent = body.input("float32", (8, units)), body.input("float32", (units, units))
+    score = body.input("float32", (units, 1))
+    z = body.apply("tanh", body.apply("add", body.apply("matmul", x_t, kernel),
+                                      body.apply("matmul", h, recurrent)))
+    new_h = body.apply("mul", z, body.apply("tanh", body.apply("matmul", z, score)))
+    builder = ProgramBuilder()
+    xs = builder.input("float32", ("B", "T", 8), name="x")
+    h0 = builder.input("float32", ("B", units), name="h0", default=0.0)
+    weights = [builder.param(name, "float32", shape) for name, shape in (
+        ("W", (8, units)), ("U", (units, units)), ("v", (units, 1)))]
+    y, _ = builder.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0],
+                        constants=weights, return_sequences=True)
+    program = builder.build([y])
+    weights = examples.random_weights(program, seed=2, scale=0.1)
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    source = compiled._team_kernel()[0].source
+    assert "first_block" in source and "block_dot(" in compiled.source
+    x = np.random.default_rng(2).standard_normal((1, 30, 8)).astype(np.float32)
+    one = compiled(x, team_size=1)
+    _assert_close(one, interpret(program, x, weights=weights))
+    for members in (2, 3):
+        np.testing.assert_array_equal(compiled(x, team_size=members), one)
+
+
 def test_team_attention_scores_of_a_keras_decoder_match_keras():
     """The Keras attention decoder of the benchmark (Dense layers, RepeatVector, Dot)
     at 64 units: its team kernel splits the scores, and gives Keras's numbers; so does
