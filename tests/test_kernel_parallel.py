@@ -256,6 +256,16 @@ def test_team_members_split_the_attention_scores(dtype, units, blocks):
         assert owned_tanh and "first_block" in source
     else:
         assert "block_dot(" not in source and not owned_tanh
+    # the views of the step's buffers (the scores' rows, the softmax's) are made once
+    # before the loops, and an exchange reads and writes team_pool element by element:
+    # a view made at every step costs a reference count taken and dropped (only the
+    # product of a member's columns into team_pool, off the blocks, takes a view)
+    for kernel_source in (source, compiled.source):
+        step_loop = kernel_source[kernel_source.index("for step in range("):]
+        assert step_loop.split("\n@njit")[0].count(".reshape(") == (
+            0 if blocks or kernel_source is compiled.source else 1)
+    assert re.search(r"team_pool\[team_slot, i_\d+ \* " if blocks else
+                     r"team_pool\[member_slot, i \* member_count \+ j\]", source)
     memory = np.random.default_rng(units).standard_normal((1, 5, 3)).astype(dtype)
     one = compiled(memory, team_size=1)
     for got, expected in zip(one, interpret(program, memory, weights=weights)):

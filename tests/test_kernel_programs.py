@@ -332,6 +332,55 @@ def test_attention_step_one_column_products_and_broadcast_repeat(width, dtype):
     assert np.isnan(got[0][1]).all() and not np.isnan(got[0][[0, 2]]).any()
 
 
+def _einsum_program(width: int, length: int, dtype: str):
+    """A step summing einsums of every loop form the generator writes: the output's
+    last axis innermost (contiguous in an input, strided in one, the batch axis
+    itself) and a scalar sum per element where nothing is contracted."""
+    from rshop_ir import ProgramBuilder
+
+    body = ProgramBuilder()
+    x_t, h = body.input(dtype, ("B", width)), body.input(dtype, ("B", width))
+    memory = body.input(dtype, ("B", length, width))
+    square = body.input(dtype, (width, width))
+    attention = body.apply("softmax", body.apply("einsum", memory, h,
+                                                 equation="blw,bw->bl"), axis=-1)
+    terms = [
+        body.apply("einsum", attention, memory, equation="bl,blw->bw"),
+        body.apply("einsum", h, square, equation="bw,wv->bv"),
+        body.apply("einsum", h, square, equation="bw,vw->bv"),
+        body.apply("einsum", x_t, h, equation="bw,bw->bw"),
+        body.apply("expand_dims", body.apply("einsum", x_t, h, equation="bw,bw->b"),
+                   axis=1),
+    ]
+    total = terms[0]
+    for term in terms[1:]:
+        total = body.apply("add", total, term)
+    new_h = body.apply("tanh", body.apply("add", total, x_t))
+    builder = ProgramBuilder()
+    xs = builder.input(dtype, ("B", "T", width), name="x")
+    memory_in = builder.input(dtype, ("B", length, width), name="memory")
+    h0 = builder.input(dtype, ("B", width), name="h0", default=0.0)
+    weight = builder.param("square", dtype, (width, width))
+    y, _ = builder.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0],
+                        constants=[memory_in, weight], return_sequences=True)
+    return builder.build([y])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("width", [1, 3, 37])
+def test_einsums_match_the_interpreter(width, dtype):
+    program = _einsum_program(width, 4, dtype)
+    bound = BoundProgram(program, examples.random_weights(program, seed=width))
+    compiled = rshop_ir.compile(bound)
+    rng = np.random.default_rng(width)
+    x = (0.5 * rng.standard_normal((3, 6, width))).astype(dtype)
+    memory = (0.5 * rng.standard_normal((3, 4, width))).astype(dtype)
+    _check(compiled, bound, [x, memory], dtype)
+    memory[2, 1, 0] = np.inf
+    got = _check(compiled, bound, [x, memory], dtype)
+    assert np.isnan(got[0][2]).any() and not np.isnan(got[0][:2]).any()
+
+
 def test_bad_inputs_raise_clear_errors():
     compiled, bound = compiled_example("lstm", "float32")
     good = np.zeros((2, 5, 3), np.float32)

@@ -27,12 +27,13 @@ from test_kernel_parallel import _assert_close, _lstm
 
 pytestmark = pytest.mark.usefixtures("kernel_cache")  # a fresh kernel disk cache
 
-ARGUMENTS = ["B", "T", "chunk", "threads", "affinities", "fail_rank", "team_rank",
-             "team_size", "team_counter", "team_pool", "team_shared"]
+ARGUMENTS = ["B", "T", "chunk", "threads", "affinities", "ran_on", "fail_rank",
+             "team_rank", "team_size", "team_counter", "team_pool", "team_shared"]
 STAND_IN = f'''
 import numpy as np
 from numba import get_thread_id, njit, prange
-from rshop_ir.kernels.cpu.team_launch import get_affinity, pin_member, unpin_member
+from rshop_ir.kernels.cpu.team_launch import (current_core, get_affinity, pin_member,
+                                              unpin_member)
 from rshop_ir.kernels.cpu.team_sync import team_leave, team_wait
 
 
@@ -40,9 +41,10 @@ from rshop_ir.kernels.cpu.team_sync import team_leave, team_wait
 def run({", ".join(ARGUMENTS)}):
     threads[team_rank] = get_thread_id()
     get_affinity(affinities[team_rank])
+    ran_on[team_rank] = current_core()
     if team_rank == fail_rank:
         raise ValueError("this member fails")
-    team_wait(team_counter, team_size)
+    team_wait(team_counter, team_size, team_rank)
     team_leave(team_counter)
     return (threads, B + team_rank)
 
@@ -56,18 +58,23 @@ def _module():
 
 
 def _launch(fail_rank=-1):
-    """team.launch_natively over the stand-in: (rank 0's results or None, the thread
-    and the affinity each rank ran with)."""
-    threads = np.full(2, -1, np.int64)
+    """team.launch_natively over the stand-in: (rank 0's results or None, the thread,
+    the affinity and the core each rank ran with)."""
+    threads, ran_on = np.full(2, -1, np.int64), np.full(2, -1, np.int64)
     affinities = np.zeros((2, team_launch.MASK_WORDS), np.uint64)
     kernel = SimpleNamespace(team_dtype="float32", team_columns=64,
                              team_shared_row_bytes=0, team_shared_buffers=0)
-    module, leading = _module(), (7, 1, 1, threads, affinities, fail_rank)
+    module, leading = _module(), (7, 1, 1, threads, affinities, ran_on, fail_rank)
     results = team.launch_natively(
         lambda *members: team_launch.compile_launcher(module, leading, members)(
             *leading, *members),
         team.TeamBuffers(kernel, 2), 1, 1)
-    return results, threads, affinities
+    return results, threads, affinities, ran_on
+
+
+def _cores_of(mask) -> set:
+    return {64 * word + bit for word, value in enumerate(mask) for bit in range(64)
+            if int(value) >> bit & 1}
 
 
 def _needs_native_launch():
@@ -76,38 +83,58 @@ def _needs_native_launch():
                     f"threads (here: {numba.get_num_threads()} threads)")
 
 
-def test_members_run_at_once_on_threads_and_cores_of_their_own():
+def test_members_run_at_once_on_threads_and_cores_of_their_own(monkeypatch):
     _needs_native_launch()
     before = os.sched_getaffinity(0)
-    cores = member_cores(2)
-    results, threads, affinities = _launch()
+    given = []       # the cores the call gave its members
+    monkeypatch.setattr(team, "member_cores",
+                        lambda members: given.append(member_cores(members)) or given[0])
+    results, threads, affinities, ran_on = _launch()
+    cores = given[0]
+    if cores is None:
+        pytest.skip("fewer than 2 cores may be used here: nothing to pin to")
     # not None: nobody waited for a partner in vain; rank 0's results only
     assert results is not None and results[1] == 7
     assert threads[0] != threads[1] and min(threads) >= 0
-    for rank, core in enumerate(cores):              # pinned to one core each ...
-        expected = np.zeros(team_launch.MASK_WORDS, np.uint64)
-        expected[core // 64] = np.uint64(1) << np.uint64(core % 64)
-        np.testing.assert_array_equal(affinities[rank], expected)
-    assert os.sched_getaffinity(0) == before         # ... for the call only
+    # each rank on its core: there already (its affinity left as it was), or pinned
+    # there for the call
+    assert list(ran_on) == cores
+    for rank, core in enumerate(cores):
+        assert _cores_of(affinities[rank]) in ({core}, before)
+    assert os.sched_getaffinity(0) == before         # the caller's, after the call
+
+
+def test_a_member_off_its_core_is_pinned_there_for_the_call(monkeypatch):
+    """The caller's thread is given the other core: it moves there for the call (its
+    affinity that core alone) and gets its own affinity back afterwards."""
+    _needs_native_launch()
+    before = os.sched_getaffinity(0)
+    cores = member_cores(2)
+    if cores is None:
+        pytest.skip("fewer than 2 cores may be used here: nothing to pin to")
+    swapped = cores[::-1]
+    monkeypatch.setattr(team, "member_cores", lambda members: swapped)
+    results, _, affinities, ran_on = _launch()
+    assert results is not None
+    assert ran_on[0] == swapped[0] and _cores_of(affinities[0]) == {swapped[0]}
+    assert os.sched_getaffinity(0) == before
 
 
 def test_unpinned_members_keep_their_affinity(monkeypatch):
     _needs_native_launch()
     monkeypatch.setattr(team, "member_cores", lambda members: None)
-    results, _, affinities = _launch()
+    results, _, affinities, _ = _launch()
     assert results is not None
     allowed = os.sched_getaffinity(0)
     for rank in range(2):
-        bits = [word >> np.uint64(bit) & np.uint64(1) for word in affinities[rank]
-                for bit in range(64)]
-        assert {core for core, bit in enumerate(bits) if bit} == allowed
+        assert _cores_of(affinities[rank]) == allowed
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("fail_rank", [0, 1])
 def test_a_failing_member_frees_the_others_and_yields_no_results(fail_rank):
     _needs_native_launch()
-    results, threads, _ = _launch(fail_rank=fail_rank)
+    results, threads, _, _ = _launch(fail_rank=fail_rank)
     assert results is None
     assert min(threads) >= 0                          # both ranks ran, neither hung
 

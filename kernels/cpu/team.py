@@ -47,10 +47,10 @@ from rshop_ir.kernels.cpu.pinning import member_cores, pinned
 from rshop_ir.kernels.cpu import team_workers
 from rshop_ir.kernels.cpu.team_launch import MASK_WORDS
 from rshop_ir.kernels.cpu.row_split import usable_cores
-from rshop_ir.kernels.cpu.team_sync import (ABORT, COUNTER_SIZE, FINISHED, STARTED,
-                                            wait_for_count)
+from rshop_ir.kernels.cpu.team_sync import (ABORT, COUNTER_SIZE, FINISHED, MAX_MEMBERS,
+                                            STARTED, wait_for_count)
 
-MAX_TEAM = 16                # members at most
+MAX_TEAM = MAX_MEMBERS       # members at most
 AUTO_MAX_ROWS = 1            # the automatic team: one-row calls ...
 AUTO_MIN_STEPS = 32          # ... of this many steps or more ...
 AUTO_MIN_WEIGHT_BYTES = 512 * 2 ** 10   # ... splitting weights of this size or more

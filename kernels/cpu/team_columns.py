@@ -216,25 +216,27 @@ class ColumnOwnership:
         j, value)` writes a member's element there."""
         width, low, count = self.partition(columns)
         names = self.names
-        phase, part, member, member_low, member_count, member_part, i, j, value = (
-            names.fresh(hint) for hint in ("phase", "team_part", "member", "member_low",
-                                           "member_count", "member_part", "i", "j",
+        phase, slot, member, member_low, member_count, member_slot, i, j, value = (
+            names.fresh(hint) for hint in ("phase", "team_slot", "member", "member_low",
+                                           "member_count", "member_slot", "i", "j",
                                            "value"))
 
         def units(expression):
             return expression if unit == 1 else f"({expression} // {unit})"
 
+        # A member's share is row (phase % 2) * team_size + rank of team_pool, read and
+        # written element by element (views of it, made at every step, would each
+        # take and drop a reference count)
         with writer.block("if team_size > 1:"):
-            writer.line(f"{phase} = team_counter[PHASE_BASE + team_rank]")
-            writer.line(f"{part} = team_pool[({phase} % 2) * team_size + team_rank]"
-                        f"[:{rows} * {units(count)}].reshape(({rows}, {units(count)}))")
+            writer.line(f"{phase} = team_counter[phase_slot(team_rank)]")
+            writer.line(f"{slot} = ({phase} % 2) * team_size + team_rank")
             with writer.block(f"for {i} in range({rows}):"):
                 with writer.block(f"for {j} in range({units(count)}):"):
                     column = f"({units(low)} + {j}) & {INDEX_MASK}"
-                    writer.line(f"{part}[{i}, {j}] = {read(i, column)}")
-            with writer.block("if not team_wait(team_counter, team_size):"):
+                    writer.line(f"team_pool[{slot}, {i} * {units(count)} + {j}] = "
+                                f"{read(i, column)}")
+            with writer.block("if not team_wait(team_counter, team_size, team_rank):"):
                 writer.line(self.abort_return)
-            writer.line(f"team_counter[PHASE_BASE + team_rank] = {phase} + 1")
             with writer.block(f"for {member} in range(team_size):"):
                 with writer.block(f"if {member} != team_rank:"):
                     writer.line(f"{member_low} = "
@@ -242,12 +244,11 @@ class ColumnOwnership:
                     writer.line(f"{member_count} = "
                                 f"{smaller(str(columns), f'{member_low} + {width}')} "
                                 f"- {member_low}")
-                    writer.line(f"{member_part} = team_pool[({phase} % 2) * team_size + "
-                                f"{member}][:{rows} * {units(member_count)}].reshape(("
-                                f"{rows}, {units(member_count)}))")
+                    writer.line(f"{member_slot} = ({phase} % 2) * team_size + {member}")
                     with writer.block(f"for {i} in range({rows}):"):
                         with writer.block(f"for {j} in range({units(member_count)}):"):
-                            writer.line(f"{value} = {member_part}[{i}, {j}]")
+                            writer.line(f"{value} = team_pool[{member_slot}, "
+                                        f"{i} * {units(member_count)} + {j}]")
                             write(i, f"({units(member_low)} + {j}) & {INDEX_MASK}", value)
 
     def gather_inputs(self, writer, atoms) -> None:

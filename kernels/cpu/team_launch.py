@@ -8,9 +8,9 @@ True)` loop whose iteration `rank` runs `run(..., rank, ...)`, so Numba's thread
 layer starts the members (a bare loop of two ranks meeting at a barrier: 4.5 us a
 call, ad-hoc script), the other member waiting for its next loop spinning inside the OpenMP runtime
 for a few milliseconds. A one-step LSTM H=256 call: 58 us on a team started this way,
-135 us with Python members, 38 us on one thread (BENCHMARKS.md run 14). Each member pins its thread to its core for the
-call and restores the thread's affinity afterwards (`pin_member` / `unpin_member`,
-glibc's sched_setaffinity). A member whose kernel raises (it could only run out of
+135 us with Python members, 38 us on one thread (BENCHMARKS.md run 14). Each member not already on its core pins its
+thread there for the call and restores the thread's affinity afterwards (`pin_member`
+/ `unpin_member`, glibc's sched_getcpu and sched_setaffinity). A member whose kernel raises (it could only run out of
 memory) never comes to its next barrier: the others wait there for a few seconds,
 give up (team_sync.team_wait) and the runtime runs the call again on one thread, as
 it does whenever a member gave up waiting.
@@ -67,23 +67,40 @@ get_affinity = _affinity_intrinsic("sched_getaffinity")
 set_affinity = _affinity_intrinsic("sched_setaffinity")
 
 
+@intrinsic
+def current_core(typing_context):
+    """The core the calling thread runs on (glibc's `sched_getcpu`: no system call
+    where the kernel keeps it in the thread's rseq area), or -1."""
+
+    def codegen(context, builder, sig, arguments):
+        function_type = ir.FunctionType(ir.IntType(32), [])
+        function = cgutils.get_or_insert_function(builder.module, function_type,
+                                                  "sched_getcpu")
+        return builder.call(function, [])
+    return types.int32(), codegen
+
+
 @njit(cache=True, nogil=True)
 def pin_member(masks, rank, core):
-    """Keep the calling thread's affinity in masks[rank, 0], then run it on `core`
-    only (core < 0: leave it as it is)."""
-    if core < 0:
-        return
+    """Run the calling thread on `core` only, keeping its affinity in masks[rank, 0];
+    True when it was pinned. A thread already on `core` (the caller's is, and a
+    member thread of the last call mostly) is left as it is: two affinity changes
+    and their restore cost ~9 us a call on the 2-core VM, and the scheduler does not
+    move a busy thread onto a busy core. core < 0: never pinned."""
+    if core < 0 or current_core() == core:
+        return False
     get_affinity(masks[rank, 0])
     wanted = masks[rank, 1]
     wanted[:] = 0
     wanted[core // 64] = np.uint64(1) << np.uint64(core % 64)
     set_affinity(wanted)
+    return True
 
 
 @njit(cache=True, nogil=True)
-def unpin_member(masks, rank, core):
-    """Give the calling thread back the affinity `pin_member` kept."""
-    if core >= 0:
+def unpin_member(masks, rank, pinned):
+    """Give the calling thread back the affinity `pin_member` kept, if it pinned it."""
+    if pinned:
         set_affinity(masks[rank, 0])
 
 
@@ -141,9 +158,9 @@ def launcher_source(arguments: list) -> list:
         f"team_masks):",
         "    team_results = []",
         "    for team_rank in prange(team_size):",
-        "        pin_member(team_masks, team_rank, team_cores[team_rank])",
+        "        pinned = pin_member(team_masks, team_rank, team_cores[team_rank])",
         f"        member_results = team_member({member_arguments})",
-        "        unpin_member(team_masks, team_rank, team_cores[team_rank])",
+        "        unpin_member(team_masks, team_rank, pinned)",
         "        if team_rank == 0:",
         "            team_results.append(member_results)",
         "    return team_results",
@@ -195,4 +212,5 @@ class _FunctionPointer:
 
 
 LAUNCHER_NAMES = ("launch_team", "team_member", "team_results", "member_results",
-                  "team_cores", "team_masks", "prange", "pin_member", "unpin_member")
+                  "team_cores", "team_masks", "prange", "pin_member", "unpin_member",
+                  "pinned")

@@ -2,20 +2,28 @@
 
 Numba has no atomics for the CPU, so LLVM intrinsics supply them: `atomic_add`
 (sequentially consistent fetch-and-add on an int64 array element), `atomic_load` (an
-acquire load) and `atomic_store` (a release store, team_output.py). `team_wait` is the barrier every member calls after writing its
+acquire load) and `atomic_store` (a release store). `team_wait` is the barrier every member calls after writing its
 columns of a split matmul:
 
-  * `counter[0]` counts arrivals over the whole run; a member's ticket tells which
-    round it is in, so consecutive barriers need no reset (every member calls the
-    barrier the same number of times);
-  * a member spins on an acquire load until the round is complete; after
-    `SPIN_LIMIT` polls it yields its core on each poll (`sched_yield`), so a member
-    whose partner lost its core to another process does not burn that core's time;
+  * each member counts the barriers it reached in a slot of its own
+    (`phase_slot(rank)`, a cache line apart from the others'), which only it
+    writes: on arriving it stores the count plus one (a release store), then spins
+    on acquire loads of every partner's slot until each reached the same count.
+    Every member calls the barrier the same number of times, so no reset is needed,
+    and the count before a barrier is the member's phase (which half of the double
+    buffered exchange pool it writes, team_columns.py);
+  * one shared arrivals counter bumped by every member instead cost a cache line
+    transfer more per barrier (each member's add, then the poll, moved the line),
+    and the per-member slots used to share one line: on the 2-core VM a barrier took
+    ~0.15 us while the two cores were near, ~0.45 us while they were far apart;
+  * after `SPIN_LIMIT` polls a member yields its core on each poll (`sched_yield`),
+    so a member whose partner lost its core to another process does not burn that
+    core's time;
   * `counter[1]` != 0 is the abort flag: set when a member failed, or by a member
     that waited ABANDON_LIMIT polls; the waiting members then return False and stop,
     and the runtime runs the call again on one thread.
-The fetch-and-add releases the member's earlier writes (its columns), the acquire load
-makes the partners' writes visible.
+The release store publishes the member's earlier writes (its columns), the acquire
+loads make the partners' writes visible.
 
 `team_enter` / `team_leave` count the members whose kernel has started / ended
 (`counter[STARTED]`, `counter[FINISHED]`); the launcher (team.py) waits for them with
@@ -29,13 +37,14 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-ARRIVALS = 0
-ABORT = 1
+ABORT = 1               # (counter[0] is not used)
 STARTED = 2
 FINISHED = 3
 # counter[4:8]: team_output.OUTPUT_SLOTS
-PHASE_BASE = 8          # counter[PHASE_BASE + rank]: barriers the member has passed
-COUNTER_SIZE = PHASE_BASE + 64
+MAX_MEMBERS = 16
+PHASE_BASE = 8          # counter[phase_slot(rank)]: barriers the member has reached
+PHASE_STRIDE = 8        # int64s a cache line: each member's slot on a line of its own
+COUNTER_SIZE = PHASE_BASE + PHASE_STRIDE * MAX_MEMBERS
 SPIN_LIMIT = 20000
 # Polls after which a member gives up waiting (each past SPIN_LIMIT yields the core:
 # ~0.3 us each on the development machine with nothing else to run, so about three
@@ -108,21 +117,31 @@ def yield_core(typing_context):
     return signature, codegen
 
 
+@njit(cache=True, nogil=True, inline="always")
+def phase_slot(rank):
+    """The counter slot where member `rank` counts the barriers it reached."""
+    return PHASE_BASE + PHASE_STRIDE * rank
+
+
 @njit(cache=True, nogil=True)
-def team_wait(counter, size):
-    """The barrier (see the module docstring); False when the run was aborted."""
-    ticket = atomic_add(counter, ARRIVALS, 1) + 1
-    target = ((ticket + size - 1) // size) * size
+def team_wait(counter, size, rank):
+    """The barrier (see the module docstring) of member `rank`; False when the run was
+    aborted."""
+    reached = counter[phase_slot(rank)] + 1
+    atomic_store(counter, phase_slot(rank), reached)
     polls = 0
-    while atomic_load(counter, ARRIVALS) < target:
-        if atomic_load(counter, ABORT) != 0:
-            return False
-        polls += 1
-        if polls > SPIN_LIMIT:
-            if polls > ABANDON_LIMIT:      # the partner never came: give up the call
-                atomic_add(counter, ABORT, 1)
+    for member in range(size):
+        if member == rank:
+            continue
+        while atomic_load(counter, phase_slot(member)) < reached:
+            if atomic_load(counter, ABORT) != 0:
                 return False
-            yield_core()
+            polls += 1
+            if polls > SPIN_LIMIT:
+                if polls > ABANDON_LIMIT:      # the partner never came: give up the call
+                    atomic_add(counter, ABORT, 1)
+                    return False
+                yield_core()
     return True
 
 
