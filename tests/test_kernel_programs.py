@@ -301,13 +301,22 @@ def _attention_program(width: int, length: int, dtype: str):
     context = body.apply("einsum", attention, memory, equation="bl,blw->bw")
     gate = body.apply("matmul", h, score_weight)                         # (B, 1)
     new_h = body.apply("tanh", body.apply("add", body.apply("add", context, x_t), gate))
+    return _scan_over_memory(body.build([new_h, new_h]), width, length, dtype,
+                             "score", (width, 1))
+
+
+def _scan_over_memory(step, width: int, length: int, dtype: str, weight: str, shape):
+    """A program scanning `step` (inputs x_t, h, memory, the weight) over x (B, T,
+    width) with the constants memory (B, length, width) and the param `weight`."""
+    from rshop_ir import ProgramBuilder
+
     builder = ProgramBuilder()
     xs = builder.input(dtype, ("B", "T", width), name="x")
     memory_in = builder.input(dtype, ("B", length, width), name="memory")
     h0 = builder.input(dtype, ("B", width), name="h0", default=0.0)
-    weight = builder.param("score", dtype, (width, 1))
-    y, _ = builder.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0],
-                        constants=[memory_in, weight], return_sequences=True)
+    y, _ = builder.scan(step, sequences=[xs], states=[h0],
+                        constants=[memory_in, builder.param(weight, dtype, shape)],
+                        return_sequences=True)
     return builder.build([y])
 
 
@@ -356,14 +365,8 @@ def _einsum_program(width: int, length: int, dtype: str):
     for term in terms[1:]:
         total = body.apply("add", total, term)
     new_h = body.apply("tanh", body.apply("add", total, x_t))
-    builder = ProgramBuilder()
-    xs = builder.input(dtype, ("B", "T", width), name="x")
-    memory_in = builder.input(dtype, ("B", length, width), name="memory")
-    h0 = builder.input(dtype, ("B", width), name="h0", default=0.0)
-    weight = builder.param("square", dtype, (width, width))
-    y, _ = builder.scan(body.build([new_h, new_h]), sequences=[xs], states=[h0],
-                        constants=[memory_in, weight], return_sequences=True)
-    return builder.build([y])
+    return _scan_over_memory(body.build([new_h, new_h]), width, length, dtype,
+                             "square", (width, width))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -7,8 +7,10 @@ same core take turns: each barrier then waits for a context switch. Measured on 
 the scheduler moving a thread only after milliseconds. So each member runs pinned to
 a core of its own: the caller to the core it is on, for the call only (its previous
 affinity is restored afterwards); a member thread (team_workers.py) stays on its
-core between calls (`pin_thread`), and is moved only when a call gives it another. Linux only (`os.sched_setaffinity`);
-elsewhere, or where the system refuses, nothing is pinned.
+core between calls (`pin_thread`), and is moved only when a call gives it another. The
+native launcher (team_launch.py) pins only a member that is not on its core already.
+Linux only (`os.sched_setaffinity`); elsewhere, or where the system refuses, nothing is
+pinned.
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ columns of a split matmul:
     buffered exchange pool it writes, team_columns.py);
   * one shared arrivals counter bumped by every member instead cost a cache line
     transfer more per barrier (each member's add, then the poll, moved the line),
-    and the per-member slots used to share one line: on the 2-core VM a barrier took
-    ~0.15 us while the two cores were near, ~0.45 us while they were far apart;
+    and the per-member slots used to share one line. The attention decoder at S2
+    (200 barriers a call) waited ~16 us a call at its barriers on the 2-core VM
+    while the two cores were near, ~90 us while they were far apart; with a slot a
+    member its call took 1.9% / 3.6% less time (BENCHMARKS.md run 20);
   * after `SPIN_LIMIT` polls a member yields its core on each poll (`sched_yield`),
     so a member whose partner lost its core to another process does not burn that
     core's time;
