@@ -309,6 +309,39 @@ def test_an_owned_value_scored_and_read_again_stays_owned():
         np.testing.assert_array_equal(compiled(x, team_size=members), one)
 
 
+def test_an_owned_attention_read_is_gathered_where_a_product_reads_it():
+    """read = einsum(softmax(h @ Q), memory) is 64 wide: on a team each member
+    computes its columns of it (`owned_einsum_applies`). h' = tanh(read @ W + read)
+    reads it twice, so it is not reassociated, and the product reads it whole: it is
+    gathered there. Team == one thread bit for bit == the interpreter."""
+    units, rows = 64, 4
+    body = ProgramBuilder()
+    h = body.input("float32", ("B", units))
+    memory = body.input("float32", ("B", rows, units))
+    query, kernel = body.input("float32", (units, rows)), body.input("float32", (units, units))
+    attention = body.apply("softmax", body.apply("matmul", h, query), axis=-1)
+    read = body.apply("einsum", attention, memory, equation="bc,bce->be")
+    new_h = body.apply("tanh", body.apply("add", body.apply("matmul", read, kernel), read))
+    builder = ProgramBuilder()
+    memory0 = builder.input("float32", ("B", rows, units), name="memory")
+    h0 = builder.input("float32", ("B", units), name="h0", default=0.0)
+    weights = [builder.param(name, "float32", shape)
+               for name, shape in (("Q", (units, rows)), ("W", (units, units)))]
+    y, _ = builder.scan(body.build([new_h, new_h]), states=[h0],
+                        constants=[memory0, *weights], length=30, return_sequences=True)
+    program = builder.build([y])
+    weights = examples.random_weights(program, seed=3, scale=0.2)
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    assert re.search(r"for jj_\d+ in range\(own_count_64\):\n\s+(j_\d+) = .*\n"
+                     r"\s+einsum\[i_b, \1\] \+=", compiled._team_kernel()[0].source)
+    memory_value = np.random.default_rng(3).standard_normal((2, rows, units))
+    memory_value = memory_value.astype(np.float32)
+    one = compiled(memory_value, team_size=1)
+    _assert_close(one, interpret(program, memory_value, weights=weights))
+    for members in (2, 3):
+        np.testing.assert_array_equal(compiled(memory_value, team_size=members), one)
+
+
 def test_team_attention_scores_of_a_keras_decoder_match_keras():
     """The Keras attention decoder of the benchmark (Dense layers, RepeatVector, Dot)
     at 64 units: its team kernel splits the scores, and gives Keras's numbers; so does
@@ -329,6 +362,33 @@ def test_team_attention_scores_of_a_keras_decoder_match_keras():
         np.testing.assert_array_equal(compiled(*case.inputs, team_size=members), one)
     many = np.random.default_rng(6).standard_normal((5, 16, 16)).astype(np.float32)
     _assert_close(compiled(many), case.model.predict(many, verbose=0))   # 80 rows
+
+
+def test_a_keras_decoders_context_by_its_weight_is_one_owned_contraction():
+    """The benchmark's decoder at 64 units over 40 steps: reassociate_products.py turns
+    `Dot(attention, memory)` then the Dense reading it into one contraction of the
+    attention with memory @ W, (B, 16, 64), computed once a call; a team member
+    computes only its columns of it (`owned_einsum_applies`). One thread and teams of
+    2 and 3 give Keras's numbers, the teams bit for bit one thread's."""
+    from bench import sizes, suites
+
+    case = suites.attention_decoder(sizes.parse_size("1,40,64,64"), np.random.default_rng(7))
+    compiled = rshop_ir.compile(case.model, target="cpu")
+    scan = next(eqn for eqn in compiled.program.eqns if eqn.op == "scan")
+    contractions = [eqn for eqn in scan.params["body"].eqns if eqn.op == "einsum"]
+    assert [(eqn.inputs[1].shape, eqn.outputs[0].shape) for eqn in contractions] \
+        == [(("B", 16, 64), ("B", 64))]
+    assert not any(eqn.op == "matmul" and eqn.inputs[1].shape == (64, 64)
+                   and eqn.inputs[0] is contractions[0].outputs[0]
+                   for eqn in scan.params["body"].eqns)
+    team_source = compiled._team_kernel()[0].source
+    assert re.search(r"einsum\[i_b, (j_\d+)\] \+= v_\d+\[i_b, i_c\] \* "
+                     r"constant_\d+\[i_b, i_c, \1\]", team_source)
+    expected = case.model.predict(case.inputs[0], verbose=0)
+    one = compiled(*case.inputs, team_size=1)
+    _assert_close(one, expected)
+    for members in (2, 3):
+        np.testing.assert_array_equal(compiled(*case.inputs, team_size=members), one)
 
 
 def test_members_view_the_output_rank_0_published():

@@ -39,7 +39,8 @@ from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STE
                                                  packing_source, row_buffer_size)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
 from rshop_ir.kernels.cpu.team_columns import (ColumnOwnership, block_dot_applies,
-                                               kept_states, product_segments)
+                                               kept_states, owned_einsum_applies,
+                                               product_segments)
 from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
@@ -785,15 +786,33 @@ class CpuGenerator:
             # still sums its terms from zero in the contracted loops' order (the same
             # result bit for bit), and the innermost loop runs along contiguous rows,
             # so it vectorises (a scalar sum per element does not: its order is fixed).
+            # In a team, a (B, n) result whose columns index one operand only is
+            # computed by each member over its own columns (team_columns.py).
             *outer, last = output_labels
+            ownership = function.ownership
+            owned = ownership is not None and owned_einsum_applies(eqn)
+
+            def open_last() -> None:
+                if owned:
+                    index[last] = ownership.open_loop(body, sizes[last])[1]
+                else:
+                    open_loops([last])
+
             open_loops(outer)
-            open_loops([last])
-            body.line(f"{name}[{target}] = {zero}")
+            open_last()
+            body.line(f"{name}[{', '.join(index[label] for label in output_labels)}] "
+                      f"= {zero}")
             body.depth -= 1
-            open_loops([*contracted, last])
-            body.line(f"{name}[{target}] += {' * '.join(factors)}")
+            open_loops(contracted)
+            open_last()
+            factors = [function.values[atom].element([index[label] for label in labels])
+                       for labels, atom in zip(input_labels, eqn.inputs)]
+            body.line(f"{name}[{', '.join(index[label] for label in output_labels)}] "
+                      f"+= {' * '.join(factors)}")
             body.depth -= len(contracted) + 1
             body.depth -= len(outer)
+            if owned:
+                ownership.own(out, [ArrayValue(name, out.ndim)])
         function.values[out] = ArrayValue(name, out.ndim)
 
     def _op_matmul(self, function, eqn) -> None:

@@ -32,6 +32,10 @@ those columns only:
     both kernels follow). The attention decoder at S2 on a team of two: 0.41 -> 0.36
     ms a call (ad-hoc, one process), its redundant tanh of 16 x 256 a step halved.
 
+  * a (B, n) einsum whose column label is in one operand only (the attention read
+    `einsum(a, memory @ W)` that rshop_ir/passes/reassociate_products.py makes) is
+    computed over the member's columns, its other operand read whole
+    (`owned_einsum_applies`); it is then owned.
 An owned loop's column index is `(own_low + jj) & INDEX_MASK`: Numba wraps negative
 indices, and LLVM vectorises the loop only where it can tell the index is not
 negative (ad-hoc on the development machine, the RWA at S2 on a team of two: 0.89 ms
@@ -91,6 +95,22 @@ def block_dot_applies(eqn) -> bool:
         return False
     return b.shape[0] % BLOCK_COLUMNS[out.dtype] == 0 and a.shape[-1] == b.shape[0] \
         and all(isinstance(dim, int) for dim in a.shape[1:-1])
+
+
+def owned_einsum_applies(eqn) -> bool:
+    """Whether a team member computes only its columns of the einsum `eqn`: a (B, n)
+    result, n static, something contracted, and its column label in one operand only
+    (so a column reads that operand's column and the other operand whole), as in
+    `einsum(attention, memory @ W)` (rshop_ir/passes/reassociate_products.py)."""
+    from rshop_ir.ops.linalg import parse_einsum
+
+    input_labels, output_labels = parse_einsum(eqn.params["equation"])
+    out = eqn.outputs[0]
+    if out.ndim != 2 or not isinstance(out.shape[1], int):
+        return False
+    last = output_labels[-1]
+    contracted = set("".join(input_labels)) - set(output_labels)
+    return bool(contracted) and sum(labels.count(last) for labels in input_labels) == 1
 
 
 def kept_states(body_program, state_vars, readers: dict) -> set:

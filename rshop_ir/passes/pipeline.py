@@ -17,6 +17,7 @@ from rshop_ir.passes.fuse_elementwise import fuse_elementwise
 from rshop_ir.passes.hoist import hoist
 from rshop_ir.passes.merge_gemms import merge_gemms
 from rshop_ir.passes.precompute_weights import precompute_weights
+from rshop_ir.passes.reassociate_products import reassociate_products
 from rshop_ir.passes.simplify import simplify
 from rshop_ir.passes.sink_output_projection import sink_output_projection
 from rshop_ir.passes.sink_slices import sink_slices
@@ -29,6 +30,8 @@ PIPELINE = (
     ("cse", cse),
     ("dce", dce),
     ("split_concat_matmul", split_concat_matmul),
+    ("dce_after_split", dce),          # the split concatenations are read no more
+    ("reassociate_products", reassociate_products),   # einsum(a, R) @ W -> einsum(a, R @ W)
     ("sink_output_projection", sink_output_projection),   # y's Dense after the loop
     ("merge_gemms", merge_gemms),
     ("hoist", hoist),

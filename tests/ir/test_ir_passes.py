@@ -6,8 +6,9 @@ import numpy as np
 from rshop_ir import ProgramBuilder, interpret, verify
 from rshop_ir.examples import random_inputs, random_weights
 from rshop_ir.passes import (PIPELINE, cse, dce, fold_constants, fuse_elementwise, hoist,
-                             merge_gemms, optimize, precompute_weights, simplify,
-                             sink_output_projection, sink_slices, split_concat_matmul)
+                             merge_gemms, optimize, precompute_weights,
+                             reassociate_products, simplify, sink_output_projection,
+                             sink_slices, split_concat_matmul)
 
 
 def normalized(text: str) -> str:
@@ -565,3 +566,114 @@ def test_sink_output_projection_leaves_scans_whose_y_is_needed_in_the_loop():
                     build_output_layer_scan(readout=True),
                     build_output_layer_scan(y_read_twice=True)):
         assert sink_output_projection(program) is program
+
+
+def build_memory_read_scan(length=5, kind="einsum", read_twice=False):
+    """h' = tanh(read @ W + h) over `length` steps, where read is the attention read of
+    a memory (B, 2, 6), einsum(softmax(h @ Q), memory), or (kind "matmul") h @ R;
+    y = h' (or the read itself)."""
+    body = ProgramBuilder()
+    h = body.input("float32", ("B", 3))
+    memory = body.input("float32", ("B", 2, 6))
+    q, w, r = (body.input("float32", shape) for shape in ((3, 2), (6, 3), (3, 6)))
+    if kind == "einsum":
+        attention = body.apply("softmax", body.apply("matmul", h, q), axis=-1)
+        read = body.apply("einsum", attention, memory, equation="bc,bce->be")
+    elif kind == "memory first":
+        attention = body.apply("softmax", body.apply("matmul", h, q), axis=-1)
+        read = body.apply("einsum", memory, attention, equation="bce,bc->be")
+    else:
+        read = body.apply("matmul", h, r)
+    new_h = body.apply("tanh", body.apply("add", body.apply("matmul", read, w), h))
+    b = ProgramBuilder()
+    memory0, h0 = b.input("float32", ("B", 2, 6)), b.input("float32", ("B", 3))
+    weights = [b.param(name, "float32", shape)
+               for name, shape in (("Q", (3, 2)), ("W", (6, 3)), ("R", (3, 6)))]
+    y, _ = b.scan(body.build([read if read_twice else new_h, new_h]), states=[h0],
+                  constants=[memory0, *weights], length=length, return_sequences=True)
+    return b.build([y])
+
+
+def test_reassociate_an_attention_read_by_a_weight():
+    """einsum(a, memory) @ W -> einsum(a, memory @ W); hoist.py then computes memory @ W
+    once, before the loop, and each step contracts 2 x 3 numbers instead of 2 x 6 plus
+    a 6 x 3 matmul."""
+    program = build_memory_read_scan()
+    check_pass(reassociate_products, program, """
+    { params a:f32[3,2]=Q, b:f32[6,3]=W, c:f32[3,6]=R
+      inputs d:f32[B,2,6], e:f32[B,3]
+      let
+        f:f32[B,5,3] g:f32[B,3] = scan e d a b c [go_backwards=False, length=5,
+          masked=False, num_constants=4, num_sequences=0, num_states=1, readout=False,
+          return_sequences=True]
+            body={ inputs h:f32[B,3], i:f32[B,2,6], j:f32[3,2], k:f32[6,3], l:f32[3,6]
+                   let
+                     m:f32[B,2] = matmul h j
+                     n:f32[B,2] = softmax m [axis=-1]
+                     o:f32[B,2,3] = matmul i k
+                     p:f32[B,3] = einsum n o [equation='bc,bce->be']
+                     q:f32[B,3] = add p h
+                     r:f32[B,3] = tanh q
+                   in (r, r) }
+      in (f) }""")
+    check_pass(lambda p: optimize(p, passes=PIPELINE[:-1]), program, """
+    { params a:f32[3,2]=Q, b:f32[6,3]=W, c:f32[3,6]=R
+      inputs d:f32[B,2,6], e:f32[B,3]
+      let
+        f:f32[B,2,3] = matmul d b
+        g:f32[B,5,3] h:f32[B,3] = scan e a f [go_backwards=False, length=5,
+          masked=False, num_constants=2, num_sequences=0, num_states=1, readout=False,
+          return_sequences=True]
+            body={ inputs i:f32[B,3], j:f32[3,2], k:f32[B,2,3]
+                   let
+                     l:f32[B,2] = matmul i j
+                     m:f32[B,2] = softmax l [axis=-1]
+                     n:f32[B,3] = einsum m k [equation='bc,bce->be']
+                     o:f32[B,3] = add n i
+                     p:f32[B,3] = tanh o
+                   in (p, p) }
+      in (g) }""")
+
+
+def test_reassociate_two_dense_layers_into_one_precomputed_kernel():
+    """(h @ R) @ W -> h @ (R @ W): both are weights, so the product is computed once per
+    weight version (precompute_weights.py)."""
+    check_pass(lambda p: optimize(p, passes=PIPELINE[:-1]),
+               build_memory_read_scan(kind="matmul"), """
+    { params a:f32[3,2]=Q, b:f32[6,3]=W, c:f32[3,6]=R
+      inputs d:f32[B,2,6], e:f32[B,3]
+      precompute
+        f:f32[3,3] = matmul c b
+        -> (f)
+      let
+        g:f32[B,5,3] h:f32[B,3] = scan e f [go_backwards=False, length=5,
+          masked=False, num_constants=1, num_sequences=0, num_states=1, readout=False,
+          return_sequences=True]
+            body={ inputs i:f32[B,3], j:f32[3,3]
+                   let
+                     k:f32[B,3] = matmul i j
+                     l:f32[B,3] = add k i
+                     m:f32[B,3] = tanh l
+                   in (m, m) }
+      in (g) }""")
+
+
+def test_reassociate_leaves_reads_used_twice_or_too_few_steps():
+    """The read is also y (it must still be computed), or one step cannot pay for
+    memory @ W (2 x 6 x 3 multiply-adds once against 24 saved a step): unchanged.
+    Two steps pay (48 > 36)."""
+    for program in (build_memory_read_scan(read_twice=True),
+                    build_memory_read_scan(length=1)):
+        assert reassociate_products(program) is program
+    assert "o:f32[B,2,3] = matmul i k" in str(
+        check_pass(reassociate_products, build_memory_read_scan(length=2),
+                   str(reassociate_products(build_memory_read_scan(length=2)))))
+
+
+def test_reassociate_an_attention_read_with_the_memory_first():
+    """einsum("bce,bc->be", memory, a) @ W: the memory's position is kept."""
+    after = check_pass(reassociate_products, build_memory_read_scan(kind="memory first"),
+                       str(reassociate_products(build_memory_read_scan(kind="memory first"))))
+    body = after.eqns[0].params["body"]
+    einsum = next(eqn for eqn in body.eqns if eqn.op == "einsum")
+    assert [atom.shape for atom in einsum.inputs] == [("B", 2, 3), ("B", 2)]
