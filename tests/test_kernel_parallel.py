@@ -23,6 +23,7 @@ from rshop_ir.bound import BoundProgram
 from rshop_ir.interpret import interpret
 from rshop_ir.kernels.batch_rows import rows_independent
 from rshop_ir.kernels.cpu import codegen, row_split, team
+from rshop_ir.kernels.cpu.team_choice import TeamChoice
 
 ATOL_FLOAT32 = 1e-4
 
@@ -552,7 +553,10 @@ def test_automatic_team_rule(monkeypatch):
 
 def _spy_on_automatic_teams(monkeypatch) -> list:
     """Let every call qualify for the automatic team (2 idle cores, no size or length
-    threshold); the returned list receives the member count of each team formed."""
+    threshold) and keep it (team_choice.py would try one thread at the 2nd and 3rd
+    calls; tests/test_team_choice.py tests that); the returned list receives the
+    member count of each team formed."""
+    monkeypatch.setattr(TeamChoice, "members", lambda self, key, proposed: proposed)
     monkeypatch.setattr(team, "usable_cores", lambda: 2)
     monkeypatch.setattr(team, "others_idle", lambda: True)
     monkeypatch.setattr(team, "AUTO_MIN_WEIGHT_BYTES", 1)

@@ -14,7 +14,8 @@
      buffers of the input projection stay under `max_chunk_bytes`, whatever
      T is: on this thread, as row slices on all cores for a batch of 8+ rows
      (row_split.py), or on a team of threads when `team_size=` asks for one (team.py,
-     its own kernel variant).
+     its own kernel variant) or the automatic team pays (team.auto_team_size; kept
+     only while its calls are faster than one thread's, team_choice.py).
 A call with one positional array of the same shape and dtype as the previous such
 call skips steps 1-2 (the defaults filled then are reused; the kernel never writes its
 inputs). Nothing here imports Keras.
@@ -35,6 +36,7 @@ from rshop_ir.kernels.cpu.packed_product import pack_weight
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
 from rshop_ir.kernels.cpu.team import (TeamBuffers, auto_team_size, launch_natively,
                                        run_team, team_size_for)
+from rshop_ir.kernels.cpu.team_choice import TeamChoice
 from rshop_ir.kernels.cpu.team_launch import compile_launcher, native_launch_usable
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 
@@ -73,6 +75,7 @@ class CompiledProgram(CompiledProgramBase):
         self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
         self._fast_call = None
         self._team = None
+        self._team_choice = TeamChoice()   # whether the automatic team pays, per shape
         self._native_launchers = {}     # the argument types and the launcher for them
         self._team_buffers_kept = threading.local()   # per calling thread
         self._set_weights(optimized.weights)
@@ -159,7 +162,12 @@ class CompiledProgram(CompiledProgramBase):
         kernel = self.kernel
         if team_size is None:
             # `steps` is 0 when the time axis has a static length (no T to bind)
-            team_size = auto_team_size(kernel, batch, steps or kernel.fixed_steps)
+            proposed = auto_team_size(kernel, batch, steps or kernel.fixed_steps)
+            if proposed > 1:     # kept only while it is faster (team_choice.py)
+                return self._team_choice.call(
+                    (batch, steps, chunk_steps), proposed,
+                    lambda members: self._launch(arrays, batch, steps, chunk_steps, members))
+            team_size = proposed
         members = 1 if team_size == 1 else team_size_for(self._team_kernel()[0], team_size)
         self.refresh_weights()
         weights = self._weight_arguments

@@ -20,7 +20,8 @@ steps whose split weights (`team_weight_bytes`: all the split matmuls of a step
 together) are too big to stream from one core's cache quickly
 (`AUTO_MIN_WEIGHT_BYTES`), when 2+ cores are usable and other processes leave them
 idle (core_load.py): a barrier per step waits a scheduler slice for a member whose
-core was taken. Members compute their block with the packed product
+core was taken. The runtime then keeps that team only while its calls are faster than
+one thread's (team_choice.py times both). Members compute their block with the packed product
 (packed_product.py) over the weight the runtime packed once per weight version.
 
 Members are started by the kernel module's native launcher where it may run
