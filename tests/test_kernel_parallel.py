@@ -223,7 +223,7 @@ def test_team_computes_the_output_layer_after_each_chunk(steps, chunk_steps):
     steps_start = source.index("for step in range(")
     chunk_end = source.index("for b_out in range(B):", steps_start)
     step_loop = source[steps_start:chunk_end]
-    assert step_loop.count("packed_product(") == 1 and step_loop.count("team_wait(") == 1
+    assert step_loop.count("packed_product(") == 1 and step_loop.count("team_await(") == 1
     assert re.search(r"packed_product\(y_all\[b_out\]\[panel_\d+:panel_end_\d+\]",
                      source[chunk_end:])
     x = np.random.default_rng(steps).standard_normal((1, steps, 40)).astype(np.float32)
@@ -369,8 +369,9 @@ def test_a_keras_decoders_context_by_its_weight_is_one_owned_contraction():
     """The benchmark's decoder at 64 units over 40 steps: reassociate_products.py turns
     `Dot(attention, memory)` then the Dense reading it into one contraction of the
     attention with memory @ W, (B, 16, 64), computed once a call; a team member
-    computes only its columns of it (`owned_einsum_applies`). One thread and teams of
-    2 and 3 give Keras's numbers, the teams bit for bit one thread's."""
+    computes only its columns of it (`owned_einsum_applies`), and its columns of h @ U
+    while it waits at the scores' exchange. One thread and teams of 2 and 3 give
+    Keras's numbers, the teams bit for bit one thread's."""
     from bench import sizes, suites
 
     case = suites.attention_decoder(sizes.parse_size("1,40,64,64"), np.random.default_rng(7))
@@ -385,6 +386,12 @@ def test_a_keras_decoders_context_by_its_weight_is_one_owned_contraction():
     team_source = compiled._team_kernel()[0].source
     assert re.search(r"einsum\[i_b, (j_\d+)\] \+= v_\d+\[i_b, i_c\] \* "
                      r"constant_\d+\[i_b, i_c, \1\]", team_source)
+    # h @ U, read only by the last loop of the step, is computed while the member
+    # waits for the partners' partial scores (ColumnOwnership.defer)
+    step_loop = team_source[team_source.index("for step in range("):]
+    arrive, wait = step_loop.index("team_arrive("), step_loop.index("team_await(")
+    assert step_loop[:arrive].count("packed_product(state_0") == 1
+    assert step_loop[arrive:wait].count("packed_product(state_0") == 1
     expected = case.model.predict(case.inputs[0], verbose=0)
     one = compiled(*case.inputs, team_size=1)
     _assert_close(one, expected)
@@ -427,9 +434,9 @@ def test_team_members_own_columns_of_every_gate(steps, chunk_steps):
     assert step_loop.count("packed_product(state_0, packed, packed_start + (") == 4
     assert "e = (projected_0[row + i_4, j_4] + product[i_4, j_4])" in step_loop
     assert "j_4 = (own_low_64 + jj_4) & 0x7FFFFFFF" in step_loop      # the owned gate loop
-    assert step_loop.count("team_wait(") == 1 \
+    assert step_loop.count("team_arrive(") == step_loop.count("team_await(") == 1 \
         and "next_state_0[i_5, (member_low + j_5) & 0x7FFFFFFF]" in step_loop
-    assert after.count("team_wait(") == 1 \
+    assert after.count("team_await(") == 1 \
         and "state_1[i_6, (member_low_1 + j_6) & 0x7FFFFFFF]" in after
     x = np.random.default_rng(steps).standard_normal((1, steps, 40)).astype(np.float32)
     one = compiled(x, team_size=1, chunk_steps=chunk_steps)

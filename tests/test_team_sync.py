@@ -9,10 +9,11 @@ same on every member after each barrier.
 import threading
 
 import numpy as np
+import pytest
 from numba import njit
 
 from rshop_ir.kernels.cpu.team_sync import (ABORT, COUNTER_SIZE, PHASE_STRIDE, phase_slot,
-                                            team_wait)
+                                            team_arrive, team_await, team_wait)
 
 
 @njit(nogil=True)
@@ -26,13 +27,30 @@ def _member(counter, size, rank, rounds, seen, early):
                 early[rank] += 1
 
 
-def _run_team(size: int, rounds: int, counter=None):
+@njit(nogil=True)
+def _member_working_while_waiting(counter, size, rank, rounds, seen, early):
+    """`_member` with the barrier split: work of its own between arriving and waiting
+    (as a deferred product, team_columns.ColumnOwnership.defer)."""
+    work = np.zeros(64)
+    for round_index in range(1, rounds + 1):
+        seen[rank] = round_index
+        team_arrive(counter, rank)
+        for index in range(64):
+            work[index] += index * round_index
+        if not team_await(counter, size, rank):
+            return
+        for member in range(size):
+            if seen[member] < round_index:
+                early[rank] += 1
+
+
+def _run_team(size: int, rounds: int, counter=None, member=_member):
     counter = np.zeros(COUNTER_SIZE, np.int64) if counter is None else counter
     seen, early = np.zeros(size, np.int64), np.zeros(size, np.int64)
-    _member(np.zeros(COUNTER_SIZE, np.int64), 1, 0, 1, np.zeros(1, np.int64),
-            np.zeros(1, np.int64))                  # compiled before the threads start
-    threads = [threading.Thread(target=_member, args=(counter, size, rank, rounds, seen,
-                                                      early))
+    member(np.zeros(COUNTER_SIZE, np.int64), 1, 0, 1, np.zeros(1, np.int64),
+           np.zeros(1, np.int64))                   # compiled before the threads start
+    threads = [threading.Thread(target=member, args=(counter, size, rank, rounds, seen,
+                                                     early))
                for rank in range(size)]
     for thread in threads:
         thread.start()
@@ -42,9 +60,10 @@ def _run_team(size: int, rounds: int, counter=None):
     return counter, seen, early
 
 
-def test_no_member_passes_before_all_arrived():
+@pytest.mark.parametrize("member", [_member, _member_working_while_waiting])
+def test_no_member_passes_before_all_arrived(member):
     for size in (2, 3):
-        counter, seen, early = _run_team(size, 2000)
+        counter, seen, early = _run_team(size, 2000, member=member)
         assert early.tolist() == [0] * size
         assert seen.tolist() == [2000] * size
         assert [counter[phase_slot(rank)] for rank in range(size)] == [2000] * size

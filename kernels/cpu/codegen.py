@@ -45,7 +45,7 @@ from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/21"
+GENERATOR_VERSION = "numba-cpu/22"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -152,6 +152,7 @@ class _Function:
         self.body_outputs = ()       # in a scan: the body's outputs
         self.readers = {}            # in a scan: body Var -> the body eqns reading it
         self.ownership = None        # in a team scan: its owned columns (team_columns.py)
+        self.stable = set()          # in a scan: body inputs, unchanged during a step
         self.y_step = "step"         # in a scan: the index of the step's row in y_all
         self.splits_output = False   # in a team scan: members write rank 0's output
         self.split_bytes_before = 0  # in a scan: team_weight_bytes before its body
@@ -186,7 +187,8 @@ class CpuGenerator:
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
         reserved = {"np", "math", "njit", "wide_vectors", "B", "T", "chunk", "phase_slot",
-                    "team_wait", "output_at", "publish_output", "published_output",
+                    "team_wait", "team_arrive", "team_await", "output_at",
+                    "publish_output", "published_output",
                     "team_enter", "team_leave",
                     "row_sum", "row_squared_deviations", "row_dot", "packed_product", "steps",
                     "block_dot",
@@ -232,8 +234,8 @@ class CpuGenerator:
         header.line("from rshop_ir.kernels.cpu.vector_width import wide_vectors")
         if self.team:
             header.line("from numba import prange")
-            header.line("from rshop_ir.kernels.cpu.team_sync import (phase_slot, team_enter, "
-                        "team_leave, team_wait)")
+            header.line("from rshop_ir.kernels.cpu.team_sync import (phase_slot, team_arrive, "
+                        "team_await, team_enter, team_leave, team_wait)")
             header.line("from rshop_ir.kernels.cpu.team_launch import pin_member, unpin_member")
             header.line("from rshop_ir.kernels.cpu.team_output import (output_at, "
                         "publish_output, published_output)")
@@ -840,7 +842,7 @@ class CpuGenerator:
                 and product_segments(out, function.readers.get(out, []),
                                      BLOCK_COLUMNS[out.dtype])
             if segments:
-                self._owned_matmul(function, a_value, b_value, out, contraction, b,
+                self._owned_matmul(function, a, a_value, b_value, out, contraction, b,
                                    segments)
                 return
             name = function.alloc(out, self.shape_text(out.shape), "product")
@@ -1101,8 +1103,8 @@ class CpuGenerator:
         self.team_columns = max(self.team_columns, columns)
         self.team_dtype = out.dtype
 
-    def _owned_matmul(self, function, a_value, b_value, out, contraction, weight_var,
-                      segments) -> None:
+    def _owned_matmul(self, function, left_var, a_value, b_value, out, contraction,
+                      weight_var, segments) -> None:
         """`out = a @ b` where each member computes and keeps only its columns of each
         segment (a slice read from the product, or the whole product; see
         kernels/cpu/team_columns.py): one packed product per segment into a buffer of
@@ -1117,21 +1119,31 @@ class CpuGenerator:
             copy = names.fresh("left")
             body.line(f"{copy} = {left}")
             left = copy
+        # A segment of a product of the step's input (its state) may wait until it is
+        # read, or until this member waits at an exchange (ColumnOwnership.defer).
+        stable = left_var in function.stable
         for var, low_column, high_column in segments:
             columns = high_column - low_column
             _, low, count = ownership.partition(columns)
             part = names.fresh("own_part")
             preamble.line(f"{part} = np.empty((B, {count}), {dtype_expression(out.dtype)})")
             name = function.alloc(var, self.shape_text(var.shape), "product")
-            body.line(f"packed_product({left}, {buffer}, {start} + ({low_column} + {low}) "
-                      f"* {contraction}, {part})")
-            row = names.fresh("i")
-            with body.block(f"for {row} in range(B):"):
-                local, column = ownership.open_loop(body, columns)
-                body.line(f"{name}[{row}, {column}] = {part}[{row}, {local}]")
-                body.depth -= 1
+
+            def emit(writer, name=name, part=part, low=low, columns=columns,
+                     offset=f"{start} + ({low_column} + {low}) * {contraction}"):
+                writer.line(f"packed_product({left}, {buffer}, {offset}, {part})")
+                row = names.fresh("i")
+                with writer.block(f"for {row} in range(B):"):
+                    local, column = ownership.open_loop(writer, columns)
+                    writer.line(f"{name}[{row}, {column}] = {part}[{row}, {local}]")
+                    writer.depth -= 1
+
             function.values[var] = ArrayValue(name, 2)
             ownership.own(var, [ArrayValue(name, 2)])
+            if stable:
+                ownership.defer(var, emit)
+            else:
+                emit(body)
             if var is not out:
                 ownership.done.update(id(eqn) for eqn in function.readers[out]
                                       if eqn.outputs[0] is var)
@@ -1468,6 +1480,7 @@ class CpuGenerator:
         uses = count_uses(program)
         function.body_outputs = program.outputs
         function.readers = self._readers(program)
+        function.stable = set(program.inputs)    # unchanged until the step's commit
         ownership = function.ownership
         run = []
         for eqn in program.eqns:
@@ -1482,9 +1495,11 @@ class CpuGenerator:
             self._emit_elementwise_run(function, run, uses)
             run = []
             view = ownership is not None and self._owned_view(function, eqn)
-            if ownership is not None and not view:     # it reads its operands whole
-                ownership.gather_inputs(function.body, eqn.inputs[1:]
-                                        if block_dot_applies(eqn) else eqn.inputs)
+            if ownership is not None:
+                ownership.flush(function.body, None if eqn.op == "scan" else eqn.inputs)
+                if not view:     # it reads its operands whole
+                    ownership.gather_inputs(function.body, eqn.inputs[1:]
+                                            if block_dot_applies(eqn) else eqn.inputs)
             if eqn.op == "scan":
                 self._emit_nested_scan(function, eqn)
             else:
@@ -1492,6 +1507,8 @@ class CpuGenerator:
             if view:
                 ownership.own_view(eqn.outputs[0], eqn.inputs[0])
         self._emit_elementwise_run(function, run, uses)
+        if ownership is not None:
+            ownership.flush(function.body)
 
     @staticmethod
     def _joins_run(run, eqn) -> bool:
@@ -1510,6 +1527,9 @@ class CpuGenerator:
         loop reads it; a value only the loop reads gets no buffer at all."""
         if not run:
             return
+        if function.ownership is not None:
+            function.ownership.flush(function.body, [atom for eqn in run
+                                                     for atom in eqn.inputs])
         shape = run[0].outputs[0].shape
         made = {eqn.outputs[0] for eqn in run}
         owned_loop = self._owned_run(function, run, made, uses)

@@ -36,6 +36,11 @@ those columns only:
     `einsum(a, memory @ W)` that rshop_ir/passes/reassociate_products.py makes) is
     computed over the member's columns, its other operand read whole
     (`owned_einsum_applies`); it is then owned.
+  * a member computes a product segment of the step's input (its state) only where
+    something first reads it: one read late (the attention decoder's `h @ U`, read
+    after the scores) runs between the member's arrival at the next exchange and its
+    wait for the partners (`defer`, team_sync.team_arrive / team_await), so it
+    overlaps the wait.
 An owned loop's column index is `(own_low + jj) & INDEX_MASK`: Numba wraps negative
 indices, and LLVM vectorises the loop only where it can tell the index is not
 negative (ad-hoc on the development machine, the RWA at S2 on a team of two: 0.89 ms
@@ -152,6 +157,7 @@ class ColumnOwnership:
         self.widest = 0          # the widest value gathered (sizes the exchange buffer)
         self.y_step = "step"     # the index of the step's row in y_all
         self.views = {}          # owned (B, 1, n) view Var -> the (B, n) Var it reshapes
+        self.deferred = {}       # owned Var -> writes the code computing it (`defer`)
 
     def partition(self, columns: int) -> tuple:
         """(w, low, count): the names of this member's columns of a `columns`-wide
@@ -186,6 +192,24 @@ class ColumnOwnership:
             return f"y_all[{row}, {self.y_step}, {column}]"
         return target.element([row, column])
 
+    def defer(self, var: Var, emit) -> None:
+        """Write the code computing the owned `var` (`emit(writer)`) only where it is
+        read (`flush`), or while the member waits at the next exchange: a product
+        segment the step reads late (the attention decoder's `h @ U`, read after the
+        scores) then runs while the partners' shares arrive. Its operands must stay
+        unchanged until then (the step's inputs do)."""
+        self.deferred[var] = emit
+
+    def flush(self, writer, atoms=None) -> None:
+        """Write the deferred code of the values among `atoms` (views count as their
+        base), or of every deferred value when `atoms` is None, in the order deferred."""
+        if atoms is None:
+            wanted = set(self.deferred)
+        else:
+            wanted = {self.views.get(atom, atom) for atom in atoms if isinstance(atom, Var)}
+        for var in [var for var in self.deferred if var in wanted]:
+            self.deferred.pop(var)(writer)
+
     def own_view(self, view: Var, base: Var) -> None:
         """`view` (B, 1, n) reshapes the owned (B, n) `base`, sharing its storage:
         it is owned while `base` is, and gathering it gathers `base`."""
@@ -198,6 +222,7 @@ class ColumnOwnership:
         into every place `var` is stored. Rows (phase % 2) * team_size + member
         alternate between barriers, as for the split products (codegen's
         `_team_matmul`)."""
+        self.flush(writer, [var])
         targets = self.owned.pop(var)
         base = self.views.pop(var, None)
         if base is not None:     # a view: its base's storage holds the columns
@@ -246,16 +271,20 @@ class ColumnOwnership:
 
         # A member's share is row (phase % 2) * team_size + rank of team_pool, read and
         # written element by element (views of it, made at every step, would each
-        # take and drop a reference count)
+        # take and drop a reference count). Between arriving at the barrier and
+        # waiting for the partners, the member runs its deferred work (`defer`).
+        writer.line(f"{phase} = team_counter[phase_slot(team_rank)]")
         with writer.block("if team_size > 1:"):
-            writer.line(f"{phase} = team_counter[phase_slot(team_rank)]")
             writer.line(f"{slot} = ({phase} % 2) * team_size + team_rank")
             with writer.block(f"for {i} in range({rows}):"):
                 with writer.block(f"for {j} in range({units(count)}):"):
                     column = f"({units(low)} + {j}) & {INDEX_MASK}"
                     writer.line(f"team_pool[{slot}, {i} * {units(count)} + {j}] = "
                                 f"{read(i, column)}")
-            with writer.block("if not team_wait(team_counter, team_size, team_rank):"):
+            writer.line("team_arrive(team_counter, team_rank)")
+        self.flush(writer)
+        with writer.block("if team_size > 1:"):
+            with writer.block("if not team_await(team_counter, team_size, team_rank):"):
                 writer.line(self.abort_return)
             with writer.block(f"for {member} in range(team_size):"):
                 with writer.block(f"if {member} != team_rank:"):

@@ -3,7 +3,8 @@
 Numba has no atomics for the CPU, so LLVM intrinsics supply them: `atomic_add`
 (sequentially consistent fetch-and-add on an int64 array element), `atomic_load` (an
 acquire load) and `atomic_store` (a release store). `team_wait` is the barrier every member calls after writing its
-columns of a split matmul:
+columns of a split matmul (`team_arrive` then `team_await`: an exchange of owned
+columns runs the member's deferred work between the two, team_columns.py):
 
   * each member counts the barriers it reached in a slot of its own
     (`phase_slot(rank)`, a cache line apart from the others'), which only it
@@ -126,11 +127,18 @@ def phase_slot(rank):
 
 
 @njit(cache=True, nogil=True)
-def team_wait(counter, size, rank):
-    """The barrier (see the module docstring) of member `rank`; False when the run was
-    aborted."""
-    reached = counter[phase_slot(rank)] + 1
-    atomic_store(counter, phase_slot(rank), reached)
+def team_arrive(counter, rank):
+    """Member `rank` reached the next barrier: its count plus one, stored with release
+    ordering (its earlier writes, its share of an exchange, are published with it)."""
+    atomic_store(counter, phase_slot(rank), counter[phase_slot(rank)] + 1)
+
+
+@njit(cache=True, nogil=True)
+def team_await(counter, size, rank):
+    """Wait until every partner of member `rank` reached the barrier it arrived at
+    (`team_arrive`); False when the run was aborted. Work between the two, which reads
+    nothing the partners write, overlaps the wait."""
+    reached = counter[phase_slot(rank)]
     polls = 0
     for member in range(size):
         if member == rank:
@@ -145,6 +153,14 @@ def team_wait(counter, size, rank):
                     return False
                 yield_core()
     return True
+
+
+@njit(cache=True, nogil=True)
+def team_wait(counter, size, rank):
+    """The barrier (see the module docstring) of member `rank`: `team_arrive`, then
+    `team_await`; False when the run was aborted."""
+    team_arrive(counter, rank)
+    return team_await(counter, size, rank)
 
 
 @njit(cache=True, nogil=True)
