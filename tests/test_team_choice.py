@@ -10,8 +10,8 @@ import rshop_ir
 from rshop_ir import examples
 from rshop_ir.bound import BoundProgram
 from rshop_ir.kernels.cpu import runtime
-from rshop_ir.kernels.cpu.team_choice import (IDLE_S, PROBE_CALLS, PROBE_EVERY, WARM_S,
-                                              WINDOW, TeamChoice)
+from rshop_ir.kernels.cpu.team_choice import (IDLE_S, PROBE_CALLS, PROBE_EVERY,
+                                              PROBE_MAX_CALLS, WARM_S, WINDOW, TeamChoice)
 
 
 class FakeLaunches:
@@ -119,6 +119,19 @@ def test_calls_after_a_pause_are_not_timed():
         members += run_calls(choice, launches, warm_calls(TEAM))
     assert members == [2] * (WINDOW * (2 + warm_calls(TEAM)))
     assert choice.medians(("B", "T")) == pytest.approx({2: TEAM, 1: ALONE})
+
+
+def test_a_probe_of_calls_that_all_start_cold_ends():
+    """Calls apart by more than IDLE_S are never timed: a probe then ends after
+    PROBE_MAX_CALLS calls, and the calls go back to the proposed team."""
+    choice, launches = TeamChoice(), FakeLaunches({2: TEAM, 1: ALONE})
+    choice.clock = launches.clock
+    members = []
+    for _ in range(PROBE_MAX_CALLS + 10):
+        launches.now += 10 * IDLE_S
+        members += run_calls(choice, launches, 1)
+    assert members == [2] + [1] * PROBE_MAX_CALLS + [2] * 9
+    assert choice.medians(("B", "T")) == {}
 
 
 def test_a_compiled_programs_automatic_team_follows_the_times(monkeypatch):

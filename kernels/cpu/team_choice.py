@@ -4,8 +4,8 @@
 call's shape, the weights a step streams, whether other processes use the cores. What
 it cannot know is how far apart this machine's cores are right now. On a virtual
 machine that distance changes: on the 2-core development VM, moving a cache line from
-one core to the other sometimes costs 3-4x more for seconds to minutes at a time (the
-hypervisor moving its virtual CPUs), and then a team's barriers make an attention
+one core to the other sometimes costs 3-4x more for seconds to minutes at a time (a
+guess: the hypervisor places the virtual CPUs farther apart), and then a team's barriers make an attention
 decoder at S2 take 0.57-0.83 ms a call instead of 0.33, while one thread takes 0.42
 (BENCHMARKS.md run 21).
 

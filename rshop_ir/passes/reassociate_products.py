@@ -45,21 +45,13 @@ import math
 from rshop_ir.ir import Eqn, Program, Var
 from rshop_ir.ops import ScanLayout
 from rshop_ir.ops.linalg import parse_einsum
-from rshop_ir.passes.rewrite import count_uses, make_eqn
+from rshop_ir.passes.rewrite import count_uses, make_eqn, map_scans
 
 ASSUMED_STEPS = 16   # steps assumed for a scan whose length is not static
 
 
 def reassociate_products(program: Program) -> Program:
-    eqns = []
-    changed = False
-    for eqn in program.eqns:
-        if eqn.op == "scan":
-            new_eqn = _reassociate_in_scan(eqn)
-            changed |= new_eqn is not eqn
-            eqn = new_eqn
-        eqns.append(eqn)
-    return program.replace(eqns=eqns) if changed else program
+    return map_scans(program, _reassociate_in_scan)
 
 
 def _reassociate_in_scan(eqn: Eqn) -> Eqn:

@@ -2,6 +2,7 @@
 
 * `Substitution`: old Var -> replacement atom, applied to eqn inputs and program outputs.
 * `map_bodies(program, pass_fn)`: run a pass inside each scan/fused body.
+* `map_scans(program, rewrite_scan)`: replace each scan eqn by a rewritten one.
 * `make_eqn(op, inputs, **params)`: a new eqn with fresh, shape-inferred output Vars.
 * `count_uses(program)`: how many times each Var is read (program outputs count).
 """
@@ -57,6 +58,20 @@ def map_bodies(program: Program, pass_fn, skip_ops=()) -> Program:
         if new_params:
             eqn = eqn.replace(params=eqn.params.replace(**new_params))
             changed = True
+        eqns.append(eqn)
+    return program.replace(eqns=eqns) if changed else program
+
+
+def map_scans(program: Program, rewrite_scan) -> Program:
+    """Replace each scan eqn of `program` by `rewrite_scan(eqn)` (the same eqn when
+    nothing changes); the same program when no scan changed."""
+    eqns = []
+    changed = False
+    for eqn in program.eqns:
+        if eqn.op == "scan":
+            new_eqn = rewrite_scan(eqn)
+            changed |= new_eqn is not eqn
+            eqn = new_eqn
         eqns.append(eqn)
     return program.replace(eqns=eqns) if changed else program
 

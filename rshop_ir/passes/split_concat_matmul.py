@@ -35,20 +35,12 @@ from collections import Counter
 
 from rshop_ir.ir import Eqn, Program, Var
 from rshop_ir.ops import ScanLayout
-from rshop_ir.passes.rewrite import count_uses, make_eqn
+from rshop_ir.passes.rewrite import count_uses, make_eqn, map_scans
 from rshop_ir.shapes import normalize_axis
 
 
 def split_concat_matmul(program: Program) -> Program:
-    eqns = []
-    changed = False
-    for eqn in program.eqns:
-        if eqn.op == "scan":
-            new_eqn = _split_in_scan(eqn)
-            changed |= new_eqn is not eqn
-            eqn = new_eqn
-        eqns.append(eqn)
-    return program.replace(eqns=eqns) if changed else program
+    return map_scans(program, _split_in_scan)
 
 
 def _split_in_scan(eqn: Eqn) -> Eqn:
