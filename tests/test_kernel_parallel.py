@@ -773,3 +773,28 @@ def test_core_load_ignores_this_process_and_sees_others(monkeypatch):
     finally:
         spinner.kill()
         spinner.wait()
+
+
+@pytest.mark.parametrize("sizes, blas", [((3, 4), True), ((32, 64), False)])
+def test_blas_threads_are_set_only_around_kernels_that_call_blas(sizes, blas, monkeypatch):
+    """A kernel whose source has no `np.dot` never calls BLAS, so its calls skip the
+    BLAS thread-count scope (two library calls a call); one with `np.dot` runs inside
+    it, on one thread and on a team."""
+    from rshop_ir.kernels.cpu import runtime
+
+    program = examples.lstm_program(*sizes, return_sequences=True)
+    weights = examples.random_weights(program)
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    assert ("np.dot(" in compiled.source) is blas
+    scopes = []
+    original = runtime.blas_threads_for
+    monkeypatch.setattr(runtime, "blas_threads_for",
+                        lambda flops: scopes.append(flops) or original(flops))
+    x = np.random.default_rng(3).standard_normal((2, 6, sizes[0])).astype(np.float32)
+    expected = interpret(program, x, weights=weights)
+    _assert_close(compiled(x, team_size=1), expected)
+    assert len(scopes) == (1 if blas else 0)
+    team_kernel = compiled._team_kernel()[0]
+    scopes.clear()
+    _assert_close(compiled(x, team_size=2), expected)
+    assert len(scopes) == (1 if "np.dot(" in team_kernel.source else 0)

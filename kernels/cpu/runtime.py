@@ -24,13 +24,14 @@ inputs). Nothing here imports Keras.
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 
 import numpy as np
 
 from rshop_ir.bound import BoundProgram
 from rshop_ir.kernels.batch_rows import has_batch_rows, rows_independent
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
-from rshop_ir.kernels.cpu.blas_threads import blas_threads_for
+from rshop_ir.kernels.cpu.blas_threads import blas_threads_for, calls_blas
 from rshop_ir.kernels.cpu.optimization_level import compile_for
 from rshop_ir.kernels.cpu.packed_product import pack_weight
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
@@ -50,6 +51,7 @@ DEFAULT_MAX_CHUNK_BYTES = 16 * 2 ** 20
 # has rows enough to reuse each block of its weight.
 CACHE_CHUNK_BYTES = 4 * 2 ** 20
 MIN_CHUNK_ROWS = 256
+_NO_BLAS = nullcontext()    # the BLAS scope of a kernel that never calls BLAS
 
 
 class CompiledProgram(CompiledProgramBase):
@@ -70,11 +72,13 @@ class CompiledProgram(CompiledProgramBase):
         self.chunk_steps = int(chunk_steps)
         self.max_chunk_bytes = int(max_chunk_bytes)
         self._run = getattr(module, kernel.entry)
+        self._calls_blas = calls_blas(kernel.source)
         self._rows_independent = rows_independent(self.program)
         self._batched_inputs = [has_batch_rows(var) for var in self.program.inputs]
         self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
         self._fast_call = None
         self._team = None
+        self._team_calls_blas = True
         self._team_choice = TeamChoice()   # whether the automatic team pays, per shape
         self._native_launchers = {}     # the argument types and the launcher for them
         self._team_buffers_kept = threading.local()   # per calling thread
@@ -191,13 +195,19 @@ class CompiledProgram(CompiledProgramBase):
                           for array, has_rows in zip(arrays, self._batched_inputs)]
                 return self._run(rows, steps, self._chunk(rows, chunk_steps), *sliced,
                                  *weights)
-            with blas_threads_for(0.0):
+            with self._blas_scope(0.0, self._calls_blas):
                 results = run_in_slices(run_slice, batch, slices, self._batched_outputs)
         else:
             chunk = self._chunk(batch, chunk_steps)
-            with blas_threads_for(batch * kernel.step_flops_per_row):
+            with self._blas_scope(batch * kernel.step_flops_per_row, self._calls_blas):
                 results = list(self._run(batch, steps, chunk, *arrays, *weights))
         return self._finish(results)
+
+    @staticmethod
+    def _blas_scope(step_flops: float, kernel_calls_blas: bool):
+        """The BLAS thread count a kernel call runs under (blas_threads.py); nothing
+        to set for a kernel that never calls BLAS."""
+        return blas_threads_for(step_flops) if kernel_calls_blas else _NO_BLAS
 
     def _run_team(self, arrays: list, batch: int, steps: int, chunk_steps, members: int):
         """The results of a call on a team of `members` threads: started by the kernel
@@ -207,7 +217,7 @@ class CompiledProgram(CompiledProgramBase):
         chunk = self._chunk(batch, chunk_steps)
         buffers = self._team_buffers(team_kernel, members)
         weights = self._weight_arguments
-        with blas_threads_for(0.0):
+        with self._blas_scope(0.0, self._team_calls_blas):
             if native_launch_usable(members):
                 leading = (batch, steps, chunk, *arrays, *weights)
                 return launch_natively(lambda *team: self._launcher(arrays, leading, team)(
@@ -258,10 +268,11 @@ class CompiledProgram(CompiledProgramBase):
                                    f"arguments than its plain kernel: a generator bug.")
             module = load_module(kernel.source, kernel.globals)
             self._team = (kernel, getattr(module, kernel.entry), module)
+            self._team_calls_blas = calls_blas(kernel.source)
         return self._team
 
     def _finish(self, results: list):
-        if self._fast_call is not None and any(
+        if self._fast_call is not None and self._fast_call[2] and any(
                 np.may_share_memory(result, default) for result in results
                 for default in self._fast_call[2]):
             self._fast_call = None   # an output is a filled default: never hand it out twice
