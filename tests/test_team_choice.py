@@ -11,7 +11,8 @@ from rshop_ir import examples
 from rshop_ir.bound import BoundProgram
 from rshop_ir.kernels.cpu import runtime
 from rshop_ir.kernels.cpu.team_choice import (IDLE_S, PROBE_CALLS, PROBE_EVERY,
-                                              PROBE_MAX_CALLS, WARM_S, WINDOW, TeamChoice)
+                                              PROBE_MAX_CALLS, PROBE_SOON, WARM_S, WINDOW,
+                                              TeamChoice)
 
 
 class FakeLaunches:
@@ -71,18 +72,26 @@ def test_a_team_that_slows_down_gives_way_to_one_thread_and_comes_back():
     launches.cost[2] = 2 * TEAM                         # the team's barriers got slow
     members = run_calls(choice, launches, PROBE_EVERY)
     # once the median of the last WINDOW team times is the slower: one thread, but
-    # for one probe of the team (still slow), after which one thread again
+    # for probes of the team (still slow) PROBE_SOON counted calls later, then after
+    # twice as many calls each time, up to PROBE_EVERY
     switch = members.index(1)
     assert switch <= WINDOW // 2 + 1 and members[:switch] == [2] * switch
-    probe = probe_positions(members[switch:], alone=2)
-    assert probe == list(range(probe[0], probe[0] + warm_calls(2 * TEAM) + PROBE_CALLS))
-    assert members[-1] == 1
+    probe = warm_calls(2 * TEAM) + PROBE_CALLS          # calls a probe runs
+    expected, start, interval = [], PROBE_SOON, PROBE_SOON
+    while start + probe <= len(members) - switch:
+        expected += range(start, start + probe)
+        interval = min(2 * interval, PROBE_EVERY)
+        start += probe - 1 + interval       # the probe's first call is the counted one
+    assert probe_positions(members[switch:], alone=2) == expected
+    assert len(expected) == 4 * probe and members[-1] == 1   # 16, 32, 64, 128 calls apart
     launches.cost[2] = TEAM                             # fast again
     members = run_calls(choice, launches, PROBE_EVERY + 40)
     back = members.index(2)        # the next probe sees it: the team from then on,
     after = members[back:]         # but for its own probes of one thread
     assert back < PROBE_EVERY and after[:40] == [2] * 40
-    assert after.count(1) in (0, warm_calls(ALONE) + PROBE_CALLS)
+    ones = probe_positions(after)     # then one thread only in its next probe's calls
+    assert not ones or (ones[0] > PROBE_EVERY and len(ones) <= warm_calls(ALONE) + PROBE_CALLS
+                        and ones == list(range(ones[0], ones[0] + len(ones))))
 
 
 def test_outliers_do_not_decide_and_shapes_are_apart():

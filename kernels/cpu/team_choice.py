@@ -16,6 +16,13 @@ other choice until `PROBE_CALLS` of them were timed (at most `PROBE_MAX_CALLS`
 calls), and their times replace that choice's. It switches when the other choice's
 median is smaller than the current one's by `MARGIN` or more.
 
+A switch away from the proposed team is often a slow spell of the machine that
+passes: the team is probed again `PROBE_SOON` calls later, and while one thread stays
+the faster, after twice as many calls each time, up to `PROBE_EVERY`. Probing only
+every `PROBE_EVERY` calls kept one thread for good in a benchmark's few hundred calls:
+the attention decoder at S2 ran at 0.87 ms a call instead of the team's 0.56-0.65
+(the bench harness on the 2-core Zen 4 VM, BENCHMARKS.md run 22).
+
 Calls that start cold are not timed: those within `WARM_S` of the first call after a
 change of choice, or after a pause of `IDLE_S` or more. On the development VM a core
 left idle for a few milliseconds runs the next ~4 ms of calls up to 2x slower (a one
@@ -34,6 +41,7 @@ import threading
 import time
 
 PROBE_EVERY = 512       # calls between two probes of the other choice
+PROBE_SOON = 16         # calls from leaving the proposed team to probing it again
 PROBE_CALLS = 3         # calls a probe times ...
 PROBE_MAX_CALLS = 32    # ... within this many calls (fewer when the calls pause)
 WINDOW = 8              # times kept per choice
@@ -55,6 +63,8 @@ class _Shape:
         self.ended = None           # the clock when it ended
         self.warm_from = None       # the clock from which calls are timed
         self.times = {proposed: [], 1: []}
+        self.next_probe = 2         # the count of the call starting the next probe
+        self.interval = PROBE_EVERY  # counted calls from a probe to the next
 
     def other(self) -> int:
         return 1 if self.current == self.proposed else self.proposed
@@ -65,9 +75,12 @@ class _Shape:
                 self.probe_calls += 1
                 return self.other()
             self.probe_calls = None
-            self._decide()
+            if not self._decide():
+                if self.current != self.proposed:   # one thread is still the faster
+                    self.interval = min(2 * self.interval, PROBE_EVERY)
+                self.next_probe = self.calls + self.interval
         self.calls += 1
-        if self.calls % PROBE_EVERY == 2:     # the 2nd call, then every PROBE_EVERY
+        if self.calls == self.next_probe:
             self.probe_calls, self.probe_timed = 1, 0
             self.times[self.other()] = []
             return self.other()
@@ -87,11 +100,16 @@ class _Shape:
         elif members == self.other():
             self.probe_timed += 1
 
-    def _decide(self) -> None:
+    def _decide(self) -> bool:
+        """Switch when the other choice is faster by MARGIN; True when it switched."""
         current, other = self.times[self.current], self.times[self.other()]
-        if current and other \
-                and statistics.median(other) < (1 - MARGIN) * statistics.median(current):
-            self.current = self.other()
+        if not (current and other and statistics.median(other)
+                < (1 - MARGIN) * statistics.median(current)):
+            return False
+        self.current = self.other()
+        self.interval = PROBE_EVERY if self.current == self.proposed else PROBE_SOON
+        self.next_probe = self.calls + self.interval
+        return True
 
 
 class TeamChoice:
