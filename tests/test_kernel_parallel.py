@@ -775,26 +775,61 @@ def test_core_load_ignores_this_process_and_sees_others(monkeypatch):
         spinner.wait()
 
 
-@pytest.mark.parametrize("sizes, blas", [((3, 4), True), ((32, 64), False)])
-def test_blas_threads_are_set_only_around_kernels_that_call_blas(sizes, blas, monkeypatch):
-    """A kernel whose source has no `np.dot` never calls BLAS, so its calls skip the
-    BLAS thread-count scope (two library calls a call); one with `np.dot` runs inside
-    it, on one thread and on a team."""
+def _spy_on_blas_scopes(monkeypatch) -> list:
+    """The step FLOPs of each BLAS thread-count scope the runtime enters."""
     from rshop_ir.kernels.cpu import runtime
 
-    program = examples.lstm_program(*sizes, return_sequences=True)
-    weights = examples.random_weights(program)
-    compiled = rshop_ir.compile(BoundProgram(program, weights))
-    assert ("np.dot(" in compiled.source) is blas
     scopes = []
     original = runtime.blas_threads_for
     monkeypatch.setattr(runtime, "blas_threads_for",
                         lambda flops: scopes.append(flops) or original(flops))
+    return scopes
+
+
+@pytest.mark.parametrize("sizes, guard", [((3, 4), "True"), ((32, 64), "")])
+def test_blas_threads_are_set_only_around_kernels_that_call_blas(sizes, guard, monkeypatch):
+    """A kernel with no `np.dot` line never calls BLAS, so its calls skip the BLAS
+    thread-count scope (library calls costing microseconds a call); one whose
+    `np.dot` may always run (the 3-feature projection by BLAS) runs inside it, on one
+    thread and on a team."""
+    program = examples.lstm_program(*sizes, return_sequences=True)
+    weights = examples.random_weights(program)
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    assert compiled.kernel.blas_guard == guard
+    assert ("np.dot(" in compiled.source) is bool(guard)
+    scopes = _spy_on_blas_scopes(monkeypatch)
     x = np.random.default_rng(3).standard_normal((2, 6, sizes[0])).astype(np.float32)
     expected = interpret(program, x, weights=weights)
     _assert_close(compiled(x, team_size=1), expected)
-    assert len(scopes) == (1 if blas else 0)
-    team_kernel = compiled._team_kernel()[0]
-    scopes.clear()
     _assert_close(compiled(x, team_size=2), expected)
-    assert len(scopes) == (1 if "np.dot(" in team_kernel.source else 0)
+    assert compiled._team_kernel()[0].blas_guard == guard
+    assert len(scopes) == (2 if guard else 0)
+
+
+def test_the_blas_scope_follows_the_batch_its_guard_names(monkeypatch):
+    """The benchmark's decoder projects its 16 memory rows a batch row by the packed
+    product up to 64 rows, by BLAS beyond: calls of 1-4 rows skip the BLAS scope,
+    calls of 5 or more enter it; the numbers are Keras's either way."""
+    from bench import sizes, suites
+
+    case = suites.attention_decoder(sizes.parse_size("1,6,64,64"), np.random.default_rng(2))
+    compiled = rshop_ir.compile(case.model, target="cpu")
+    assert compiled.kernel.blas_guard == "(B * 16 > 64)"
+    assert compiled.source.count("np.dot(") == 1
+    scopes = _spy_on_blas_scopes(monkeypatch)
+    memory = np.random.default_rng(4).standard_normal((6, 16, 64)).astype(np.float32)
+    for batch, entered in ((1, 0), (4, 0), (5, 1), (6, 1)):
+        scopes.clear()
+        got = compiled(memory[:batch], team_size=1)
+        assert len(scopes) == entered, batch
+        _assert_close(got, case.model.predict(memory[:batch], verbose=0))
+
+
+def test_a_blas_guard_is_a_predicate_of_the_call():
+    from rshop_ir.kernels.cpu.blas_threads import blas_predicate
+
+    assert not blas_predicate("")(64, 10)
+    assert blas_predicate("True")(1, 1)
+    calls = blas_predicate("(B >= 8) or (B * T > 64)")
+    assert [calls(1, 10), calls(8, 1), calls(2, 40)] == [False, True, True]
+    assert blas_predicate("(v.shape[0] > 64)")(1, 1), "a guard it cannot read is true"

@@ -48,11 +48,24 @@ def _api():
     return _API
 
 
-def calls_blas(source: str) -> bool:
-    """Whether a generated kernel module's source calls BLAS: its only route is Numba's
-    `np.dot` (codegen.py). A kernel that does not skips `blas_threads_for`, whose
-    library calls cost ~2 us of a 0.13 ms LSTM call (S1)."""
-    return "np.dot(" in source
+def blas_predicate(guard: str):
+    """`calls(batch, steps)`: whether a call of a kernel whose `KernelSource.blas_guard`
+    is `guard` may run BLAS (Numba's `np.dot`, its only route). A call that cannot skips
+    `blas_threads_for`, whose library calls cost 2 us of a 0.13 ms LSTM call (S1) and
+    12-19 us of a 0.6 ms attention decoder call on a team (S2), which at batch 1 never
+    reaches its `np.dot` branches. A guard naming more than B and T is taken as true."""
+    if not guard:
+        return lambda batch, steps: False
+    if guard == "True":
+        return lambda batch, steps: True
+    test = eval(f"lambda B, T: bool({guard})", {})     # the generator's own expression
+
+    def calls(batch, steps):
+        try:
+            return test(batch, steps)
+        except NameError:
+            return True
+    return calls
 
 
 @contextmanager

@@ -112,6 +112,16 @@ class KernelSource:
     team_shared_buffers: int = 0     # ... in this many buffers (each 64-byte aligned)
     team_weight_bytes: int = 0   # the bytes of the weights a team would split (also set in
                                  # the plain kernel: the runtime's choice, team.py)
+    blas_guard: str = ""         # a Python expression of B and T, true when a call may
+                                 # run BLAS; "" when the kernel never does (blas_threads.py)
+
+
+def blas_guard(guards: list) -> str:
+    """One expression from the guards of a kernel's BLAS lines ("" for none)."""
+    distinct = sorted(set(guards))
+    if "True" in distinct:
+        return "True"
+    return " or ".join(f"({guard})" for guard in distinct)
 
 
 def dtype_expression(dtype: str) -> str:
@@ -206,6 +216,7 @@ class CpuGenerator:
         self.team_columns = 0
         self.team_dtype = None       # the dtype of the matmuls a team splits (one only)
         self.packed_products = False  # a matmul may run as a packed product
+        self.blas_guards = []        # per np.dot line: when it may run (`_blas_line`)
         self.block_dots = False      # a one-column matmul sums by blocks (block_dot.py)
         self.fixed_steps = 0         # the longest top-level scan of static length
         self.team_shared_row_bytes = 0
@@ -258,13 +269,25 @@ class CpuGenerator:
             chunks.append("\n\n" + writer.text())
         if self.team_columns:     # the team's native launcher (team_launch.py)
             chunks.append("\n\n\n" + "\n".join(launcher_source(self._run_arguments)) + "\n")
-        return KernelSource("".join(chunks), dict(self.globals), "run",
+        source = "".join(chunks)
+        if source.count("np.dot(") != len(self.blas_guards):
+            raise RuntimeError("A BLAS call was generated without its guard "
+                               "(CpuGenerator._blas_line): a generator bug.")
+        return KernelSource(source, dict(self.globals), "run",
                             tuple(self.program.input_names), tuple(weight_slots),
                             self.projection_row_bytes, self.step_flops_per_row,
                             tuple(self.scan_functions), self.team_columns,
                             self.team_dtype or "float32",
                             self.fixed_steps, self.team_shared_row_bytes,
-                            self.team_shared_buffers, self.team_weight_bytes)
+                            self.team_shared_buffers, self.team_weight_bytes,
+                            blas_guard(self.blas_guards))
+
+    def _blas_line(self, body, line: str, guard: str = "True") -> None:
+        """Write `line`, a call of BLAS (`np.dot`), and record `guard`: a Python
+        expression of the call's B and T (or "True") that holds whenever the line may
+        run (KernelSource.blas_guard)."""
+        self.blas_guards.append(guard)
+        body.line(line)
 
     def _render_run(self, plan):
         function = _Function(self.names.child())
@@ -874,7 +897,8 @@ class CpuGenerator:
             body.line(f"{result} = {name}.reshape(({batch}, {out.shape[-2]}, "
                       f"{out.shape[-1]}))")
             with body.block(f"for {index} in range({batch}):"):
-                body.line(f"np.dot({left}[{index}], {right}[{index}], {result}[{index}])")
+                self._blas_line(body, f"np.dot({left}[{index}], {right}[{index}], "
+                                      f"{result}[{index}])")
         else:
             raise UnsupportedError(f"matmul of {a.type} and {b.type} (broadcast batch "
                                    f"dims) is not supported by the Numba CPU generator.")
@@ -953,16 +977,17 @@ class CpuGenerator:
             with body.block(f"if {buffer}.size > 0:"):
                 body.line(product)
             with body.block("else:"):
-                body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
+                self._blas_line(body, f"np.dot({a_value.array()}, {b_value.array()}, {name})")
         elif blas_ready and function.preamble is None:
             self._run_product(function, self._contiguous(a_value), weight, b_value.array(),
                               name, f"{a_value.array()}.shape[0]", out)
         elif blas_ready and isinstance(contraction, int) \
                 and contraction >= BLAS_MIN_CONTRACTION:
-            body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
+            self._blas_line(body, f"np.dot({a_value.array()}, {b_value.array()}, {name})")
         elif blas_ready:
             with body.block(f"if B >= {BLAS_MIN_BATCH}:"):
-                body.line(f"np.dot({a_value.array()}, {b_value.array()}, {name})")
+                self._blas_line(body, f"np.dot({a_value.array()}, {b_value.array()}, {name})",
+                                f"B >= {BLAS_MIN_BATCH}")
             with body.block("else:"):
                 self._hand_matmul(function, a_value, b_value, name, out, contraction)
         else:
@@ -978,7 +1003,7 @@ class CpuGenerator:
         if not (weight in self._weight_slot_of and out.dtype in PACKED_DTYPES
                 and isinstance(contraction, int) and contraction >= PACKED_MIN_CONTRACTION
                 and isinstance(columns, int) and columns >= PACKED_MIN_COLUMNS):
-            body.line(f"np.dot({left}, {right}, {out_name})")
+            self._blas_line(body, f"np.dot({left}, {right}, {out_name})")
             return
         buffer = self._packed_argument(function, PackedWeight(weight))
         start = function.names.fresh("packed_start")
@@ -986,7 +1011,8 @@ class CpuGenerator:
         with body.block(f"if {rows} <= {RUN_PACKED_MAX_ROWS}:"):
             body.line(f"packed_product({left}, {buffer}, {start}, {out_name})")
         with body.block("else:"):
-            body.line(f"np.dot({left}, {right}, {out_name})")
+            self._blas_line(body, f"np.dot({left}, {right}, {out_name})",
+                            f"{rows} > {RUN_PACKED_MAX_ROWS}")
         self.packed_products = True
 
     def _packing_applies(self, function, weight: Var, contraction, out) -> bool:
@@ -1698,8 +1724,8 @@ class CpuGenerator:
                 self._render_chain(function, projection, projected, chain_operands,
                                    f"{low}, {high}")
 
-    @staticmethod
-    def _panel_product(function, packed, weight, left, out, low, high, out_offset=None):
+    def _panel_product(self, function, packed, weight, left, out, low, high,
+                       out_offset=None):
         """`out[offset + r] = left[r] @ weight` for rows r in [low, high): a packed product
         (`packed` = (buffer, start)) in panels of PROJECTION_PANEL_ROWS rows that stay in
         the core's cache, counted from `low`; else one np.dot."""
@@ -1714,8 +1740,8 @@ class CpuGenerator:
                           f"{out}[{shift}{first}:{shift}{last}])")
         else:
             with loop.block(f"if {high} > {low}:"):
-                loop.line(f"np.dot({left}[{low}:{high}], {weight}, "
-                          f"{out}[{shift}{low}:{shift}{high}])")
+                self._blas_line(loop, f"np.dot({left}[{low}:{high}], {weight}, "
+                                      f"{out}[{shift}{low}:{shift}{high}])")
 
     def _packed_projection(self, function, projection):
         """(buffer, start) of the input projection's weight packed by the runtime (a

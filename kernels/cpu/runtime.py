@@ -31,7 +31,7 @@ import numpy as np
 from rshop_ir.bound import BoundProgram
 from rshop_ir.kernels.batch_rows import has_batch_rows, rows_independent
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
-from rshop_ir.kernels.cpu.blas_threads import blas_threads_for, calls_blas
+from rshop_ir.kernels.cpu.blas_threads import blas_threads_for, blas_predicate
 from rshop_ir.kernels.cpu.optimization_level import compile_for
 from rshop_ir.kernels.cpu.packed_product import pack_weight
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
@@ -72,13 +72,13 @@ class CompiledProgram(CompiledProgramBase):
         self.chunk_steps = int(chunk_steps)
         self.max_chunk_bytes = int(max_chunk_bytes)
         self._run = getattr(module, kernel.entry)
-        self._calls_blas = calls_blas(kernel.source)
+        self._calls_blas = blas_predicate(kernel.blas_guard)
         self._rows_independent = rows_independent(self.program)
         self._batched_inputs = [has_batch_rows(var) for var in self.program.inputs]
         self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
         self._fast_call = None
         self._team = None
-        self._team_calls_blas = True
+        self._team_calls_blas = None      # blas_predicate of the team kernel
         self._team_choice = TeamChoice()   # whether the automatic team pays, per shape
         self._native_launchers = {}     # the argument types and the launcher for them
         self._team_buffers_kept = threading.local()   # per calling thread
@@ -195,11 +195,12 @@ class CompiledProgram(CompiledProgramBase):
                           for array, has_rows in zip(arrays, self._batched_inputs)]
                 return self._run(rows, steps, self._chunk(rows, chunk_steps), *sliced,
                                  *weights)
-            with self._blas_scope(0.0, self._calls_blas):
+            with self._blas_scope(0.0, self._calls_blas(batch, steps)):
                 results = run_in_slices(run_slice, batch, slices, self._batched_outputs)
         else:
             chunk = self._chunk(batch, chunk_steps)
-            with self._blas_scope(batch * kernel.step_flops_per_row, self._calls_blas):
+            with self._blas_scope(batch * kernel.step_flops_per_row,
+                                  self._calls_blas(batch, steps)):
                 results = list(self._run(batch, steps, chunk, *arrays, *weights))
         return self._finish(results)
 
@@ -217,7 +218,7 @@ class CompiledProgram(CompiledProgramBase):
         chunk = self._chunk(batch, chunk_steps)
         buffers = self._team_buffers(team_kernel, members)
         weights = self._weight_arguments
-        with self._blas_scope(0.0, self._team_calls_blas):
+        with self._blas_scope(0.0, self._team_calls_blas(batch, steps)):
             if native_launch_usable(members):
                 leading = (batch, steps, chunk, *arrays, *weights)
                 return launch_natively(lambda *team: self._launcher(arrays, leading, team)(
@@ -268,7 +269,7 @@ class CompiledProgram(CompiledProgramBase):
                                    f"arguments than its plain kernel: a generator bug.")
             module = load_module(kernel.source, kernel.globals)
             self._team = (kernel, getattr(module, kernel.entry), module)
-            self._team_calls_blas = calls_blas(kernel.source)
+            self._team_calls_blas = blas_predicate(kernel.blas_guard)
         return self._team
 
     def _finish(self, results: list):
