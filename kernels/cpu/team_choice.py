@@ -19,9 +19,10 @@ median is smaller than the current one's by `MARGIN` or more.
 A switch away from the proposed team is often a slow spell of the machine that
 passes: the team is probed again `PROBE_SOON` calls later, and while one thread stays
 the faster, after twice as many calls each time, up to `PROBE_EVERY`. Probing only
-every `PROBE_EVERY` calls kept one thread for good in a benchmark's few hundred calls:
-the attention decoder at S2 ran at 0.87 ms a call instead of the team's 0.56-0.65
-(the bench harness on the 2-core Zen 4 VM, BENCHMARKS.md run 22).
+every `PROBE_EVERY` calls could keep one thread for a benchmark case's whole few
+hundred calls: in one harness run the attention decoder at S2 took 0.91-0.97 ms in all
+seven samples, against the team's 0.57-0.59 in the next (the 2-core Zen 4 VM,
+BENCHMARKS.md run 22).
 
 Calls that start cold are not timed: those within `WARM_S` of the first call after a
 change of choice, or after a pause of `IDLE_S` or more. On the development VM a core
