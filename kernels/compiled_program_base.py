@@ -65,22 +65,30 @@ class CompiledProgramBase:
 
     def refresh_weights(self) -> bool:
         """Re-read the weights from their source; True when they changed."""
-        if self._weight_reader is None:
+        current = self._changed_weights()
+        if current is None:
             return False
+        self._set_weights(current)
+        return True
+
+    def _changed_weights(self):
+        """The weights read from their source (name -> array) when they differ from the
+        bound ones, else None. Runs before every call (on the CPU, a team's member may
+        run it: kernels/cpu/team_poll.py)."""
+        if self._weight_reader is None:
+            return None
         poll = getattr(self._weight_reader, "poll", None)
         if poll is not None:
             # The reader knows cheaply whether its source changed since its last read.
             current = poll()
             if current is None:
-                return False
+                return None
         else:
             current = self._weight_reader()
-        # NaN weights compare unequal: they are then bound again, still correct.
-        changed = any(not np.array_equal(current[name], self._weights[name])
-                      for name in self._weights)
-        if changed:
-            self._set_weights(current)
-        return changed
+        # NaN weights where the bound ones have NaN at the same places are unchanged
+        if all(_same_values(current[name], self._weights[name]) for name in self._weights):
+            return None
+        return current
 
     def to_bound_program(self) -> BoundProgram:
         """The program before passes with the current weights (what `rshop_ir.save`
@@ -131,3 +139,10 @@ class CompiledProgramBase:
             array = array.astype(var.dtype)
         bind_shape(var.shape, array.shape, dims, f"Input {name!r}")
         return np.ascontiguousarray(array)
+
+
+def _same_values(new, bound: np.ndarray) -> bool:
+    """True when the array `new` holds the values of `bound` (NaN equal to NaN)."""
+    new = np.asarray(new)
+    inexact = np.issubdtype(new.dtype, np.inexact) and np.issubdtype(bound.dtype, np.inexact)
+    return bool(np.array_equal(new, bound, equal_nan=inexact))

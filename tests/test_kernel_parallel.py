@@ -140,12 +140,12 @@ def test_failing_team_member_stops_the_team(monkeypatch):
     case, compiled = _compiled_case(zoo.keras_lstm, split_every_matmul=True)
     original = team.run_team
 
-    def failing_member(run_member, buffers, batch, chunk):
+    def failing_member(run_member, buffers, batch, chunk, poll_address=0):
         def member(rank, size, counter, pool, shared):
             if rank == 1:
                 raise RuntimeError("member 1 failed")
             return run_member(rank, size, counter, pool, shared)
-        return original(member, buffers, batch, chunk)
+        return original(member, buffers, batch, chunk, poll_address)
 
     monkeypatch.setattr("rshop_ir.kernels.cpu.runtime.run_team", failing_member)
     # the Python member threads (the native launcher's failures: test_team_launch.py)

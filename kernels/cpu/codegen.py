@@ -45,7 +45,7 @@ from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/22"
+GENERATOR_VERSION = "numba-cpu/23"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -199,7 +199,7 @@ class CpuGenerator:
         reserved = {"np", "math", "njit", "wide_vectors", "B", "T", "chunk", "phase_slot",
                     "team_wait", "team_arrive", "team_await", "output_at",
                     "publish_output", "published_output",
-                    "team_enter", "team_leave",
+                    "team_enter", "team_leave", "team_poll", "claim_unit", "end_claims",
                     "row_sum", "row_squared_deviations", "row_dot", "packed_product", "steps",
                     "block_dot",
                     # the chunk and step loops' own names
@@ -245,8 +245,10 @@ class CpuGenerator:
         header.line("from rshop_ir.kernels.cpu.vector_width import wide_vectors")
         if self.team:
             header.line("from numba import prange")
-            header.line("from rshop_ir.kernels.cpu.team_sync import (phase_slot, team_arrive, "
-                        "team_await, team_enter, team_leave, team_wait)")
+            header.line("from rshop_ir.kernels.cpu.team_sync import (claim_unit, end_claims, "
+                        "phase_slot, team_arrive, team_await, team_enter, team_leave, "
+                        "team_wait)")
+            header.line("from rshop_ir.kernels.cpu.team_poll import team_poll")
             header.line("from rshop_ir.kernels.cpu.team_launch import pin_member, unpin_member")
             header.line("from rshop_ir.kernels.cpu.team_output import (output_at, "
                         "publish_output, published_output)")
@@ -330,6 +332,8 @@ class CpuGenerator:
             writer.line("wide_vectors()")
             if self.team_columns:
                 writer.line("team_enter(team_counter)")
+                # the last member asks whether the weights changed (team_poll.py)
+                writer.line("team_poll(team_counter, team_rank, team_size)")
             writer.extend(function.body)
         return writer, weight_slots
 
@@ -1767,24 +1771,34 @@ class CpuGenerator:
         return function.packed[key]
 
     def _team_projections(self, function, projections, chunk_buffers) -> None:
-        """The chunk's projections on a team: each member computes a block of the rows
-        (see `_projections`) into the shared buffers; barriers before (the previous
-        chunk's rows are read) and after (all rows are written).
+        """The chunk's projections on a team: the members take units of rows from a
+        shared count until none is left (team_sync.claim_unit) and compute them (see
+        `_projections`) into the shared buffers; barriers before (the previous chunk's
+        rows are read) and after (all rows are written). A member that starts late
+        (the one asking whether the weights changed, team_poll.py) takes fewer.
 
-        The blocks are whole tiles of the packed product (8 rows) when every projection
+        The units are whole tiles of the packed product (8 rows) when every projection
         is one, else whole panels (np.dot). A row then falls in a tile of the same
         shape as on one thread (8-row tiles up to the chunk's last `rows % 8` rows,
-        which every split leaves at the end of the last block), so its sums are added
-        in the same order; 8-row blocks share 100 rows 56 / 44 where whole panels
-        shared them 64 / 36."""
-        loop = function.body
+        which the last unit holds), so its sums are added in the same order."""
+        loop, names = function.body, function.names
         packed = all(self._packed_projection(function, projection) is not None
                      for _, projection, *_ in projections)
         with loop.block("if chunk_start > 0:"):
             with loop.block("if not team_wait(team_counter, team_size, team_rank):"):
                 loop.line(function.abort_return)
-        low, high = self._member_rows(function, "rows", packed)
-        self._projections(function, projections, chunk_buffers, low, high)
+        unit = TILE_SHAPES[0][0] if packed else PROJECTION_PANEL_ROWS
+        units, claim, low, high = (names.fresh(hint) for hint in
+                                   ("units", "claim", "row_low", "row_high"))
+        loop.line(f"{units} = (rows + {unit - 1}) // {unit}")
+        with loop.block("while True:"):
+            loop.line(f"{claim} = claim_unit(team_counter, team_rank, {units})")
+            with loop.block(f"if {claim} < 0:"):
+                loop.line("break")
+            loop.line(f"{low} = {claim} * {unit}")
+            loop.line(f"{high} = {smaller('rows', f'{low} + {unit}')}")
+            self._projections(function, projections, chunk_buffers, low, high)
+        loop.line(f"end_claims(team_counter, team_rank, team_size, {units})")
         with loop.block("if not team_wait(team_counter, team_size, team_rank):"):
             loop.line(function.abort_return)
 
@@ -1792,7 +1806,8 @@ class CpuGenerator:
     def _member_rows(function, rows: str, packed: bool) -> tuple:
         """Names of this member's block [low, high) of `rows` rows, defined at the
         current line: whole 8-row tiles of the packed product (`packed`), else whole
-        panels, as many per member as it takes (see `_team_projections`)."""
+        panels, as many per member as it takes (the output layer's rows, `_epilogue`;
+        8-row blocks share 100 rows 56 / 44 where whole panels shared them 64 / 36)."""
         names, loop = function.names, function.body
         count, low, high = (names.fresh(h) for h in ("team_rows", "row_low", "row_high"))
         unit = TILE_SHAPES[0][0] if packed else PROJECTION_PANEL_ROWS

@@ -9,7 +9,8 @@
      made C-contiguous;
   3. re-reads the weights if a `weight_reader` is set (e.g. Keras variables) and
      recomputes the weight prologue, and the packed copies of the recurrent weights
-     (packed_product.pack_weight), only when they changed;
+     (packed_product.pack_weight), only when they changed (on a team, a member asks
+     while the others start: team_poll.py);
   4. calls `run(B, T, chunk, *inputs, *weights)` with `chunk` sized so the chunk
      buffers of the input projection stay under `max_chunk_bytes`, whatever
      T is: on this thread, as row slices on all cores for a batch of 8+ rows
@@ -38,6 +39,7 @@ from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
 from rshop_ir.kernels.cpu.team import (TeamBuffers, auto_team_size, launch_natively,
                                        run_team, team_size_for)
 from rshop_ir.kernels.cpu.team_choice import TeamChoice
+from rshop_ir.kernels.cpu.team_poll import PollCallback
 from rshop_ir.kernels.cpu.team_launch import compile_launcher, native_launch_usable
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 
@@ -173,13 +175,14 @@ class CompiledProgram(CompiledProgramBase):
                     lambda members: self._launch(arrays, batch, steps, chunk_steps, members))
             team_size = proposed
         members = 1 if team_size == 1 else team_size_for(self._team_kernel()[0], team_size)
-        self.refresh_weights()
-        weights = self._weight_arguments
         if members > 1:
+            # a member asks whether the weights changed (team_poll.py)
             results = self._run_team(arrays, batch, steps, chunk_steps, members)
             if results is not None:
                 return self._finish(results)
-            # a member failed: the call runs again on one thread
+            # a member failed, or the weights changed: the call runs again on one thread
+        self.refresh_weights()
+        weights = self._weight_arguments
         # Row slices call it with arguments of the same types.
         compile_for(self._run, (batch, steps, self._chunk(batch, chunk_steps), *arrays,
                                 *weights))
@@ -218,15 +221,37 @@ class CompiledProgram(CompiledProgramBase):
         chunk = self._chunk(batch, chunk_steps)
         buffers = self._team_buffers(team_kernel, members)
         weights = self._weight_arguments
+        callback = self._poll_callback()
+        address = 0 if callback is None else callback.address
+        if callback is not None:
+            callback.clear()
         with self._blas_scope(0.0, self._team_calls_blas(batch, steps)):
             if native_launch_usable(members):
                 leading = (batch, steps, chunk, *arrays, *weights)
-                return launch_natively(lambda *team: self._launcher(arrays, leading, team)(
-                    *leading, *team), buffers, batch, chunk)
-            results = run_team(
-                lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team),
-                buffers, batch, chunk)
-            return None if results is None else list(results)
+                results = launch_natively(lambda *team: self._launcher(arrays, leading, team)(
+                    *leading, *team), buffers, batch, chunk, address)
+            else:
+                results = run_team(
+                    lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team),
+                    buffers, batch, chunk, address)
+                results = None if results is None else list(results)
+        outcome = None if callback is None else callback.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome       # reading the weights failed (the team stopped)
+        if isinstance(outcome, dict):
+            self._set_weights(outcome)     # the team stopped: results is None
+        return results
+
+    def _poll_callback(self):
+        """This thread's team_poll.PollCallback asking `_changed_weights` (None where no
+        weight source is watched)."""
+        if self._weight_reader is None:
+            return None
+        kept = self._team_buffers_kept
+        callback = getattr(kept, "poll_callback", None)
+        if callback is None:
+            callback = kept.poll_callback = PollCallback(self._changed_weights)
+        return callback
 
     def _launcher(self, arrays: list, leading: tuple, team: tuple):
         """The team kernel's native launcher for arguments of these types

@@ -8,11 +8,13 @@ of P reads its 1/P of the column blocks of the packed weight (which then stay in
 own core's cache), computes its block of the product, meets the others at a barrier
 (kernels/cpu/team_sync.py), and gathers the whole product; the rest of the step runs
 on every member alike. The input projection of each chunk of steps is split too:
-each member computes a block of its rows (whole 8-row tiles of the packed product,
-whole panels for np.dot: codegen's `_team_projections`) into buffers all members
-read, so every sum is added in the order one thread adds it (the outputs are equal
-bit for bit). The members are the calling thread (rank 0, whose outputs are returned) and
-other threads running the same `nogil` kernel, each pinned to a core of its own.
+the members take its rows in units (whole 8-row tiles of the packed product, whole
+panels for np.dot: codegen's `_team_projections`) from a shared count and compute
+them into buffers all members read, so every sum is added in the order one thread
+adds it (the outputs are equal bit for bit). The last member first asks whether the
+weights changed (team_poll.py) and takes fewer units. The members are the calling
+thread (rank 0, whose outputs are returned) and other threads running the same
+`nogil` kernel, each pinned to a core of its own.
 
 When: `compiled(x, team_size=N)` asks for N members (1: never a team). Without it,
 `auto_team_size` forms a team of 2 for a one-row call of at least `AUTO_MIN_STEPS`
@@ -49,7 +51,7 @@ from rshop_ir.kernels.cpu import team_workers
 from rshop_ir.kernels.cpu.team_launch import MASK_WORDS
 from rshop_ir.kernels.cpu.row_split import usable_cores
 from rshop_ir.kernels.cpu.team_sync import (ABORT, COUNTER_SIZE, FINISHED, MAX_MEMBERS,
-                                            STARTED, wait_for_count)
+                                            POLL_ADDRESS, STARTED, wait_for_count)
 
 MAX_TEAM = MAX_MEMBERS       # members at most
 AUTO_MAX_ROWS = 1            # the automatic team: one-row calls ...
@@ -112,13 +114,23 @@ class TeamBuffers:
         return self._shared
 
 
-def launch_natively(launch, buffers: TeamBuffers, batch: int, chunk: int):
+def new_counter(poll_address: int = 0) -> np.ndarray:
+    """A team call's counters (team_sync's layout), with the weight question's callback
+    (team_poll.py; 0: none)."""
+    counter = np.zeros(COUNTER_SIZE, np.int64)
+    counter[POLL_ADDRESS] = poll_address
+    return counter
+
+
+def launch_natively(launch, buffers: TeamBuffers, batch: int, chunk: int,
+                    poll_address: int = 0):
     """Rank 0's results of `launch(members, counter, pool, shared, cores, masks)`, the
     kernel module's `launch_team` (team_launch.py: Numba's threads run the members),
-    or None when a member failed or gave up waiting (the caller runs the call again on
-    one thread)."""
+    or None when a member failed, gave up waiting or found the weights changed (the
+    caller runs the call again on one thread). `poll_address`: the
+    team_poll.PollCallback the last member calls first (0: none)."""
     members = buffers.members
-    counter = np.zeros(COUNTER_SIZE, np.int64)
+    counter = new_counter(poll_address)
     cores = np.array(member_cores(members) or [-1] * members, np.int64)
     results = launch(members, counter, buffers.pool(batch), buffers.shared(batch, chunk),
                      cores, buffers.masks)
@@ -127,10 +139,12 @@ def launch_natively(launch, buffers: TeamBuffers, batch: int, chunk: int):
     return list(results[0])
 
 
-def run_team(run_member, buffers: TeamBuffers, batch: int, chunk: int):
+def run_team(run_member, buffers: TeamBuffers, batch: int, chunk: int,
+             poll_address: int = 0):
     """`run_member(rank, members, counter, pool, shared)` on `buffers.members` threads;
-    rank 0's results (None when a member gave up waiting for another). `shared` holds the input projections' chunk buffers every
-    member sees (`chunk` steps).
+    rank 0's results (None when a member gave up waiting for another, or found the
+    weights changed: `poll_address` as for `launch_natively`). `shared` holds the input
+    projections' chunk buffers every member sees (`chunk` steps).
 
     A thread that blocks on a lock, the GIL included, wakes ~30-50 us late on the
     development machine's VM, so the caller never lets one wait for the GIL: it posts
@@ -140,7 +154,7 @@ def run_team(run_member, buffers: TeamBuffers, batch: int, chunk: int):
     for the other threads to hand back their (unused) results. Only an abort, or polls
     that ran out, make it wait for them."""
     members = buffers.members
-    counter = np.zeros(COUNTER_SIZE, np.int64)
+    counter = new_counter(poll_address)
     pool, shared = buffers.pool(batch), buffers.shared(batch, chunk)
     cores = member_cores(members) or [None] * members
 

@@ -47,7 +47,12 @@ FINISHED = 3
 MAX_MEMBERS = 16
 PHASE_BASE = 8          # counter[phase_slot(rank)]: barriers the member has reached
 PHASE_STRIDE = 8        # int64s a cache line: each member's slot on a line of its own
-COUNTER_SIZE = PHASE_BASE + PHASE_STRIDE * MAX_MEMBERS
+# after the phase slots: the weight question's callback (team_poll.py), and on a line of
+# its own the units of input-projection rows the members took (codegen's
+# `_team_projections`)
+POLL_ADDRESS = PHASE_BASE + PHASE_STRIDE * MAX_MEMBERS
+CLAIMS = POLL_ADDRESS + PHASE_STRIDE
+COUNTER_SIZE = CLAIMS + PHASE_STRIDE
 SPIN_LIMIT = 20000
 # Polls after which a member gives up waiting (each past SPIN_LIMIT yields the core:
 # ~0.3 us each on the development machine with nothing else to run, so about three
@@ -173,6 +178,23 @@ def team_enter(counter):
 def team_leave(counter):
     """A member's kernel is done with the team's buffers (its last statement)."""
     atomic_add(counter, FINISHED, 1)
+
+
+@njit(cache=True, nogil=True)
+def claim_unit(counter, rank, units):
+    """The next of `units` units of work (rows of an input projection) that member
+    `rank` takes from the team's shared count (`counter[CLAIMS]`), or -1 when all are
+    taken. Between two barriers every member claims until it gets -1, so a phase of
+    `units` units takes `units` + (members) counts, which every member adds to its
+    own base (`end_claims`, kept on its phase slot's line, which only it writes)."""
+    unit = atomic_add(counter, CLAIMS, 1) - counter[phase_slot(rank) + 1]
+    return unit if unit < units else -1
+
+
+@njit(cache=True, nogil=True)
+def end_claims(counter, rank, size, units):
+    """Member `rank` got -1 from `claim_unit` in a phase of `units` units."""
+    counter[phase_slot(rank) + 1] += units + size
 
 
 @njit(cache=True, nogil=True)
