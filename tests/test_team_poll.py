@@ -1,12 +1,14 @@
-"""A team's member asks whether the weights changed; members take projection rows.
+"""Whether the weights changed is asked on another thread than the kernel's.
 
 On a team call the last member asks the compiled layer's weight reader, through a C
 function pointer to Python (kernels/cpu/team_poll.py), while the others start; the
 members take the input projection's rows from a shared count (team_sync.claim_unit).
+A one-thread call asks on the idle core, beside its kernel (`launch_polled`).
 Checked here against Keras: a change made between calls (`set_weights`, an
-`assign`) is in the next team call's numbers; a failing read raises in the caller;
-the question is asked on a member and not again by the caller; the callback works
-from Numba's own threads, call after call; every unit of rows is handed out once.
+`assign`) is in the next call's numbers; a failing read raises in the caller; the
+question is asked beside and not again by the caller; a kernel failing beside it runs
+again as usual; the callback works from Numba's own threads, call after call; every
+unit of rows is handed out once.
 """
 
 import numpy as np
@@ -33,6 +35,11 @@ def _keras_lstm():
     model = keras.Model(inputs, layer(inputs))
     x = np.random.default_rng(4).standard_normal((1, 9, 8)).astype(np.float32)
     return layer, model, x
+
+
+def _assert_matches(got, expected):
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=ATOL_FLOAT32, rtol=0)
 
 
 def _spy(monkeypatch) -> dict:
@@ -64,7 +71,7 @@ def test_a_team_sees_weight_changes_its_member_found(monkeypatch, native):
     seen = _spy(monkeypatch)
 
     got = compiled(x, team_size=2)
-    np.testing.assert_allclose(got, np.asarray(model(x)), atol=ATOL_FLOAT32, rtol=0)
+    _assert_matches(got, np.asarray(model(x)))
     # the member asked; the caller did not read the weights itself
     assert seen == {"caller": 0, "member": [UNCHANGED]}
     np.testing.assert_array_equal(got, compiled(x, team_size=1))   # same bits as one thread
@@ -72,7 +79,7 @@ def test_a_team_sees_weight_changes_its_member_found(monkeypatch, native):
     layer.set_weights([0.5 * weight for weight in layer.get_weights()])
     seen.update(caller=0, member=[])
     got = compiled(x, team_size=2)
-    np.testing.assert_allclose(got, np.asarray(model(x)), atol=ATOL_FLOAT32, rtol=0)
+    _assert_matches(got, np.asarray(model(x)))
     # the member found the change: the team stopped, the call ran again on one thread
     # (whose own read finds the new weights already bound)
     assert seen == {"caller": 1, "member": [CHANGED]}
@@ -83,8 +90,7 @@ def test_a_team_sees_weight_changes_its_member_found(monkeypatch, native):
 
     kernel = layer.cell.kernel
     kernel.assign(kernel.numpy()[:, ::-1].copy())
-    np.testing.assert_allclose(compiled(x, team_size=2), np.asarray(model(x)),
-                               atol=ATOL_FLOAT32, rtol=0)
+    _assert_matches(compiled(x, team_size=2), np.asarray(model(x)))
     assert seen["member"][-1] == CHANGED
 
 
@@ -101,8 +107,7 @@ def test_a_failing_weight_read_on_a_member_raises_in_the_caller():
     with pytest.raises(OSError, match="the variables are gone"):
         compiled(x, team_size=2)
     compiled._weight_reader = reader
-    np.testing.assert_allclose(compiled(x, team_size=2), np.asarray(model(x)),
-                               atol=ATOL_FLOAT32, rtol=0)
+    _assert_matches(compiled(x, team_size=2), np.asarray(model(x)))
 
 
 @njit(nogil=True, parallel=True)
@@ -174,3 +179,70 @@ def test_claims_hand_out_each_unit_once_in_every_phase():
                 taken.append(unit)
         assert sorted(taken) == list(range(units))
     assert counter[CLAIMS] == (5 + 1 + 3 + 0 + 8) + 5 * 2
+
+
+def _beside_allowed(monkeypatch):
+    """Let every one-thread call qualify for the question beside its kernel, whatever
+    the machine's cores, load and threading layer, and the pause since the last call."""
+    monkeypatch.setattr(runtime, "native_launch_usable", lambda members: True)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    monkeypatch.setattr(runtime, "others_idle", lambda: True)
+    monkeypatch.setattr(runtime, "BESIDE_MAX_PAUSE_S", 1e9)
+
+
+def test_a_one_thread_call_asks_beside_its_kernel(monkeypatch):
+    layer, model, x = _keras_lstm()
+    compiled = rshop_ir.compile(layer, target="cpu")
+    _beside_allowed(monkeypatch)
+    seen = _spy(monkeypatch)
+    expected = np.asarray(model(x))
+    for call in range(runtime.BESIDE_MIN_CALLS + 2):
+        got = compiled(x)
+        _assert_matches(got, expected)
+    # the first calls read the weights themselves, then the question runs beside
+    assert seen["caller"] == runtime.BESIDE_MIN_CALLS - 1
+    assert seen["member"] == [UNCHANGED] * 3
+    assert set(compiled._native_launchers) == {"polled"}
+    seen.update(caller=0, member=[])
+    np.testing.assert_array_equal(compiled(x, team_size=1), got)    # the caller's own threads
+    assert seen == {"caller": 1, "member": []}
+
+    layer.set_weights([0.5 * weight for weight in layer.get_weights()])
+    seen.update(caller=0, member=[])
+    _assert_matches(compiled(x), np.asarray(model(x)))
+    assert seen == {"caller": 1, "member": [CHANGED]}    # found beside, then run as usual
+    _assert_matches(compiled(x), np.asarray(model(x)))
+    assert seen["member"] == [CHANGED, UNCHANGED]
+
+    reader = compiled._weight_reader
+
+    class BrokenReader:
+        def poll(self):
+            raise OSError("the variables are gone")
+
+    compiled._weight_reader = BrokenReader()
+    with pytest.raises(OSError, match="the variables are gone"):
+        compiled(x)
+    compiled._weight_reader = reader
+
+
+def test_a_kernel_failing_beside_the_question_runs_again_as_usual(monkeypatch):
+    """A kernel that raised returns empty arrays through its function pointer: the
+    runtime runs the call again the usual way (here a stand-in launcher returns them)."""
+    layer, model, x = _keras_lstm()
+    compiled = rshop_ir.compile(layer, target="cpu")
+    _beside_allowed(monkeypatch)
+    monkeypatch.setattr(runtime, "BESIDE_MIN_CALLS", 1)
+    launches = []
+
+    def failed_launcher(launcher, member, member_arguments, launcher_arguments):
+        def launch(*arguments):
+            team_poll(arguments[-1], 1, 2)       # the question, as rank 1 asks it
+            launches.append(len(arguments))
+            return [(np.empty((0, 9, 16), np.float32),)]
+        return launch
+
+    monkeypatch.setattr(runtime, "compile_with_member", failed_launcher)
+    seen = _spy(monkeypatch)
+    _assert_matches(compiled(x), np.asarray(model(x)))
+    assert len(launches) == 1 and seen == {"caller": 1, "member": [UNCHANGED]}

@@ -42,6 +42,7 @@ from rshop_ir.kernels.cpu.team_columns import (ColumnOwnership, block_dot_applie
                                                kept_states, owned_einsum_applies,
                                                product_segments)
 from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
+from rshop_ir.kernels.cpu.team_poll import POLLED_LAUNCHER_NAMES, polled_launcher_source
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
@@ -205,7 +206,8 @@ class CpuGenerator:
                     # the chunk and step loops' own names
                     "chunk_steps", "chunk_start", "chunk_stop", "rows", "time_low", "step",
                     "t", "row", "y_step", "y_out",
-                    *TEAM_ARGUMENTS, *LAUNCHER_NAMES, *_MATH_MODULE_NAMES}
+                    *TEAM_ARGUMENTS, *LAUNCHER_NAMES, *POLLED_LAUNCHER_NAMES,
+                    *_MATH_MODULE_NAMES}
         self.names = Namespace(reserved=reserved)
         self.ctx = CpuScalarContext()
         self.globals = {}
@@ -252,6 +254,9 @@ class CpuGenerator:
             header.line("from rshop_ir.kernels.cpu.team_launch import pin_member, unpin_member")
             header.line("from rshop_ir.kernels.cpu.team_output import (output_at, "
                         "publish_output, published_output)")
+        else:     # the one-thread call's launcher asking beside it (team_poll.py)
+            header.line("from numba import prange")
+            header.line("from rshop_ir.kernels.cpu.team_poll import team_poll")
         if self.packed_products:
             header.line("from rshop_ir.kernels.cpu.packed_product import packed_product")
         if self.block_dots:
@@ -271,6 +276,9 @@ class CpuGenerator:
             chunks.append("\n\n" + writer.text())
         if self.team_columns:     # the team's native launcher (team_launch.py)
             chunks.append("\n\n\n" + "\n".join(launcher_source(self._run_arguments)) + "\n")
+        elif not self.team:       # one thread's launcher asking beside it (team_poll.py)
+            chunks.append("\n\n\n" + "\n".join(polled_launcher_source(self._run_arguments))
+                          + "\n")
         source = "".join(chunks)
         if source.count("np.dot(") != len(self.blas_guards):
             raise RuntimeError("A BLAS call was generated without its guard "

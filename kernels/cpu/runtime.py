@@ -10,7 +10,7 @@
   3. re-reads the weights if a `weight_reader` is set (e.g. Keras variables) and
      recomputes the weight prologue, and the packed copies of the recurrent weights
      (packed_product.pack_weight), only when they changed (on a team, a member asks
-     while the others start: team_poll.py);
+     while the others start; on one thread, mostly beside the kernel: team_poll.py);
   4. calls `run(B, T, chunk, *inputs, *weights)` with `chunk` sized so the chunk
      buffers of the input projection stay under `max_chunk_bytes`, whatever
      T is: on this thread, as row slices on all cores for a batch of 8+ rows
@@ -25,6 +25,7 @@ inputs). Nothing here imports Keras.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -32,15 +33,19 @@ import numpy as np
 from rshop_ir.bound import BoundProgram
 from rshop_ir.kernels.batch_rows import has_batch_rows, rows_independent
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
-from rshop_ir.kernels.cpu.blas_threads import blas_threads_for, blas_predicate
+from rshop_ir.kernels.cpu.blas_threads import (THREADED_MIN_STEP_FLOPS, blas_predicate,
+                                               blas_threads_for)
+from rshop_ir.kernels.cpu.core_load import others_idle
 from rshop_ir.kernels.cpu.optimization_level import compile_for
 from rshop_ir.kernels.cpu.packed_product import pack_weight
-from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count
+from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count, usable_cores
 from rshop_ir.kernels.cpu.team import (TeamBuffers, auto_team_size, launch_natively,
-                                       run_team, team_size_for)
+                                       new_counter, run_team, team_size_for)
 from rshop_ir.kernels.cpu.team_choice import TeamChoice
-from rshop_ir.kernels.cpu.team_poll import PollCallback
-from rshop_ir.kernels.cpu.team_launch import compile_launcher, native_launch_usable
+from rshop_ir.kernels.cpu.team_poll import (BESIDE_MAX_PAUSE_S, BESIDE_MIN_CALLS,
+                                            PollCallback)
+from rshop_ir.kernels.cpu.team_launch import (compile_launcher, compile_with_member,
+                                              native_launch_usable)
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 
 DEFAULT_CHUNK_STEPS = 256
@@ -82,7 +87,9 @@ class CompiledProgram(CompiledProgramBase):
         self._team = None
         self._team_calls_blas = None      # blas_predicate of the team kernel
         self._team_choice = TeamChoice()   # whether the automatic team pays, per shape
-        self._native_launchers = {}     # the argument types and the launcher for them
+        self._native_launchers = {}     # kind -> the argument types and the launcher
+        self._ended = 0.0               # perf_counter() when the last call ended
+        self._beside_calls = 0          # one-thread calls that could ask beside the kernel
         self._team_buffers_kept = threading.local()   # per calling thread
         self._set_weights(optimized.weights)
 
@@ -161,18 +168,21 @@ class CompiledProgram(CompiledProgramBase):
         return [given, *defaults], batch, steps, None
 
     def _launch(self, arrays: list, batch: int, steps: int, chunk_steps,
-                team_size=None) -> object:
+                team_size=None, chosen: bool = False) -> object:
         """Run the kernel on checked inputs: on this thread, on a team of threads
         splitting each step's matmul columns (kernels/cpu/team.py), or as row slices
-        on several cores (kernels/cpu/row_split.py)."""
+        on several cores (kernels/cpu/row_split.py). `chosen`: `team_size` is the
+        automatic choice's (team_choice.py), not the caller's."""
         kernel = self.kernel
+        automatic = team_size is None or chosen
         if team_size is None:
             # `steps` is 0 when the time axis has a static length (no T to bind)
             proposed = auto_team_size(kernel, batch, steps or kernel.fixed_steps)
             if proposed > 1:     # kept only while it is faster (team_choice.py)
                 return self._team_choice.call(
                     (batch, steps, chunk_steps), proposed,
-                    lambda members: self._launch(arrays, batch, steps, chunk_steps, members))
+                    lambda members: self._launch(arrays, batch, steps, chunk_steps, members,
+                                                 chosen=True))
             team_size = proposed
         members = 1 if team_size == 1 else team_size_for(self._team_kernel()[0], team_size)
         if members > 1:
@@ -181,16 +191,24 @@ class CompiledProgram(CompiledProgramBase):
             if results is not None:
                 return self._finish(results)
             # a member failed, or the weights changed: the call runs again on one thread
-        self.refresh_weights()
-        weights = self._weight_arguments
-        # Row slices call it with arguments of the same types.
-        compile_for(self._run, (batch, steps, self._chunk(batch, chunk_steps), *arrays,
-                                *weights))
         slices = 1
         if self._rows_independent:
             # `steps` is 0 when the time axis has a static length (no T to bind)
             work_steps = steps or kernel.fixed_steps
             slices = slice_count(batch, batch * work_steps * kernel.step_flops_per_row)
+        if slices == 1 and automatic and self._poll_beside_pays(batch, steps):
+            # the weight question runs beside the kernel, on the idle core (team_poll.py)
+            with self._blas_scope(0.0, self._calls_blas(batch, steps)):   # one thread
+                results = self._run_polled(arrays, batch, steps,
+                                           self._chunk(batch, chunk_steps))
+            if results is not None:
+                return self._finish(results)
+            # the weights changed (bound now) or the kernel failed: the usual call below
+        self.refresh_weights()
+        weights = self._weight_arguments
+        # Row slices call it with arguments of the same types.
+        compile_for(self._run, (batch, steps, self._chunk(batch, chunk_steps), *arrays,
+                                *weights))
         if slices > 1:
             def run_slice(start, stop):
                 rows = stop - start
@@ -255,19 +273,60 @@ class CompiledProgram(CompiledProgramBase):
 
     def _launcher(self, arrays: list, leading: tuple, team: tuple):
         """The team kernel's native launcher for arguments of these types
-        (team_launch.compile_launcher), compiled at the first call that needs it and
-        again when the types change. Only the inputs' types are compared at each call:
-        the weights and the team's buffers are the runtime's own, and their types can
-        only change with the weight arrays, whose list `_set_weights` replaces."""
-        kept = self._native_launchers
+        (team_launch.compile_launcher)."""
+        return self._kept_launcher("team", arrays, lambda: compile_launcher(
+            self._team_kernel()[2], leading, team))
+
+    def _kept_launcher(self, kind: str, arrays: list, build):
+        """The native launcher of `kind` for arguments of these types: `build()`,
+        called at the first call that needs it and again when the types change. Only
+        the inputs' types are compared at each call: the weights and the team's
+        buffers are the runtime's own, and their types can only change with the weight
+        arrays, whose list `_set_weights` replaces."""
         key = tuple((type(array), getattr(array, "dtype", None), getattr(array, "ndim", None))
                     for array in arrays)
+        kept = self._native_launchers.get(kind, {})
         if kept.get("weights") is not self._weight_arguments or kept.get("key") != key:
-            module = self._team_kernel()[2]
-            self._native_launchers = kept = {
-                "weights": self._weight_arguments, "key": key,
-                "launch": compile_launcher(module, leading, team)}
+            kept = self._native_launchers[kind] = {
+                "weights": self._weight_arguments, "key": key, "launch": build()}
         return kept["launch"]
+
+    def _poll_beside_pays(self, batch: int, steps: int) -> bool:
+        """Whether a one-thread call asks whether the weights changed beside its kernel
+        (team_poll.py: the conditions); counts the calls that could."""
+        if self._weight_reader is None or batch < 1 or (steps or self.kernel.fixed_steps) < 1:
+            return False
+        if self._calls_blas(batch, steps) \
+                and batch * self.kernel.step_flops_per_row >= THREADED_MIN_STEP_FLOPS:
+            return False     # BLAS would run its own threads
+        if time.perf_counter() - self._ended >= BESIDE_MAX_PAUSE_S \
+                or not native_launch_usable(2) or usable_cores() < 2 or not others_idle():
+            return False
+        self._beside_calls += 1
+        return self._beside_calls >= BESIDE_MIN_CALLS
+
+    def _run_polled(self, arrays: list, batch: int, steps: int, chunk: int):
+        """The results of a one-thread call whose weight question runs beside the
+        kernel (the module's `launch_polled`), or None when the weights changed (they
+        are bound now) or the kernel failed: the caller then runs the call as usual."""
+        callback = self._poll_callback()
+        callback.clear()
+        counter = new_counter(callback.address)
+        arguments = (batch, steps, chunk, *arrays, *self._weight_arguments)
+        launch = self._kept_launcher("polled", arrays, lambda: compile_with_member(
+            self.module.launch_polled, self._run, arguments, (*arguments, counter)))
+        results = launch(*arguments, counter)
+        outcome = callback.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome       # reading the weights failed
+        if isinstance(outcome, dict):
+            self._set_weights(outcome)
+            return None
+        if outcome is None or len(results) != 1:
+            return None
+        results = list(results[0])
+        # a kernel that raised returned empty arrays through its function pointer
+        return None if any(result.size == 0 for result in results) else results
 
     def _team_buffers(self, team_kernel, members: int) -> TeamBuffers:
         """What a team keeps between calls (team.TeamBuffers), one per team size and
@@ -298,6 +357,7 @@ class CompiledProgram(CompiledProgramBase):
         return self._team
 
     def _finish(self, results: list):
+        self._ended = time.perf_counter()
         if self._fast_call is not None and self._fast_call[2] and any(
                 np.may_share_memory(result, default) for result in results
                 for default in self._fast_call[2]):

@@ -177,24 +177,32 @@ def compile_launcher(module, leading: tuple, team: tuple):
     with a dispatcher argument instead, it would link the whole kernel into the
     parallel loop's code and generate its machine code two or three times over
     (~10 s more for an LSTM's first team call; ~1 s this way)."""
+    return compile_with_member(module.launch_team, module.run, (*leading, 0, *team[:4]),
+                               (*leading, *team))
+
+
+def compile_with_member(launcher, member, member_arguments: tuple,
+                        launcher_arguments: tuple):
+    """`f(*launcher_arguments)` calling the dispatcher `launcher` with, first, the
+    dispatcher `member` compiled for arguments of the types of `member_arguments`, as a
+    function pointer (see `compile_launcher`); both compiled for these types."""
     from numba import typeof
 
     from rshop_ir.kernels.cpu.optimization_level import kernel_optimization
 
-    member_types = tuple(typeof(argument) for argument in (*leading, 0, *team[:4]))
+    member_types = tuple(typeof(argument) for argument in member_arguments)
     with kernel_optimization():
-        if member_types not in module.run.overloads:
-            module.run.compile(member_types)
-    signature = module.run.overloads[member_types].signature
-    launcher_types = (types.FunctionType(signature),
-                      *(typeof(argument) for argument in (*leading, *team)))
+        if member_types not in member.overloads:
+            member.compile(member_types)
+    compiled = member.overloads[member_types]
+    launcher_types = (types.FunctionType(compiled.signature),
+                      *(typeof(argument) for argument in launcher_arguments))
     with kernel_optimization():
-        module.launch_team.compile(launcher_types)
-    entry = module.launch_team.overloads[launcher_types].entry_point
-    compiled = module.run.overloads[member_types]
-    member = _FunctionPointer(compiled.library.get_pointer_to_function(
+        launcher.compile(launcher_types)
+    entry = launcher.overloads[launcher_types].entry_point
+    pointer = _FunctionPointer(compiled.library.get_pointer_to_function(
         compiled.fndesc.llvm_cfunc_wrapper_name))
-    return lambda *arguments: entry(member, *arguments)
+    return lambda *arguments: entry(pointer, *arguments)
 
 
 class _FunctionPointer:

@@ -30,6 +30,21 @@ threads kept their states; ad-hoc).
 Measured on the 2-core Zen 4 VM (ad-hoc script, the generated team kernels edited
 this way, alternated with the serial question, medians of 10 rounds of 30 calls):
 MGU at S2 455 -> 403 us a call, RWA 493 -> 451 us; without any question 387 / 436.
+
+A call on one thread leaves the other core idle: there the question runs beside the
+kernel. Every plain kernel module holds `launch_polled` (`polled_launcher_source`): a
+parallel loop of two ranks, rank 0 (the calling thread) running the kernel, rank 1
+(one of Numba's threads) asking. The call then takes the longer of the two instead of
+their sum, and the question finds TensorFlow's code in the idle core's cache. The
+runtime uses it only where it pays (runtime.py `_poll_beside_pays`): a weight reader
+to ask, BLAS on one thread if at all (OpenBLAS's threads would meet the asking
+thread's core, blas_threads.py),
+two idle cores, the native launcher usable, a call following the previous one within
+`BESIDE_MAX_PAUSE_S` (Numba's threads still spinning: one woken from its sleep would
+start the question tens of microseconds late), from the `BESIDE_MIN_CALLS`-th call
+that could: the launcher's compilation (0.5-0.7 s on the 2-core Zen 4 VM, once per
+process where Numba's disk cache has it) never delays a first call. A call whose
+`team_size` the caller gave keeps to the threads it asked for.
 """
 
 from __future__ import annotations
@@ -44,6 +59,10 @@ from numba.extending import intrinsic
 from rshop_ir.kernels.cpu.team_sync import ABORT, POLL_ADDRESS, atomic_add
 
 UNCHANGED, CHANGED, FAILED = 0, 1, 2    # what a poll callback returns
+BESIDE_MAX_PAUSE_S = 0.001   # a one-thread call asks beside its kernel after a pause
+BESIDE_MIN_CALLS = 2         # ... this short, from the 2nd call that could on
+POLLED_LAUNCHER_NAMES = ("launch_polled", "polled_member", "polled_results", "poll_rank",
+                         "poll_counter", "team_poll", "prange")
 
 _CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64)
 
@@ -114,3 +133,24 @@ class PollCallback:
             return UNCHANGED
         self.outcome = current
         return CHANGED
+
+
+def polled_launcher_source(arguments: list) -> list:
+    """Source lines of a plain kernel module's `launch_polled(polled_member,
+    *arguments, poll_counter)`: `polled_member` (`run` as a function pointer,
+    team_launch.compile_with_member) runs on rank 0 with `arguments` (`run`'s) while
+    rank 1 calls `team_poll` on `poll_counter` (team_sync's layout). It returns a list
+    holding the kernel's results. A kernel that raises returns empty arrays through the
+    function pointer (the runtime then runs the call again as usual)."""
+    names = ", ".join(arguments)
+    return [
+        '@njit(cache=True, error_model="numpy", nogil=True, parallel=True)',
+        f"def launch_polled(polled_member, {names}, poll_counter):",
+        "    polled_results = []",
+        "    for poll_rank in prange(2):",
+        "        if poll_rank == 0:",
+        f"            polled_results.append(polled_member({names}))",
+        "        else:",
+        "            team_poll(poll_counter, 1, 2)",
+        "    return polled_results",
+    ]
