@@ -94,9 +94,9 @@ def test_a_team_sees_weight_changes_its_member_found(monkeypatch, native):
     assert seen["member"][-1] == CHANGED
 
 
-def test_a_failing_weight_read_on_a_member_raises_in_the_caller():
-    layer, model, x = _keras_lstm()
-    compiled = rshop_ir.compile(layer, target="cpu")
+def _assert_a_failing_read_raises(compiled, call):
+    """`call()` raises the error of the compiled layer's weight reader, replaced by a
+    broken one for the call."""
     reader = compiled._weight_reader
 
     class BrokenReader:
@@ -104,9 +104,17 @@ def test_a_failing_weight_read_on_a_member_raises_in_the_caller():
             raise OSError("the variables are gone")
 
     compiled._weight_reader = BrokenReader()
-    with pytest.raises(OSError, match="the variables are gone"):
-        compiled(x, team_size=2)
-    compiled._weight_reader = reader
+    try:
+        with pytest.raises(OSError, match="the variables are gone"):
+            call()
+    finally:
+        compiled._weight_reader = reader
+
+
+def test_a_failing_weight_read_on_a_member_raises_in_the_caller():
+    layer, model, x = _keras_lstm()
+    compiled = rshop_ir.compile(layer, target="cpu")
+    _assert_a_failing_read_raises(compiled, lambda: compiled(x, team_size=2))
     _assert_matches(compiled(x, team_size=2), np.asarray(model(x)))
 
 
@@ -213,17 +221,7 @@ def test_a_one_thread_call_asks_beside_its_kernel(monkeypatch):
     assert seen == {"caller": 1, "member": [CHANGED]}    # found beside, then run as usual
     _assert_matches(compiled(x), np.asarray(model(x)))
     assert seen["member"] == [CHANGED, UNCHANGED]
-
-    reader = compiled._weight_reader
-
-    class BrokenReader:
-        def poll(self):
-            raise OSError("the variables are gone")
-
-    compiled._weight_reader = BrokenReader()
-    with pytest.raises(OSError, match="the variables are gone"):
-        compiled(x)
-    compiled._weight_reader = reader
+    _assert_a_failing_read_raises(compiled, lambda: compiled(x))
 
 
 def test_a_kernel_failing_beside_the_question_runs_again_as_usual(monkeypatch):
