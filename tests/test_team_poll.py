@@ -244,3 +244,20 @@ def test_a_kernel_failing_beside_the_question_runs_again_as_usual(monkeypatch):
     seen = _spy(monkeypatch)
     _assert_matches(compiled(x), np.asarray(model(x)))
     assert len(launches) == 1 and seen == {"caller": 1, "member": [UNCHANGED]}
+
+
+def test_one_call_at_a_time_asks_beside_its_kernel(monkeypatch):
+    """While a call asks beside its kernel, a call from another thread asks itself."""
+    layer, model, x = _keras_lstm()
+    compiled = rshop_ir.compile(layer, target="cpu")
+    _beside_allowed(monkeypatch)
+    monkeypatch.setattr(runtime, "BESIDE_MIN_CALLS", 1)
+    seen = _spy(monkeypatch)
+    assert runtime._BESIDE.acquire(blocking=False)      # another thread's call
+    try:
+        _assert_matches(compiled(x), np.asarray(model(x)))
+    finally:
+        runtime._BESIDE.release()
+    assert seen == {"caller": 1, "member": []}
+    _assert_matches(compiled(x), np.asarray(model(x)))
+    assert seen == {"caller": 1, "member": [UNCHANGED]}

@@ -49,6 +49,7 @@ from rshop_ir.kernels.cpu.team_launch import (compile_launcher, compile_with_mem
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 
 DEFAULT_CHUNK_STEPS = 256
+_BESIDE = threading.Lock()    # held by the one-thread call asking beside its kernel
 DEFAULT_MAX_CHUNK_BYTES = 16 * 2 ** 20
 # A chunk's projected rows are written by its GEMM and read back a step at a time:
 # kept near the core's cache (~4 MB of chunk buffers) they are read from there, not
@@ -196,11 +197,17 @@ class CompiledProgram(CompiledProgramBase):
             # `steps` is 0 when the time axis has a static length (no T to bind)
             work_steps = steps or kernel.fixed_steps
             slices = slice_count(batch, batch * work_steps * kernel.step_flops_per_row)
-        if slices == 1 and automatic and self._poll_beside_pays(batch, steps):
-            # the weight question runs beside the kernel, on the idle core (team_poll.py)
-            with self._blas_scope(0.0, self._calls_blas(batch, steps)):   # one thread
-                results = self._run_polled(arrays, batch, steps,
-                                           self._chunk(batch, chunk_steps))
+        if slices == 1 and automatic and self._poll_beside_pays(batch, steps) \
+                and _BESIDE.acquire(blocking=False):
+            # the weight question runs beside the kernel, on the idle core (team_poll.py);
+            # one such call at a time in the process (threads calling at once would
+            # each start a thread of Numba's to ask)
+            try:
+                with self._blas_scope(0.0, self._calls_blas(batch, steps)):  # one thread
+                    results = self._run_polled(arrays, batch, steps,
+                                               self._chunk(batch, chunk_steps))
+            finally:
+                _BESIDE.release()
             if results is not None:
                 return self._finish(results)
             # the weights changed (bound now) or the kernel failed: the usual call below

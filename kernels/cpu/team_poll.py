@@ -43,8 +43,9 @@ two idle cores, the native launcher usable, a call following the previous one wi
 `BESIDE_MAX_PAUSE_S` (Numba's threads still spinning: one woken from its sleep would
 start the question tens of microseconds late), from the `BESIDE_MIN_CALLS`-th call
 that could: the launcher's compilation (0.5-0.7 s on the 2-core Zen 4 VM, once per
-process where Numba's disk cache has it) never delays a first call. A call whose
-`team_size` the caller gave keeps to the threads it asked for.
+process where Numba's disk cache has it) never delays a first call. One such call runs
+at a time in a process (Python threads calling at once would each start a Numba thread
+to ask); a call whose `team_size` the caller gave keeps to the threads it asked for.
 """
 
 from __future__ import annotations
