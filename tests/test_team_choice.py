@@ -156,10 +156,10 @@ def test_a_compiled_programs_automatic_team_follows_the_times(monkeypatch):
     launches = FakeLaunches({2: 1.0, 1: 2.0})
     original = compiled._launch
 
-    def timed_launch(arrays, batch, steps, chunk_steps, team_size=None):
+    def timed_launch(arrays, batch, steps, chunk_steps, team_size=None, chosen=False):
         if team_size is not None:
             launches.launch(team_size)
-        return original(arrays, batch, steps, chunk_steps, team_size)
+        return original(arrays, batch, steps, chunk_steps, team_size, chosen)
 
     monkeypatch.setattr(compiled, "_launch", timed_launch)
     compiled._team_choice.clock = launches.clock
