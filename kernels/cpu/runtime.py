@@ -260,12 +260,18 @@ class CompiledProgram(CompiledProgramBase):
                     lambda *team: team_run(batch, steps, chunk, *arrays, *weights, *team),
                     buffers, batch, chunk, address)
                 results = None if results is None else list(results)
-        outcome = None if callback is None else callback.outcome
-        if isinstance(outcome, BaseException):
-            raise outcome       # reading the weights failed (the team stopped)
-        if isinstance(outcome, dict):
-            self._set_weights(outcome)     # the team stopped: results is None
+        if callback is not None:
+            self._bind_found(callback)   # a change or a failed read stopped the team
         return results
+
+    def _bind_found(self, callback) -> bool:
+        """Bind the weights `callback`'s last question found changed (True), or raise
+        the error reading them raised; False when they were unchanged or not asked."""
+        found = callback.found()
+        if found is None:
+            return False
+        self._set_weights(found)
+        return True
 
     def _poll_callback(self):
         """This thread's team_poll.PollCallback asking `_changed_weights` (None where no
@@ -323,13 +329,7 @@ class CompiledProgram(CompiledProgramBase):
         launch = self._kept_launcher("polled", arrays, lambda: compile_with_member(
             self.module.launch_polled, self._run, arguments, (*arguments, counter)))
         results = launch(*arguments, counter)
-        outcome = callback.outcome
-        if isinstance(outcome, BaseException):
-            raise outcome       # reading the weights failed
-        if isinstance(outcome, dict):
-            self._set_weights(outcome)
-            return None
-        if outcome is None or len(results) != 1:
+        if callback.outcome is None or self._bind_found(callback) or len(results) != 1:
             return None
         results = list(results[0])
         # a kernel that raised returned empty arrays through its function pointer

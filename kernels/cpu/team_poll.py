@@ -123,6 +123,13 @@ class PollCallback:
     def clear(self) -> None:
         self.outcome = None
 
+    def found(self):
+        """The new weights the last call found (a dict), None when it found them
+        unchanged or was not called; raises the error reading them raised."""
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome if isinstance(self.outcome, dict) else None
+
     def _call(self) -> int:
         try:
             current = self._changed_weights()
