@@ -8,7 +8,9 @@ For each size (batch, time, input, hidden) the same weights go into
 `predict_on_batch`) and `rshop_ir.compile(reference_layer)`. Outputs are checked
 (max-abs <= 1e-4) before timing; times are medians over interleaved rounds, each
 sample an untimed call then timed calls of the same candidate (see `_median_times`). Also
-reported: numpy sgemm GFLOP/s at S4's GEMM shapes vs the kernel's achieved GFLOP/s,
+reported: numpy sgemm GFLOP/s at S4's GEMM shapes vs the kernel's achieved GFLOP/s, and
+the machine's float32 FMA peak (bench/fma_peak.py) with the share of it the kernel and
+the S4 target need,
 the first compile time and the fresh-process disk-cache load time (subprocesses with
 an empty / warm RSHOP_CACHE_DIR and NUMBA_CACHE_DIR), and peak RSS growth of a call at T=100 vs T=100,000
 (return_sequences; the output's own size subtracted).
@@ -269,6 +271,23 @@ def memory_growth():
                 for steps in (100, 100_000)}
 
 
+def _print_peak_share(row):
+    """How close the kernel at S4 comes to this machine's float32 FMA peak (fma_peak.py,
+    all of Numba's threads), and what the S4 target would need of it."""
+    import numba
+
+    from bench.fma_peak import fma_peak_rate
+
+    label, _, times, gflops = row
+    threads = numba.config.NUMBA_NUM_THREADS
+    peak = fma_peak_rate(threads)
+    needed = gflops * times["compiled"] * TARGET_SPEEDUP[label] / times["reference"]
+    print(f"float32 FMA peak, {threads} threads (bench.fma_peak): {peak:.1f} GFLOP/s; the "
+          f"kernel at {label} reaches {100 * gflops / peak:.0f}% of it; "
+          f"{TARGET_SPEEDUP[label]}x the reference would need {needed:.1f} GFLOP/s = "
+          f"{100 * needed / peak:.0f}% of it")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -314,6 +333,7 @@ def main(argv=None):
         best = max(rates.values())
         print(f"kernel at S4: {s4[3]:.1f} GFLOP/s = {100 * s4[3] / best:.0f}% of the best "
               f"sgemm rate (target >= 70%)")
+        _print_peak_share(s4)
     first, cached = compile_times()
     print(f"first compile of an LSTM (1,100,32,64), fresh process, empty cache: {first:.2f} s "
           f"(target <= 3 s)")

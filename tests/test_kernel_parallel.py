@@ -365,6 +365,63 @@ def test_team_attention_scores_of_a_keras_decoder_match_keras():
     _assert_close(compiled(many), case.model.predict(many, verbose=0))   # 80 rows
 
 
+def test_team_members_share_the_rows_of_a_product_before_the_scan():
+    """The decoder's keys (memory @ K, in `run` before the scan): on a team the members
+    take its rows in 8-row units into a buffer at the end of `team_shared`, then meet
+    (codegen's `_claimed_rows`); one thread computes them whole. Batches 1-4 (16-64
+    rows) claim, 5 (80 rows) takes np.dot on every member. Teams give one thread's
+    numbers bit for bit and Keras's, also after the weights changed."""
+    from bench import sizes, suites
+
+    case = suites.attention_decoder(sizes.parse_size("1,12,40,64"), np.random.default_rng(8))
+    compiled = rshop_ir.compile(case.model, target="cpu")
+    team_kernel = compiled._team_kernel()[0]
+    run_source = team_kernel.source[team_kernel.source.index("def run("):]
+    claimed = run_source.index("claim_unit(team_counter"), run_source.index("scan_0(")
+    assert claimed[0] < claimed[1]
+    assert "team_shared[team_run_at:" in run_source
+    # the keys, 16 rows of 64 units a batch row
+    assert (team_kernel.team_run_row_bytes, team_kernel.team_run_buffers) == (16 * 64 * 4, 1)
+    assert "claim_unit(" not in compiled.source    # one thread: the plain kernel
+    rng = np.random.default_rng(9)
+    for batch in (1, 3, 4, 5):
+        memory = rng.standard_normal((batch, 16, 40)).astype(np.float32)
+        one = compiled(memory, team_size=1)
+        _assert_close(one, case.model.predict(memory, verbose=0))
+        for members in (2, 3):
+            np.testing.assert_array_equal(compiled(memory, team_size=members), one)
+    keys = next(layer for layer in case.model.layers[-1].model.layers    # memory -> keys
+                if getattr(layer, "kernel", None) is not None
+                and tuple(layer.kernel.shape) == (40, 64))
+    keys.kernel.assign(keys.kernel.numpy() * 0.5)
+    memory = rng.standard_normal((2, 16, 40)).astype(np.float32)
+    _assert_close(compiled(memory, team_size=2), case.model.predict(memory, verbose=0))
+
+
+def test_products_after_the_scan_are_not_shared_by_a_team():
+    """Dense layers after the recurrent layer run in `run` after the scan, where a
+    member's copy of the scan's output may be partial (codegen's `_run_claims`): every
+    member computes them whole, none claims rows there; the numbers are Keras's."""
+    import keras
+    from recurrentshop import LSTMCell, RecurrentSequential
+
+    stack = RecurrentSequential(backend="keras", return_sequences=False)
+    stack.add(LSTMCell(64))
+    x = keras.Input((9, 48))
+    hidden = keras.layers.Dense(64)(stack(x))
+    model = keras.Model(x, keras.layers.Dense(64, activation="tanh")(hidden))
+    compiled = rshop_ir.compile(model, target="cpu")
+    team_source = compiled._team_kernel()[0].source
+    run_source = team_source[team_source.index("def run("):]
+    after_scan = run_source[run_source.index("scan_0("):]
+    assert "packed_product(" in after_scan and "claim_unit(" not in after_scan
+    memory = np.random.default_rng(10).standard_normal((3, 9, 48)).astype(np.float32)
+    one = compiled(memory, team_size=1)
+    _assert_close(one, model.predict(memory, verbose=0))
+    for members in (2, 3):
+        np.testing.assert_array_equal(compiled(memory, team_size=members), one)
+
+
 def test_a_keras_decoders_context_by_its_weight_is_one_owned_contraction():
     """The benchmark's decoder at 64 units over 40 steps: reassociate_products.py turns
     `Dot(attention, memory)` then the Dense reading it into one contraction of the

@@ -63,7 +63,8 @@ def _launch(fail_rank=-1):
     threads, ran_on = np.full(2, -1, np.int64), np.full(2, -1, np.int64)
     affinities = np.zeros((2, team_launch.MASK_WORDS), np.uint64)
     kernel = SimpleNamespace(team_dtype="float32", team_columns=64,
-                             team_shared_row_bytes=0, team_shared_buffers=0)
+                             team_shared_row_bytes=0, team_shared_buffers=0,
+                             team_run_row_bytes=0, team_run_buffers=0)
     module, leading = _module(), (7, 1, 1, threads, affinities, ran_on, fail_rank)
     results = team.launch_natively(
         lambda *members: team_launch.compile_launcher(module, leading, members)(

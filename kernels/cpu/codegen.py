@@ -46,7 +46,7 @@ from rshop_ir.kernels.cpu.team_poll import POLLED_LAUNCHER_NAMES, polled_launche
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/23"
+GENERATOR_VERSION = "numba-cpu/24"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -115,6 +115,9 @@ class KernelSource:
                                  # the plain kernel: the runtime's choice, team.py)
     blas_guard: str = ""         # a Python expression of B and T, true when a call may
                                  # run BLAS; "" when the kernel never does (blas_threads.py)
+    team_run_row_bytes: int = 0  # team_shared bytes per batch row of `run`'s products
+                                 # whose rows a team shares (`_team_run_buffer`) ...
+    team_run_buffers: int = 0    # ... in this many buffers (each 64-byte aligned)
 
 
 def blas_guard(guards: list) -> str:
@@ -225,6 +228,9 @@ class CpuGenerator:
         self.output_slots = 0        # team_output.OUTPUT_SLOTS taken by scans' epilogues
         self.team_shared_buffers = 0
         self.team_weight_bytes = 0
+        self.team_run_row_bytes = 0   # `run`'s products shared by a team (_team_run_buffer)
+        self.team_run_buffers = 0
+        self._run_after_scan = False  # `run`'s lines now follow a scan call
         self._weight_slot_of = {}     # a weight Var of `run` -> its weight slot
         self._packed_arguments = []   # (`run` argument, weight slot) of each packed copy
         self._run_arguments = []      # `run`'s argument names
@@ -290,7 +296,8 @@ class CpuGenerator:
                             self.team_dtype or "float32",
                             self.fixed_steps, self.team_shared_row_bytes,
                             self.team_shared_buffers, self.team_weight_bytes,
-                            blas_guard(self.blas_guards))
+                            blas_guard(self.blas_guards), self.team_run_row_bytes,
+                            self.team_run_buffers)
 
     def _blas_line(self, body, line: str, guard: str = "True") -> None:
         """Write `line`, a call of BLAS (`np.dot`), and record `guard`: a Python
@@ -327,7 +334,7 @@ class CpuGenerator:
         for name, slot in self._packed_arguments:
             arguments.append(name)
             weight_slots.append(("packed", slot))
-        if self.team_columns:
+        if self.team_columns or self.team_run_buffers:
             arguments += list(TEAM_ARGUMENTS)
         self._run_arguments = arguments
         results = [self._output_array(function, atom) for atom in program.outputs]
@@ -880,12 +887,14 @@ class CpuGenerator:
                 self._owned_matmul(function, a, a_value, b_value, out, contraction, b,
                                    segments)
                 return
-            name = function.alloc(out, self.shape_text(out.shape), "product")
+            claims = blas_ready and self._run_claims(function, a, b, out)
+            name = self._team_run_buffer(function, out, claims) if claims \
+                else function.alloc(out, self.shape_text(out.shape), "product")
             if splits and self.team:
                 self._team_matmul(function, a_value, b_value, name, out, contraction, b)
             else:
                 self._plain_matmul(function, a_value, b_value, name, out, contraction,
-                                   blas_ready, b)
+                                   blas_ready, b, claims)
             function.values[out] = ArrayValue(name, 2)
             return
         if not is_float:
@@ -893,12 +902,14 @@ class CpuGenerator:
                                    f"supported by the Numba CPU generator.")
         a_array = self._array(function, a, contiguous=True)
         b_array = self._array(function, b, contiguous=True)
-        name = function.alloc(out, self.shape_text(out.shape), "product")
+        claims = b.ndim == 2 and self._run_claims(function, a, b, out)
+        name = self._team_run_buffer(function, out, claims) if claims \
+            else function.alloc(out, self.shape_text(out.shape), "product")
         if b.ndim == 2:
             rows = " * ".join(str(d) for d in a.shape[:-1])
             self._run_product(function, f"{a_array}.reshape(({rows}, {a.shape[-1]}))",
                               b, b_array, f"{name}.reshape(({rows}, {b.shape[-1]}))",
-                              rows, out)
+                              rows, out, claims)
         elif a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2]:
             batch = " * ".join(str(d) for d in a.shape[:-2])
             left, right, result, index = (function.names.fresh(h) for h in
@@ -971,12 +982,12 @@ class CpuGenerator:
             body.line(f"{result}[{row}] = {total}")
 
     def _plain_matmul(self, function, a_value, b_value, name, out, contraction,
-                      blas_ready: bool, weight: Var) -> None:
+                      blas_ready: bool, weight: Var, claims: int = 0) -> None:
         """`name = a @ b` on one thread: the packed product (kernels/cpu/
         packed_product.py) for a scan's constant (one the kernel packs itself: when the
         call has enough rows x steps to repay the copy), BLAS, or a hand loop where
         BLAS's call costs more than the product (small batch and contraction inside a
-        scan)."""
+        scan). `claims`: a product of `run` whose rows a team shares (`_run_claims`)."""
         body = function.body
         if blas_ready and self._packing_applies(function, weight, contraction, out):
             buffer, start, by_host = self._packed_weight(function, b_value, weight,
@@ -992,7 +1003,7 @@ class CpuGenerator:
                 self._blas_line(body, f"np.dot({a_value.array()}, {b_value.array()}, {name})")
         elif blas_ready and function.preamble is None:
             self._run_product(function, self._contiguous(a_value), weight, b_value.array(),
-                              name, f"{a_value.array()}.shape[0]", out)
+                              name, f"{a_value.array()}.shape[0]", out, claims)
         elif blas_ready and isinstance(contraction, int) \
                 and contraction >= BLAS_MIN_CONTRACTION:
             self._blas_line(body, f"np.dot({a_value.array()}, {b_value.array()}, {name})")
@@ -1005,23 +1016,106 @@ class CpuGenerator:
         else:
             self._hand_matmul(function, a_value, b_value, name, out, contraction)
 
+    def _run_packs(self, weight, out) -> bool:
+        """Whether a product of `run` by `weight` runs as the packed product (up to
+        RUN_PACKED_MAX_ROWS rows): a weight of `run` big enough to pack."""
+        contraction, columns = (weight.shape if isinstance(weight, Var) else (None, None))
+        return weight in self._weight_slot_of and out.dtype in PACKED_DTYPES \
+            and isinstance(contraction, int) and contraction >= PACKED_MIN_CONTRACTION \
+            and isinstance(columns, int) and columns >= PACKED_MIN_COLUMNS
+
+    def _run_claims(self, function, a: Var, weight, out) -> int:
+        """Rows per batch row of a product of `run` whose rows the members of a team
+        take in units (`_claimed_rows`), else 0: in the team variant, a packed product
+        of rows B x static dims. Every member computed the attention decoder's keys
+        whole, and the member asking whether the weights changed (team_poll.py) then
+        came ~40 us late to the first exchange; with the rows claimed, the other
+        member takes them all meanwhile (S2, team of two: 555.6 -> 519.2 us a call,
+        ad-hoc A/B of the edited source, 15 alternated rounds of 50 calls).
+
+        Only before the first scan: after it, a member's own copy of the scan's output
+        may be partial (its members write rank 0's, `splits_output`), and a product of
+        it would write rows of garbage into the buffer every member reads."""
+        if not self.team or function.preamble is not None or self._run_after_scan \
+                or not self._run_packs(weight, out) or a.shape[0] != "B" \
+                or not all(isinstance(d, int) for d in out.shape[1:]):
+            return 0
+        return int(np.prod(a.shape[1:-1], dtype=np.int64))
+
+    def _team_run_buffer(self, function, out: Var, rows_per_batch: int) -> str:
+        """The buffer of a product of `run` whose rows a team shares: on a team (and
+        rows few enough for the packed product), a view of the end of `team_shared`
+        that every member sees (the scans' chunk buffers take its start); else
+        private. Each such buffer lies below the previous one, 64-byte aligned."""
+        body, names = function.body, function.names
+        name, at = names.fresh("product"), names.fresh("team_run_at")
+        row_bytes = int(np.prod(out.shape[1:], dtype=np.int64)) * np.dtype(out.dtype).itemsize
+        self.team_run_row_bytes += row_bytes
+        self.team_run_buffers += 1
+        dtype, shape = dtype_expression(out.dtype), self.shape_text(out.shape)
+        with body.block(f"if team_size > 1 and B * {rows_per_batch} <= "
+                        f"{RUN_PACKED_MAX_ROWS}:"):
+            body.line(f"{at} = (team_shared.size - B * {self.team_run_row_bytes} - "
+                      f"{64 * self.team_run_buffers}) // 64 * 64")
+            body.line(f"{name} = team_shared[{at}:{at} + B * {row_bytes}].view({dtype})"
+                      f".reshape({shape})")
+        with body.block("else:"):
+            body.line(f"{name} = np.empty({shape}, {dtype})")
+        return name
+
+    def _claimed_rows(self, function, left: str, buffer: str, start: str,
+                      out_name: str, rows: str) -> None:
+        """`out_name = left @ packed` with the rows taken by a team's members in 8-row
+        units (whole tiles: each row's sums are added as on one thread), then a
+        barrier: all rows are written. The barrier's result is not needed: after an
+        abort, the scan's first exchange returns, and the runtime discards the call."""
+        body, names = function.body, function.names
+        left_all, out_all = names.fresh("left_all"), names.fresh("out_all")
+        with body.block("if team_size > 1:"):
+            body.line(f"{left_all} = {left}")
+            body.line(f"{out_all} = {out_name}")
+            self._claim_units(function, rows, TILE_SHAPES[0][0], lambda low, high: body.line(
+                f"packed_product({left_all}[{low}:{high}], {buffer}, {start}, "
+                f"{out_all}[{low}:{high}])"))
+            body.line("team_wait(team_counter, team_size, team_rank)")
+        with body.block("else:"):
+            body.line(f"packed_product({left}, {buffer}, {start}, {out_name})")
+
+    @staticmethod
+    def _claim_units(function, rows: str, unit: int, emit) -> None:
+        """Claim `unit`-row units of `rows` rows from the team's shared count until none
+        is left (team_sync.claim_unit), `emit(low, high)` writing each one's work."""
+        loop, names = function.body, function.names
+        units, claim, low, high = (names.fresh(hint) for hint in
+                                   ("units", "claim", "row_low", "row_high"))
+        loop.line(f"{units} = ({rows} + {unit - 1}) // {unit}")
+        with loop.block("while True:"):
+            loop.line(f"{claim} = claim_unit(team_counter, team_rank, {units})")
+            with loop.block(f"if {claim} < 0:"):
+                loop.line("break")
+            loop.line(f"{low} = {claim} * {unit}")
+            loop.line(f"{high} = {smaller(rows, f'{low} + {unit}')}")
+            emit(low, high)
+        loop.line(f"end_claims(team_counter, team_rank, team_size, {units})")
+
     def _run_product(self, function, left: str, weight, right: str, out_name: str,
-                     rows: str, out) -> None:
+                     rows: str, out, claims: int = 0) -> None:
         """`out_name = left @ right` (2-D C arrays) in `run`: by a weight of `run` big
         enough to pack, the packed product over the copy the runtime packs once per
-        weight version for up to RUN_PACKED_MAX_ROWS rows, else np.dot."""
+        weight version for up to RUN_PACKED_MAX_ROWS rows (`claims`: its rows shared
+        by a team's members, `_run_claims`), else np.dot."""
         body = function.body
-        contraction, columns = (weight.shape if isinstance(weight, Var) else (None, None))
-        if not (weight in self._weight_slot_of and out.dtype in PACKED_DTYPES
-                and isinstance(contraction, int) and contraction >= PACKED_MIN_CONTRACTION
-                and isinstance(columns, int) and columns >= PACKED_MIN_COLUMNS):
+        if not self._run_packs(weight, out):
             self._blas_line(body, f"np.dot({left}, {right}, {out_name})")
             return
         buffer = self._packed_argument(function, PackedWeight(weight))
         start = function.names.fresh("packed_start")
         body.line(f"{start} = {aligned_start_source(buffer, np.dtype(out.dtype).itemsize)}")
         with body.block(f"if {rows} <= {RUN_PACKED_MAX_ROWS}:"):
-            body.line(f"packed_product({left}, {buffer}, {start}, {out_name})")
+            if claims:
+                self._claimed_rows(function, left, buffer, start, out_name, rows)
+            else:
+                body.line(f"packed_product({left}, {buffer}, {start}, {out_name})")
         with body.block("else:"):
             self._blas_line(body, f"np.dot({left}, {right}, {out_name})",
                             f"{rows} > {RUN_PACKED_MAX_ROWS}")
@@ -1212,6 +1306,7 @@ class CpuGenerator:
             call_arguments += list(TEAM_ARGUMENTS)
         outputs = [function.names.fresh("scan_out") for _ in plan.eqn.outputs]
         function.body.line(f"{', '.join(outputs)}, = {scan_name}({', '.join(call_arguments)})")
+        self._run_after_scan = self._run_after_scan or top_level
         bound = list(plan.eqn.outputs)
         if plan.epilogue is not None:    # the scan returns the output layer's result
             bound[0] = plan.epilogue.output
@@ -1789,24 +1884,15 @@ class CpuGenerator:
         is one, else whole panels (np.dot). A row then falls in a tile of the same
         shape as on one thread (8-row tiles up to the chunk's last `rows % 8` rows,
         which the last unit holds), so its sums are added in the same order."""
-        loop, names = function.body, function.names
+        loop = function.body
         packed = all(self._packed_projection(function, projection) is not None
                      for _, projection, *_ in projections)
         with loop.block("if chunk_start > 0:"):
             with loop.block("if not team_wait(team_counter, team_size, team_rank):"):
                 loop.line(function.abort_return)
         unit = TILE_SHAPES[0][0] if packed else PROJECTION_PANEL_ROWS
-        units, claim, low, high = (names.fresh(hint) for hint in
-                                   ("units", "claim", "row_low", "row_high"))
-        loop.line(f"{units} = (rows + {unit - 1}) // {unit}")
-        with loop.block("while True:"):
-            loop.line(f"{claim} = claim_unit(team_counter, team_rank, {units})")
-            with loop.block(f"if {claim} < 0:"):
-                loop.line("break")
-            loop.line(f"{low} = {claim} * {unit}")
-            loop.line(f"{high} = {smaller('rows', f'{low} + {unit}')}")
-            self._projections(function, projections, chunk_buffers, low, high)
-        loop.line(f"end_claims(team_counter, team_rank, team_size, {units})")
+        self._claim_units(function, "rows", unit, lambda low, high: self._projections(
+            function, projections, chunk_buffers, low, high))
         with loop.block("if not team_wait(team_counter, team_size, team_rank):"):
             loop.line(function.abort_return)
 

@@ -108,7 +108,8 @@ class TeamBuffers:
     def shared(self, batch: int, chunk: int) -> np.ndarray:
         kernel = self.kernel
         size = chunk * batch * kernel.team_shared_row_bytes \
-            + 64 * (kernel.team_shared_buffers + 1)
+            + 64 * (kernel.team_shared_buffers + 1) \
+            + batch * kernel.team_run_row_bytes + 64 * kernel.team_run_buffers
         if self._shared.size < size:
             self._shared = np.empty(size, np.uint8)
         return self._shared

@@ -1,0 +1,79 @@
+"""This machine's peak float32 multiply-add rate: the ceiling no matmul kernel passes.
+
+    python -m bench.fma_peak [--threads N]
+
+`fma_peak_rate(threads)` runs, on each of `threads` threads (a Numba parallel loop),
+256 independent chains `a = a * x + y` of float32 values: enough chains that every
+vector FMA unit of a core has work each cycle while each chain waits out its
+latency, and no memory traffic. It reports the best of a few runs in GFLOP/s (two
+FLOPs per multiply-add). A GEMM or an LSTM step's matmuls do at most this many FLOPs a
+second; bench.cpu_kernels prints how close the kernel at S4 comes to it.
+
+Measured on the 2-core Zen 4 VM (AVX-512 executed as two 256-bit halves): 117 GFLOP/s
+on one thread, as a C loop of twelve `_mm512_fmadd_ps` chains (116; ad-hoc, gcc -O2
+-march=native).
+"""
+
+import argparse
+import time
+
+import numpy as np
+from numba import njit, prange
+
+from rshop_ir.kernels.cpu.vector_width import wide_vectors
+
+CHAINS = 256        # float32 lanes per thread: 16 vectors of 512 bits
+ITERATIONS = 2_000_000
+RUNS = 5
+
+
+@njit(fastmath={"contract"}, parallel=True, nogil=True)
+def _chains(iterations, out):
+    for thread in prange(out.shape[0]):
+        wide_vectors()
+        values = np.empty(CHAINS, np.float32)
+        for lane in range(CHAINS):
+            values[lane] = np.float32(lane)
+        scale, shift = np.float32(0.9999999), np.float32(1e-7)
+        for _ in range(iterations):
+            for lane in range(CHAINS):
+                values[lane] = values[lane] * scale + shift
+        for lane in range(CHAINS):
+            out[thread, lane] = values[lane]
+
+
+def fma_peak_rate(threads: int = 1, iterations: int = ITERATIONS, runs: int = RUNS) -> float:
+    """The best float32 multiply-add rate of `runs` runs on `threads` threads, GFLOP/s."""
+    import numba
+
+    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
+                         f"(Numba's thread count). Received: threads={threads}")
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        out = np.empty((threads, CHAINS), np.float32)
+        _chains(10, out)    # compile
+        best = 0.0
+        for _ in range(runs):
+            start = time.perf_counter()
+            _chains(iterations, out)
+            seconds = time.perf_counter() - start
+            best = max(best, 2.0 * threads * iterations * CHAINS / seconds / 1e9)
+    finally:
+        numba.set_num_threads(previous)
+    return best
+
+
+def main(argv=None):
+    import numba
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
+    args = parser.parse_args(argv)
+    for threads in sorted({1, args.threads}):
+        print(f"float32 FMA peak on {threads} thread(s): {fma_peak_rate(threads):.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
