@@ -215,12 +215,14 @@ def broadcast_index(operand_shape, output_shape, indices) -> list:
     return result
 
 
-def scalar_statements(body: Program, input_exprs, ctx, fresh_name) -> tuple:
+def scalar_statements(body: Program, input_exprs, ctx, fresh_name, overrides=None) -> tuple:
     """Render a fused body (or one element-wise eqn wrapped as a body) as scalar
     statements: returns ([(name, expression)], [output expression per body output]).
-    `input_exprs[i]` is the scalar expression of body input i at the current element."""
+    `input_exprs[i]` is the scalar expression of body input i at the current element;
+    `overrides` maps a body eqn's output to the expression computing it instead."""
     values = dict(zip(body.inputs, input_exprs))
     statements = []
+    overrides = overrides or {}
 
     def read(atom):
         if isinstance(atom, Literal):
@@ -228,8 +230,10 @@ def scalar_statements(body: Program, input_exprs, ctx, fresh_name) -> tuple:
         return values[atom]
 
     for eqn in body.eqns:
-        expression = scalar_expression(eqn.op, [read(atom) for atom in eqn.inputs],
-                                       eqn.params, ctx, eqn.outputs[0].dtype)
+        expression = overrides.get(eqn.outputs[0]) if eqn.outputs else None
+        if expression is None:
+            expression = scalar_expression(eqn.op, [read(atom) for atom in eqn.inputs],
+                                           eqn.params, ctx, eqn.outputs[0].dtype)
         name = fresh_name("e")
         statements.append((name, expression))
         values[eqn.outputs[0]] = name

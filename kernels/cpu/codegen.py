@@ -37,6 +37,9 @@ from rshop_ir.kernels.cpu import mathlib
 from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STEPS,
                                                  TILE_SHAPES, aligned_start_source,
                                                  packing_source, row_buffer_size)
+from rshop_ir.kernels.cpu.factored_tanh import (constant_exponentials_source,
+                                                fast_tanh_expression, find_factored_tanh,
+                                                step_exponential_lines)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
 from rshop_ir.kernels.cpu.team_columns import (ColumnOwnership, block_dot_applies,
                                                kept_states, owned_einsum_applies,
@@ -46,7 +49,7 @@ from rshop_ir.kernels.cpu.team_poll import POLLED_LAUNCHER_NAMES, polled_launche
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/24"
+GENERATOR_VERSION = "numba-cpu/25"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -173,6 +176,9 @@ class _Function:
         # in a scan: the arrays bound once before its loops (its constant arguments,
         # the buffers allocated there, views of those): a view of one is made once
         self.fixed = set()
+        # in a scan: constant Var -> (exp(2 x) array, its "too far" flag), made once
+        # before the loops (factored_tanh.py)
+        self.factored_constants = {}
 
     def alloc(self, var: Var, shape_text: str, hint: str = "buf") -> str:
         name = self.names.fresh(hint)
@@ -1686,6 +1692,27 @@ class CpuGenerator:
                 function.values[out] = own
             if owned_loop and targets:
                 function.ownership.own(out, targets)
+        factored = None
+        if function.preamble is not None:
+            factored = find_factored_tanh(run, made, function.constants, shape)
+            if factored is not None and owned_loop and factored.step.shape[-1] != shape[-1]:
+                factored = None    # a member has its own columns of the step value only
+        if factored is None:
+            self._elementwise_loops(function, run, stores, shape, owned_loop)
+            return
+        # tanh(constant + step value) from exp(2 x) of each (factored_tanh.py): the
+        # factored loop where every value is near enough, else the usual one
+        overrides, far = self._factored_exponentials(function, factored, owned_loop)
+        with function.body.block(f"if not {far}:"):
+            self._elementwise_loops(function, run, stores, shape, owned_loop, overrides)
+        with function.body.block("else:"):
+            self._elementwise_loops(function, run, stores, shape, owned_loop)
+
+    def _elementwise_loops(self, function, run, stores, shape, owned_loop: bool,
+                           overrides=None) -> None:
+        """The loop nest of `_emit_elementwise_run` over `shape` (this member's columns
+        when `owned_loop`), each eqn's value stored into `stores[out]`. `overrides`:
+        (eqn, {body output: function of the loop's indices -> its expression})."""
         if owned_loop:
             indices = self._loops(function, shape[:-1])
             indices.append(function.ownership.open_loop(function.body, shape[-1])[1])
@@ -1696,8 +1723,12 @@ class CpuGenerator:
             inputs = [scalars[atom] if isinstance(atom, Var) and atom in scalars
                       else self._element(function, atom, indices, shape)
                       for atom in lowering.elementwise_operands(eqn)]
+            replaced = None
+            if overrides is not None and overrides[0] is eqn:
+                replaced = {var: expression(indices) for var, expression in overrides[1].items()}
             statements, results = lowering.scalar_statements(
-                lowering.elementwise_as_body(eqn), inputs, self.ctx, function.names.fresh)
+                lowering.elementwise_as_body(eqn), inputs, self.ctx, function.names.fresh,
+                replaced)
             for name, expression in statements:
                 function.body.line(f"{name} = {expression}")
             out, result = eqn.outputs[0], results[0]
@@ -1713,6 +1744,44 @@ class CpuGenerator:
                     element = target.element(indices)
                 function.body.line(f"{element} = {result}")
         self._close(function, len(indices))
+
+    def _factored_exponentials(self, function, factored, owned_loop: bool) -> tuple:
+        """exp(2K) of the scan constant once a call (preamble) and exp(2Q) of the step
+        value before the loops (this member's columns when `owned_loop`); returns the
+        loop's overrides (see `_elementwise_loops`) and the name of the flag telling
+        that some value is too far for the factored form (factored_tanh.py)."""
+        names, body = function.names, function.body
+        constant, step = factored.constant, factored.step
+        kept = function.factored_constants.get(constant)
+        if kept is None:
+            kept = (names.fresh("exp_twice"), names.fresh("constant_far"))
+            for line in constant_exponentials_source(function.values[constant].array(),
+                                                     constant.ndim, *kept, names):
+                function.preamble.line(line)
+            function.factored_constants[constant] = kept
+        constant_exponentials, constant_far = kept
+        step_exponentials = function.alloc(step, self.shape_text(step.shape), "exp_twice")
+        far = names.fresh("far")
+        body.line(f"{far} = {constant_far}")
+        if owned_loop:
+            indices = self._loops(function, step.shape[:-1])
+            indices.append(function.ownership.open_loop(body, step.shape[-1])[1])
+        else:
+            indices = self._loops(function, step.shape)
+        value = names.fresh("q")
+        body.line(f"{value} = {self._element(function, step, indices, step.shape)}")
+        for line in step_exponential_lines(
+                value, ArrayValue(step_exponentials, step.ndim).element(indices), far):
+            body.line(line)
+        self._close(function, len(indices))
+        shape = factored.constant.shape
+
+        def expression(loop_indices):
+            return fast_tanh_expression(
+                ArrayValue(constant_exponentials, constant.ndim).element(loop_indices),
+                ArrayValue(step_exponentials, step.ndim).element(
+                    lowering.broadcast_index(step.shape, shape, loop_indices)))
+        return (factored.eqn, {factored.result: expression}), far
 
     def _owned_run(self, function, run, made, uses) -> bool:
         """Whether a team member runs this element-wise run over its own columns only
