@@ -1,9 +1,10 @@
 """kernels/cpu/factored_tanh.py: tanh(keys + query) from exp(2 keys), once a call.
 
-Each test compares the compiled kernel with the numpy interpreter or Keras: in the
-usual range, where a key or a query value is too far for the factored form (the usual
-tanh loop then runs, the numbers stay right), with NaN and inf keys; teams give one
-thread's numbers bit for bit.
+Each test compares the compiled kernel with the numpy interpreter: in the usual range,
+where a key or a query value is too far for the factored form (the usual tanh loop
+then runs, the numbers stay right), with NaN and inf keys; teams give one thread's
+numbers bit for bit. The benchmark's Keras decoder, factored, is compared with Keras in
+test_kernel_parallel.py (test_team_members_share_the_rows_of_a_product_before_the_scan).
 """
 
 import numpy as np
@@ -112,18 +113,3 @@ def test_only_float32_and_a_constant_plus_a_step_value_are_factored():
     assert not factored_tanh._applies(query, keys, set(), {keys}, keys.shape)
     assert not factored_tanh._applies(keys, keys, set(), {keys}, keys.shape)
     assert not factored_tanh._applies(keys, query, {query}, {keys}, keys.shape)
-
-
-def test_the_benchmark_decoder_is_factored_and_matches_keras():
-    """The attention decoder of the benchmark at 64 units: its plain and team kernels
-    both compute tanh(keys + query) factored; Keras's numbers, teams bit for bit."""
-    from bench import sizes, suites
-
-    case = suites.attention_decoder(sizes.parse_size("2,12,40,64"), np.random.default_rng(3))
-    compiled = rshop_ir.compile(case.model, target="cpu")
-    assert "exp_twice" in compiled.source and "exp_twice" in compiled._team_kernel()[0].source
-    expected = case.model.predict(case.inputs[0], verbose=0)
-    one = compiled(*case.inputs, team_size=1)
-    np.testing.assert_allclose(one, expected, rtol=0, atol=1e-4)
-    for members in (2, 3):
-        np.testing.assert_array_equal(compiled(*case.inputs, team_size=members), one)

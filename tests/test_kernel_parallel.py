@@ -370,7 +370,8 @@ def test_team_members_share_the_rows_of_a_product_before_the_scan():
     take its rows in 8-row units into a buffer at the end of `team_shared`, then meet
     (codegen's `_claimed_rows`); one thread computes them whole. Batches 1-4 (16-64
     rows) claim, 5 (80 rows) takes np.dot on every member. Teams give one thread's
-    numbers bit for bit and Keras's, also after the weights changed."""
+    numbers bit for bit and Keras's, also after the weights changed.
+    Both kernels also take tanh(keys + query) factored (factored_tanh.py)."""
     from bench import sizes, suites
 
     case = suites.attention_decoder(sizes.parse_size("1,12,40,64"), np.random.default_rng(8))
@@ -383,6 +384,7 @@ def test_team_members_share_the_rows_of_a_product_before_the_scan():
     # the keys, 16 rows of 64 units a batch row
     assert (team_kernel.team_run_row_bytes, team_kernel.team_run_buffers) == (16 * 64 * 4, 1)
     assert "claim_unit(" not in compiled.source    # one thread: the plain kernel
+    assert "exp_twice" in compiled.source and "exp_twice" in team_kernel.source
     rng = np.random.default_rng(9)
     for batch in (1, 3, 4, 5):
         memory = rng.standard_normal((batch, 16, 40)).astype(np.float32)

@@ -1035,9 +1035,10 @@ class CpuGenerator:
         take in units (`_claimed_rows`), else 0: in the team variant, a packed product
         of rows B x static dims. Every member computed the attention decoder's keys
         whole, and the member asking whether the weights changed (team_poll.py) then
-        came ~40 us late to the first exchange; with the rows claimed, the other
-        member takes them all meanwhile (S2, team of two: 555.6 -> 519.2 us a call,
-        ad-hoc A/B of the edited source, 15 alternated rounds of 50 calls).
+        came late to the first exchange by its question and the GEMM; with the rows
+        claimed, the other member takes most of them meanwhile (S2, team of two:
+        -1.3% to -3.2% a call in four processes, in-process A/B, 16 alternated rounds
+        of 40 calls; BENCHMARKS.md run 24).
 
         Only before the first scan: after it, a member's own copy of the scan's output
         may be partial (its members write rank 0's, `splits_output`), and a product of
