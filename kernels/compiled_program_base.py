@@ -65,10 +65,14 @@ class CompiledProgramBase:
 
     def refresh_weights(self) -> bool:
         """Re-read the weights from their source; True when they changed."""
-        current = self._changed_weights()
-        if current is None:
+        return self._bind_changed(self._changed_weights())
+
+    def _bind_changed(self, changed) -> bool:
+        """Bind `changed` (the weights a question found changed, else None); True when
+        there were any."""
+        if changed is None:
             return False
-        self._set_weights(current)
+        self._set_weights(changed)
         return True
 
     def _changed_weights(self):

@@ -267,11 +267,7 @@ class CompiledProgram(CompiledProgramBase):
     def _bind_found(self, callback) -> bool:
         """Bind the weights `callback`'s last question found changed (True), or raise
         the error reading them raised; False when they were unchanged or not asked."""
-        found = callback.found()
-        if found is None:
-            return False
-        self._set_weights(found)
-        return True
+        return self._bind_changed(callback.found())
 
     def _poll_callback(self):
         """This thread's team_poll.PollCallback asking `_changed_weights` (None where no
