@@ -144,7 +144,7 @@ def _param_ending(bound, suffix: str) -> str:
 # ---------------------------------------------------------------- --run (GPU, no Keras)
 
 def run(directory: str, out: str, budget_seconds: float = 270.0,
-        repeats: int = REPEATS) -> dict:
+        repeats: int = REPEATS, sweep_length: int = None) -> dict:
     import rshop_ir
     from rshop_ir.kernels.cuda import build, device, gemm
 
@@ -213,6 +213,7 @@ def run(directory: str, out: str, budget_seconds: float = 270.0,
                                               if "error" not in row else row["error"]),
                   flush=True)
             _write(report, out, started, quiet=True)
+    report["sweep_length"] = sweep_length or SWEEP_LENGTH
     report["layout_sweep"] = _layout_sweep(directory, manifest, compiled_models, device,
                                            repeats, started, budget_seconds, report) \
         if health["groups_work"] else []
@@ -226,13 +227,14 @@ SWEEP_LENGTH = 100
 
 def _layout_sweep(directory, manifest, compiled_models, device, repeats, started,
                   budget_seconds, report) -> list:
-    """us/step of the batch-1 LSTM of each hidden size, length SWEEP_LENGTH, with every
+    """us/step of the batch-1 LSTM of each hidden size, length report["sweep_length"]
+    (SWEEP_LENGTH unless asked; the simulator's test asks fewer steps), with every
     blocks_per_group of SWEEP_GROUP_BLOCKS the GPU holds at once (0: the block layout),
     and the max abs difference from the block layout: the numbers for tuning the
     automatic choice (kernels/cuda/runtime.py)."""
     import rshop_ir
 
-    rows = []
+    rows, length = [], report["sweep_length"]
     fitting = [size for size in SWEEP_GROUP_BLOCKS
                if size <= (1 if device.in_simulator() else device.device_count_of_sms())]
     for hidden in sorted({timing["hidden"] for timing in manifest["timings"]}):
@@ -251,7 +253,7 @@ def _layout_sweep(directory, manifest, compiled_models, device, repeats, started
                 continue
         compiled = compiled_models[name][1]
         x = device.to_device(np.random.default_rng(hidden).standard_normal(
-            (1, SWEEP_LENGTH, entry["input"])).astype(np.float32))
+            (1, length, entry["input"])).astype(np.float32))
         row, reference = {"hidden": hidden, "us_per_step": {}, "max_abs_diff": {}}, None
         for size in fitting:
             compiled.blocks_per_group = size
@@ -261,7 +263,7 @@ def _layout_sweep(directory, manifest, compiled_models, device, repeats, started
                 report["notes"].append(f"layout sweep H{hidden} G={size}: "
                                        f"{_describe(error)}")
                 continue
-            row["us_per_step"][size] = seconds / SWEEP_LENGTH * 1e6
+            row["us_per_step"][size] = seconds / length * 1e6
             reference = _host(y) if reference is None else reference
             row["max_abs_diff"][size] = float(np.abs(_host(y) - reference).max())
         compiled.blocks_per_group = None
@@ -475,8 +477,8 @@ def _write(report: dict, out: str, started: float, quiet: bool = False) -> None:
     sweep = report.get("layout_sweep") or []
     if sweep:
         sizes = sorted({size for row in sweep for size in row["us_per_step"]})
-        lines += ["", f"## Layout sweep: LSTM, batch 1, length {SWEEP_LENGTH}, us/step by "
-                  f"blocks per group (0: a block per rows; max abs diff vs it)", "",
+        lines += ["", f"## Layout sweep: LSTM, batch 1, length {report['sweep_length']}, "
+                  f"us/step by blocks per group (0: a block per rows; max abs diff vs it)", "",
                   "| hidden | " + " | ".join(f"G={size}" for size in sizes) + " |",
                   "|---|" + "---|" * len(sizes)]
         for row in sweep:
@@ -507,11 +509,13 @@ def main(argv=None) -> int:
                         help="'default', 'tiny' or B:H:T,... timing sizes (--prepare)")
     parser.add_argument("--budget-seconds", type=float, default=270.0)
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--sweep-length", type=int, default=SWEEP_LENGTH,
+                        help="steps of the layout sweep's calls (--run)")
     args = parser.parse_args(argv)
     if args.prepare:
         prepare(args.prepare, args.sizes)
     else:
-        run(args.run, args.out, args.budget_seconds, args.repeats)
+        run(args.run, args.out, args.budget_seconds, args.repeats, args.sweep_length)
     return 0
 
 
