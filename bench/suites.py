@@ -183,15 +183,16 @@ def layer_norm_lstm(size, rng):
                      flops=_recurrent_flops("lstm", size))
 
 
-def attention_decoder(size, rng):
+def attention_decoder(size, rng, energy="tanh"):
     """Bahdanau-style additive attention over a memory of ATTENTION_LENGTH vectors of I
-    features, decoding T steps of I features from a tanh state of H units."""
+    features, decoding T steps of I features from a tanh state of H units. `energy`:
+    the activation of keys + query ("sigmoid": a gated attention's scores)."""
     units, length = size.hidden, ATTENTION_LENGTH
     memory = keras.Input((length, size.input))
     h = keras.Input((units,))
     keys = layers.Dense(units, use_bias=False)(memory)
     query = layers.RepeatVector(length)(layers.Dense(units)(h))
-    energy = layers.Dense(1, use_bias=False)(layers.Activation("tanh")(
+    energy = layers.Dense(1, use_bias=False)(layers.Activation(energy)(
         layers.add([keys, query])))
     attention = layers.Softmax()(layers.Reshape((length,))(energy))
     context = layers.Dot(axes=(1, 1))([attention, memory])

@@ -372,7 +372,7 @@ def test_team_members_share_the_rows_of_a_product_before_the_scan():
     (codegen's `_claimed_rows`); one thread computes them whole. Batches 1-4 (16-64
     rows) claim, 5 (80 rows) takes np.dot on every member. Teams give one thread's
     numbers bit for bit and Keras's, also after the weights changed.
-    Both kernels also take tanh(keys + query) factored (factored_tanh.py)."""
+    Both kernels also take tanh(keys + query) factored (factored_activation.py)."""
     from bench import sizes, suites
 
     case = suites.attention_decoder(sizes.parse_size("1,12,40,64"), np.random.default_rng(8))

@@ -34,12 +34,14 @@ from rshop_ir.kernels import lowering
 from rshop_ir.passes.rewrite import count_uses, reader_positions
 from rshop_ir.kernels.scalar_ops import ScalarContext
 from rshop_ir.kernels.cpu import mathlib
+from rshop_ir.kernels.cpu.factored_activation import (EXPONENTIAL_NAMES,
+                                                      constant_exponentials_source,
+                                                      factored_expression,
+                                                      find_factored_activation,
+                                                      step_exponential_lines)
 from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STEPS,
                                                  TILE_SHAPES, aligned_start_source,
                                                  packing_source, row_buffer_size)
-from rshop_ir.kernels.cpu.factored_tanh import (constant_exponentials_source,
-                                                fast_tanh_expression, find_factored_tanh,
-                                                step_exponential_lines)
 from rshop_ir.kernels.cpu.source import Namespace, SourceWriter, larger, smaller
 from rshop_ir.kernels.cpu.team_columns import (ColumnOwnership, block_dot_applies,
                                                kept_states, owned_einsum_applies,
@@ -49,7 +51,7 @@ from rshop_ir.kernels.cpu.team_poll import POLLED_LAUNCHER_NAMES, polled_launche
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/25"
+GENERATOR_VERSION = "numba-cpu/26"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -177,7 +179,7 @@ class _Function:
         # the buffers allocated there, views of those): a view of one is made once
         self.fixed = set()
         # in a scan: constant Var -> (exp(2 x) array, its "too far" flag), made once
-        # before the loops (factored_tanh.py)
+        # before the loops (factored_activation.py)
         self.factored_constants = {}
 
     def alloc(self, var: Var, shape_text: str, hint: str = "buf") -> str:
@@ -1695,14 +1697,15 @@ class CpuGenerator:
                 function.ownership.own(out, targets)
         factored = None
         if function.preamble is not None:
-            factored = find_factored_tanh(run, made, function.constants, shape)
+            factored = find_factored_activation(run, made, function.constants, shape)
             if factored is not None and owned_loop and factored.step.shape[-1] != shape[-1]:
                 factored = None    # a member has its own columns of the step value only
         if factored is None:
             self._elementwise_loops(function, run, stores, shape, owned_loop)
             return
-        # tanh(constant + step value) from exp(2 x) of each (factored_tanh.py): the
-        # factored loop where every value is near enough, else the usual one
+        # tanh or sigmoid of (constant + step value) from exponentials of each
+        # (factored_activation.py): the factored loop where every value is near
+        # enough, else the usual one
         overrides, far = self._factored_exponentials(function, factored, owned_loop)
         with function.body.block(f"if not {far}:"):
             self._elementwise_loops(function, run, stores, shape, owned_loop, overrides)
@@ -1747,21 +1750,24 @@ class CpuGenerator:
         self._close(function, len(indices))
 
     def _factored_exponentials(self, function, factored, owned_loop: bool) -> tuple:
-        """exp(2K) of the scan constant once a call (preamble) and exp(2Q) of the step
-        value before the loops (this member's columns when `owned_loop`); returns the
-        loop's overrides (see `_elementwise_loops`) and the name of the flag telling
-        that some value is too far for the factored form (factored_tanh.py)."""
+        """exp(sK) of the scan constant once a call (preamble) and exp(sQ) of the step
+        value before the loops (this member's columns when `owned_loop`; s: the
+        activation's scale); returns the loop's overrides (see `_elementwise_loops`)
+        and the name of the flag telling that some value is too far for the factored
+        form (factored_activation.py)."""
         names, body = function.names, function.body
         constant, step = factored.constant, factored.step
-        kept = function.factored_constants.get(constant)
+        prefix = EXPONENTIAL_NAMES[factored.activation]
+        kept = function.factored_constants.get((constant, factored.scale))
         if kept is None:
-            kept = (names.fresh("exp_twice"), names.fresh("constant_far"))
+            kept = (names.fresh(prefix), names.fresh("constant_far"))
             for line in constant_exponentials_source(function.values[constant].array(),
-                                                     constant.ndim, *kept, names):
+                                                     constant.ndim, *kept, names,
+                                                     factored.scale):
                 function.preamble.line(line)
-            function.factored_constants[constant] = kept
+            function.factored_constants[(constant, factored.scale)] = kept
         constant_exponentials, constant_far = kept
-        step_exponentials = function.alloc(step, self.shape_text(step.shape), "exp_twice")
+        step_exponentials = function.alloc(step, self.shape_text(step.shape), prefix)
         far = names.fresh("far")
         body.line(f"{far} = {constant_far}")
         if owned_loop:
@@ -1772,13 +1778,15 @@ class CpuGenerator:
         value = names.fresh("q")
         body.line(f"{value} = {self._element(function, step, indices, step.shape)}")
         for line in step_exponential_lines(
-                value, ArrayValue(step_exponentials, step.ndim).element(indices), far):
+                value, ArrayValue(step_exponentials, step.ndim).element(indices), far,
+                factored.scale):
             body.line(line)
         self._close(function, len(indices))
         shape = factored.constant.shape
 
         def expression(loop_indices):
-            return fast_tanh_expression(
+            return factored_expression(
+                factored.activation,
                 ArrayValue(constant_exponentials, constant.ndim).element(loop_indices),
                 ArrayValue(step_exponentials, step.ndim).element(
                     lowering.broadcast_index(step.shape, shape, loop_indices)))

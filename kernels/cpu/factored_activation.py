@@ -1,4 +1,5 @@
-"""Additive attention's `tanh(keys + query)` with the keys' half of it computed once a call.
+"""Additive attention's `tanh(keys + query)` (or `sigmoid`) with the keys' half of it
+computed once a call.
 
 In a scan body, `tanh(K + Q)` where K is a constant of the scan (the attention's keys,
 (B, R, n)) and Q changes every step but has fewer elements (the query broadcast over
@@ -7,16 +8,19 @@ benchmark's attention decoder at S2. Since tanh(z) = 1 - 2 / (exp(2z) + 1) and
 exp(2(k + q)) = exp(2k) exp(2q), the kernel computes E = exp(2K) once a call (in the
 scan's preamble), exp(2Q) once a step (n values, not R x n), and each element as
 `1 - 2 / (E * exp(2q) + 1)`: a multiply, an add, a division and a multiply-add where the
-rational tanh takes ~13 vector operations (mathlib.tanh_f32).
+rational tanh takes ~13 vector operations (mathlib.tanh_f32). A gated attention's
+`sigmoid(K + Q)` = 1 / (1 + exp(-k) exp(-q)) takes E = exp(-K) the same way
+(`SCALES`: the factor of each activation's exponentials).
 
 Exact where it applies: with |k| and |q| at most `LIMIT`, neither exponential leaves
-float32's normal range and their product at worst overflows to inf (tanh 1) or
-underflows to 0 (tanh -1), which is then tanh's value in float32. A step where some q
-is beyond it (or NaN: the comparison fails), or a call where some k is, runs the usual
-tanh loop instead: the kernel writes both loops and picks one per step. The result
-differs from tanh_f32's by at most ~3e-7 absolute (three roundings of exp and the
-product, scaled by tanh's slope, plus the formula's own), against a contract of 1e-4;
-float32 only.
+float32's normal range; tanh's product at worst overflows to inf (tanh 1) or
+underflows to 0 (tanh -1), which is then tanh's value in float32, and sigmoid's stays
+within e^-80 .. e^80. A step where some q is beyond it (or NaN: the
+comparison fails), or a call where some k is, runs the usual loop instead: the
+kernel writes both loops and picks one per step. The result differs from
+tanh_f32's / sigmoid_f32's by at most ~3e-7 absolute (three roundings of exp and the
+product, scaled by the activation's slope, plus the formula's own), against a
+contract of 1e-4; float32 only.
 
 Measured (the attention decoder at S2 on a team of two, the team kernel's source
 edited by hand to this shape, in-process A/B, 16 alternated rounds of 40 calls, on
@@ -32,28 +36,37 @@ from rshop_ir.ir import Var
 from rshop_ir.passes.rewrite import count_uses
 
 LIMIT = 40.0     # |k|, |q| up to this: exp(2k), exp(2q) are normal float32 values
+# the factor in the exponentials of each activation taken factored: exp(scale k)
+SCALES = {"tanh": 2.0, "sigmoid": -1.0}
+# the kernel's names of the exponentials' arrays (exp_twice: exp(2k); exp_negated: exp(-k))
+EXPONENTIAL_NAMES = {"tanh": "exp_twice", "sigmoid": "exp_negated"}
 
 
 @dataclass(frozen=True)
-class FactoredTanh:
-    """A tanh of a sum in a fused eqn of an element-wise run of a scan body.
+class FactoredActivation:
+    """A tanh or sigmoid of a sum in a fused eqn of an element-wise run of a scan body.
 
     Attributes:
-        eqn: the fused eqn; result: the tanh's output inside its body;
+        eqn: the fused eqn; result: the activation's output inside its body;
         constant: the scan constant K (the run's shape); step: the per-step Q (fewer
-        elements, broadcast to the run's shape).
+        elements, broadcast to the run's shape); activation: "tanh" or "sigmoid".
     """
 
     eqn: object
     result: Var
     constant: Var
     step: Var
+    activation: str
+
+    @property
+    def scale(self) -> float:
+        return SCALES[self.activation]
 
 
-def find_factored_tanh(run, made, constants, shape):
-    """The first `FactoredTanh` of the element-wise `run` (eqns of output `shape`;
+def find_factored_activation(run, made, constants, shape):
+    """The first `FactoredActivation` of the element-wise `run` (eqns of output `shape`;
     `made`: their outputs; `constants`: the scan's constants), or None. Only fused
-    eqns are searched (the fusion pass fuses an add and the tanh reading it)."""
+    eqns are searched (the fusion pass fuses an add and the activation reading it)."""
     for eqn in run:
         if eqn.op != "fused" or eqn.outputs[0].dtype != "float32":
             continue
@@ -62,14 +75,15 @@ def find_factored_tanh(run, made, constants, shape):
         uses = count_uses(body)
         producers = {inner.outputs[0]: inner for inner in body.eqns if inner.outputs}
         for inner in body.eqns:
-            total = inner.inputs[0] if inner.op == "tanh" else None
+            total = inner.inputs[0] if inner.op in SCALES else None
             add = producers.get(total)
             if add is None or add.op != "add" or uses[total] != 1:
                 continue
             for first, second in (add.inputs, reversed(add.inputs)):
                 constant, step = outer.get(first), outer.get(second)
                 if _applies(constant, step, made, constants, shape):
-                    return FactoredTanh(eqn, inner.outputs[0], constant, step)
+                    return FactoredActivation(eqn, inner.outputs[0], constant, step,
+                                              inner.op)
     return None
 
 
@@ -88,9 +102,9 @@ def _applies(constant, step, made, constants, shape) -> bool:
 
 
 def constant_exponentials_source(constant: str, ndim: int, exponentials: str, far: str,
-                                 names) -> list:
-    """Lines computing `exponentials` = exp(2 * constant) (an array of its shape) and
-    `far` = whether some element is beyond LIMIT or NaN (once a call)."""
+                                 names, scale: float) -> list:
+    """Lines computing `exponentials` = exp(scale * constant) (an array of its shape)
+    and `far` = whether some element is beyond LIMIT or NaN (once a call)."""
     indices = [names.fresh("a") for _ in range(ndim)]
     value = names.fresh("k")
     lines = [f"{exponentials} = np.empty({constant}.shape, np.float32)", f"{far} = False"]
@@ -101,18 +115,21 @@ def constant_exponentials_source(constant: str, ndim: int, exponentials: str, fa
     lines += [inner + f"{value} = {constant}{element}",
               inner + f"if not (abs({value}) <= np.float32({LIMIT})):",
               inner + f"    {far} = True",
-              inner + f"{exponentials}{element} = exp_f32(np.float32(2.0) * {value})"]
+              inner + f"{exponentials}{element} = exp_f32(np.float32({scale}) * {value})"]
     return lines
 
 
-def step_exponential_lines(value: str, target: str, far: str) -> list:
-    """Lines (inside the loop over the step's Q) storing exp(2q) of the element
+def step_exponential_lines(value: str, target: str, far: str, scale: float) -> list:
+    """Lines (inside the loop over the step's Q) storing exp(scale q) of the element
     `value` into `target` and setting `far` when it is beyond LIMIT or NaN."""
     return [f"if not (abs({value}) <= np.float32({LIMIT})):", f"    {far} = True",
-            f"{target} = exp_f32(np.float32(2.0) * {value})"]
+            f"{target} = exp_f32(np.float32({scale}) * {value})"]
 
 
-def fast_tanh_expression(constant_exponential: str, step_exponential: str) -> str:
-    """tanh(k + q) from the elements exp(2k) and exp(2q)."""
-    return (f"np.float32(1.0) - np.float32(2.0) / ({constant_exponential} * "
-            f"{step_exponential} + np.float32(1.0))")
+def factored_expression(activation: str, constant_exponential: str,
+                        step_exponential: str) -> str:
+    """tanh(k + q) from exp(2k) and exp(2q), or sigmoid(k + q) from exp(-k) and exp(-q)."""
+    product = f"{constant_exponential} * {step_exponential}"
+    if activation == "tanh":
+        return f"np.float32(1.0) - np.float32(2.0) / ({product} + np.float32(1.0))"
+    return f"np.float32(1.0) / (np.float32(1.0) + {product})"
