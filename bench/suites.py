@@ -188,27 +188,35 @@ def attention_decoder(size, rng, energy="tanh"):
     features, decoding T steps of I features from a tanh state of H units. `energy`:
     the activation of keys + query ("sigmoid": a gated attention's scores)."""
     units, length = size.hidden, ATTENTION_LENGTH
+    name = {"tanh": "attention_decoder", "sigmoid": "gated_attention_decoder"}[energy]
     memory = keras.Input((length, size.input))
     h = keras.Input((units,))
     keys = layers.Dense(units, use_bias=False)(memory)
     query = layers.RepeatVector(length)(layers.Dense(units)(h))
-    energy = layers.Dense(1, use_bias=False)(layers.Activation(energy)(
+    scores = layers.Dense(1, use_bias=False)(layers.Activation(energy)(
         layers.add([keys, query])))
-    attention = layers.Softmax()(layers.Reshape((length,))(energy))
+    attention = layers.Softmax()(layers.Reshape((length,))(scores))
     context = layers.Dot(axes=(1, 1))([attention, memory])
     h_new = layers.Dense(units, activation="tanh")(layers.concatenate([context, h]))
     y = layers.Dense(size.input)(h_new)
     rnn = RecurrentModel(backend="keras",
                          input=memory, initial_states=[h], output=y, final_states=[h_new],
                          decode=True, output_length=size.time, return_sequences=True)
-    model = _wrap(rnn, (length, size.input), "attention_decoder")
+    model = _wrap(rnn, (length, size.input), name)
     randomize(model, rng)
     per_step = (length * size.input * units + units * units + length * units
                 + length * size.input + (size.input + units) * units + units * size.input)
-    return BenchCase("custom", "attention_decoder", size, model,
+    return BenchCase("custom", name, size, model,
                      [_sequence(rng, size, time=length)],
                      flops=2 * size.batch * size.time * per_step,
                      notes=[f"memory length {length}, T decode steps"])
+
+
+def gated_attention_decoder(size, rng):
+    """The attention decoder with sigmoid(keys + query) for its energies: a gated
+    attention's scores (compiled, the sigmoid is factored as the tanh is:
+    kernels/cpu/factored_activation.py)."""
+    return attention_decoder(size, rng, energy="sigmoid")
 
 
 def readout_decoder(size, rng):
@@ -290,7 +298,8 @@ def stacked_lstm_dense(size, rng):
 
 SUITES = {
     "standard": [_standard("simple_rnn"), _standard("gru"), _standard("lstm")],
-    "custom": [mgu, rwa, layer_norm_lstm, attention_decoder, readout_decoder],
+    "custom": [mgu, rwa, layer_norm_lstm, attention_decoder, gated_attention_decoder,
+               readout_decoder],
     "models": [embedding_lstm_softmax, stacked_lstm_dense],
 }
 ALL_CASES = {build.__name__: (suite, build) for suite, builds in SUITES.items()

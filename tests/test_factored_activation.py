@@ -132,13 +132,13 @@ def test_only_float32_and_a_constant_plus_a_step_value_are_factored():
 
 
 def test_a_keras_decoder_with_sigmoid_scores_gives_the_keras_numbers():
-    """The benchmark's attention decoder with sigmoid(keys + query) for its energies
+    """The benchmark's gated attention decoder, sigmoid(keys + query) for its energies
     (bench/suites.py): both kernels take it factored, teams give one thread's numbers
     bit for bit, and one thread gives Keras's, at batches 1 and 3."""
     from bench import sizes, suites
 
-    case = suites.attention_decoder(sizes.parse_size("1,7,12,64"), np.random.default_rng(8),
-                                    energy="sigmoid")
+    case = suites.gated_attention_decoder(sizes.parse_size("1,7,12,64"),
+                                          np.random.default_rng(8))
     compiled = rshop_ir.compile(case.model, target="cpu")
     assert "exp_negated" in compiled.source and "exp_twice" not in compiled.source
     assert "exp_negated" in compiled._team_kernel()[0].source
