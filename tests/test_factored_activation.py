@@ -2,9 +2,10 @@
 sigmoid(keys + query) from exp(-keys), once a call.
 
 Each test compares the compiled kernel with the numpy interpreter: in the usual range,
-where a key or a query value is too far for the factored form (the usual loop then
-runs, the numbers stay right), with NaN and inf keys; teams give one thread's numbers
-bit for bit. The benchmark's Keras decoder, factored, is compared with Keras in
+where a key is too far for the factored form (the usual loop then runs, the numbers
+stay right), where queries are far (the factored loop still runs: tanh takes their
+exponential in two factors), also on only one member's columns, with NaN and inf
+keys; teams give one thread's numbers bit for bit. The benchmark's Keras decoder, factored, is compared with Keras in
 test_kernel_parallel.py (test_team_members_share_the_rows_of_a_product_before_the_scan).
 """
 
@@ -18,7 +19,10 @@ from rshop_ir.interpret import interpret
 from rshop_ir.kernels.cpu import factored_activation
 from rshop_ir.kernels.cpu.factored_activation import EXPONENTIAL_NAMES
 
-UNITS, ROWS, STEPS = 32, 4, 6
+UNITS, ROWS, STEPS = 64, 4, 6       # 64 units: two column blocks, split by a team
+# the bias of the mixed cases: queries beyond 40 in the first 32 units (unit 3, which the
+# score reads most, among them), near in the others (another member's on a team)
+MIXED = np.where(np.arange(UNITS) < 32, 44.5, 38.0)
 
 pytestmark = pytest.mark.usefixtures("kernel_cache")  # a fresh kernel disk cache
 
@@ -51,10 +55,13 @@ def _scores_program(dtype="float32", activation="tanh"):
 
 
 def _weights(bias, dtype="float32", spread=0.1):
+    """`bias`: a number, or one a unit."""
     rng = np.random.default_rng(4)
     return {"U": (0.1 * spread * rng.standard_normal((UNITS, UNITS))).astype(dtype),
-            "b": (bias + spread * rng.standard_normal(UNITS)).astype(dtype),
-            "v": np.eye(UNITS, 1, -3, dtype=dtype),    # the score is unit 3's tanh
+            "b": (np.asarray(bias) + spread * rng.standard_normal(UNITS)).astype(dtype),
+            # the score: unit 3's activation, plus 0.01 of every other unit's (their
+            # last bits show too)
+            "v": (np.eye(UNITS, 1, -3) + 0.01).astype(dtype),
             "W": (0.3 * rng.standard_normal((UNITS, UNITS))).astype(dtype)}
 
 
@@ -75,10 +82,15 @@ def _compare(program, weights, keys, h0):
     ("tanh", -2.0, 2.0, 0.0, 0.1),          # the usual range: the factored loop runs
     ("tanh", 44.37, 44.5, -39.9, 0.02),     # keys too far (exp(2k) overflows, tanh(4.5)
                                             # is not 1): the usual loop
-    ("tanh", -40.0, -39.9, 44.5, 0.02),     # queries too far (exp(2q) overflows)
+    ("tanh", -40.0, -39.9, 44.5, 0.02),     # queries too far (exp(2q) would overflow:
+                                            # taken in two factors, the factored loop)
     ("tanh", 39.9, 40.0, -43.8, 0.02),      # queries too far on the other side (exp(2q)
-                                            # is subnormal)
+                                            # would be subnormal)
+    ("tanh", -40.0, -39.9, MIXED, 0.02),    # some queries too far, on one member
+
     ("sigmoid", -2.0, 2.0, 0.0, 0.1),
+    ("sigmoid", -2.0, 2.0, MIXED, 0.02),    # queries beyond 40 (sigmoid near 1) on one
+                                            # member, usual ones on the other
     ("sigmoid", 95.0, 95.1, -92.0, 0.02),   # keys and queries too far (exp(-k) 0 or
                                             # subnormal, exp(-q) inf; sigmoid(3) is not 0)
     ("sigmoid", -95.1, -95.0, 97.5, 0.02),  # the other side (exp(-k) inf, exp(-q) 0:

@@ -38,6 +38,7 @@ from rshop_ir.kernels.cpu.factored_activation import (EXPONENTIAL_NAMES,
                                                       constant_exponentials_source,
                                                       factored_expression,
                                                       find_factored_activation,
+                                                      step_exponential_count,
                                                       step_exponential_lines)
 from rshop_ir.kernels.cpu.packed_product import (BLOCK_COLUMNS, PACK_MIN_ROW_STEPS,
                                                  TILE_SHAPES, aligned_start_source,
@@ -51,7 +52,7 @@ from rshop_ir.kernels.cpu.team_poll import POLLED_LAUNCHER_NAMES, polled_launche
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
 
-GENERATOR_VERSION = "numba-cpu/26"
+GENERATOR_VERSION = "numba-cpu/27"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -178,8 +179,8 @@ class _Function:
         # in a scan: the arrays bound once before its loops (its constant arguments,
         # the buffers allocated there, views of those): a view of one is made once
         self.fixed = set()
-        # in a scan: constant Var -> (exp(2 x) array, its "too far" flag), made once
-        # before the loops (factored_activation.py)
+        # in a scan: (constant Var, scale) -> (exp(scale x) array, its "too far" flag),
+        # made once before the loops (factored_activation.py)
         self.factored_constants = {}
 
     def alloc(self, var: Var, shape_text: str, hint: str = "buf") -> str:
@@ -1704,8 +1705,8 @@ class CpuGenerator:
             self._elementwise_loops(function, run, stores, shape, owned_loop)
             return
         # tanh or sigmoid of (constant + step value) from exponentials of each
-        # (factored_activation.py): the factored loop where every value is near
-        # enough, else the usual one
+        # (factored_activation.py): the factored loop while every key is near enough,
+        # else the usual one
         overrides, far = self._factored_exponentials(function, factored, owned_loop)
         with function.body.block(f"if not {far}:"):
             self._elementwise_loops(function, run, stores, shape, owned_loop, overrides)
@@ -1750,11 +1751,11 @@ class CpuGenerator:
         self._close(function, len(indices))
 
     def _factored_exponentials(self, function, factored, owned_loop: bool) -> tuple:
-        """exp(sK) of the scan constant once a call (preamble) and exp(sQ) of the step
-        value before the loops (this member's columns when `owned_loop`; s: the
-        activation's scale); returns the loop's overrides (see `_elementwise_loops`)
-        and the name of the flag telling that some value is too far for the factored
-        form (factored_activation.py)."""
+        """exp(sK) of the scan constant once a call (preamble) and the exponentials of
+        the step value before the loops (this member's columns when `owned_loop`; s:
+        the activation's scale); returns the loop's overrides (see
+        `_elementwise_loops`) and the name of the flag telling that some key is too far
+        for the factored form (factored_activation.py)."""
         names, body = function.names, function.body
         constant, step = factored.constant, factored.step
         prefix = EXPONENTIAL_NAMES[factored.activation]
@@ -1767,9 +1768,9 @@ class CpuGenerator:
                 function.preamble.line(line)
             function.factored_constants[(constant, factored.scale)] = kept
         constant_exponentials, constant_far = kept
-        step_exponentials = function.alloc(step, self.shape_text(step.shape), prefix)
-        far = names.fresh("far")
-        body.line(f"{far} = {constant_far}")
+        step_exponentials = [
+            ArrayValue(function.alloc(step, self.shape_text(step.shape), prefix), step.ndim)
+            for _ in range(step_exponential_count(factored.activation))]
         if owned_loop:
             indices = self._loops(function, step.shape[:-1])
             indices.append(function.ownership.open_loop(body, step.shape[-1])[1])
@@ -1778,19 +1779,20 @@ class CpuGenerator:
         value = names.fresh("q")
         body.line(f"{value} = {self._element(function, step, indices, step.shape)}")
         for line in step_exponential_lines(
-                value, ArrayValue(step_exponentials, step.ndim).element(indices), far,
-                factored.scale):
+                factored.activation, value,
+                [exponentials.element(indices) for exponentials in step_exponentials],
+                names):
             body.line(line)
         self._close(function, len(indices))
         shape = factored.constant.shape
 
         def expression(loop_indices):
+            step_indices = lowering.broadcast_index(step.shape, shape, loop_indices)
             return factored_expression(
                 factored.activation,
                 ArrayValue(constant_exponentials, constant.ndim).element(loop_indices),
-                ArrayValue(step_exponentials, step.ndim).element(
-                    lowering.broadcast_index(step.shape, shape, loop_indices)))
-        return (factored.eqn, {factored.result: expression}), far
+                [exponentials.element(step_indices) for exponentials in step_exponentials])
+        return (factored.eqn, {factored.result: expression}), constant_far
 
     def _owned_run(self, function, run, made, uses) -> bool:
         """Whether a team member runs this element-wise run over its own columns only

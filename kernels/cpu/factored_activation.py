@@ -12,15 +12,19 @@ rational tanh takes ~13 vector operations (mathlib.tanh_f32). A gated attention'
 `sigmoid(K + Q)` = 1 / (1 + exp(-k) exp(-q)) takes E = exp(-K) the same way
 (`SCALES`: the factor of each activation's exponentials).
 
-Exact where it applies: with |k| and |q| at most `LIMIT`, neither exponential leaves
-float32's normal range; tanh's product at worst overflows to inf (tanh 1) or
-underflows to 0 (tanh -1), which is then tanh's value in float32, and sigmoid's stays
-within e^-80 .. e^80. A step where some q is beyond it (or NaN: the
-comparison fails), or a call where some k is, runs the usual loop instead: the
-kernel writes both loops and picks one per step. The result differs from
-tanh_f32's / sigmoid_f32's by at most ~3e-7 absolute (three roundings of exp and the
-product, scaled by the activation's slope, plus the formula's own), against a
-contract of 1e-4; float32 only.
+Exact where it applies: with every |k| at most `LIMIT`, exp(2k) and exp(-k) are normal
+float32 values. A query beyond it needs no other loop: tanh takes exp(2q) as two
+factors, exp(2 q_near) exp(2 (q - q_near)) with q_near = q clamped to +-LIMIT (the
+second is exactly 1 while |q| <= LIMIT), multiplied into exp(2k) one after the other;
+whenever a product overflows to inf or underflows to 0, k + q is beyond +-43 and tanh's
+float32 value is 1 or -1, which the formula then gives (NaN and +-inf too). Sigmoid's
+product is inf or 0 only when k + q is beyond +-47, where sigmoid is 1, or 0 within
+3e-21. So the choice depends on the keys only: a call where some k is
+too far (or NaN) runs the usual loop, which the kernel also holds, decided alike by
+every member of a team (each computes the flag over all the keys), and a team gives
+one thread's numbers bit for bit. The result differs from tanh_f32's / sigmoid_f32's
+by at most ~3e-7 absolute (roundings of exp and the products, scaled by the
+activation's slope, plus the formula's own), against a contract of 1e-4; float32 only.
 
 Measured (the attention decoder at S2 on a team of two, the team kernel's source
 edited by hand to this shape, in-process A/B, 16 alternated rounds of 40 calls, on
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from rshop_ir.ir import Var
 from rshop_ir.passes.rewrite import count_uses
 
-LIMIT = 40.0     # |k|, |q| up to this: exp(2k), exp(2q) are normal float32 values
+LIMIT = 40.0     # |k| up to this: exp(2k), exp(-k) are normal float32 values
 # the factor in the exponentials of each activation taken factored: exp(scale k)
 SCALES = {"tanh": 2.0, "sigmoid": -1.0}
 # the kernel's names of the exponentials' arrays (exp_twice: exp(2k); exp_negated: exp(-k))
@@ -119,17 +123,33 @@ def constant_exponentials_source(constant: str, ndim: int, exponentials: str, fa
     return lines
 
 
-def step_exponential_lines(value: str, target: str, far: str, scale: float) -> list:
-    """Lines (inside the loop over the step's Q) storing exp(scale q) of the element
-    `value` into `target` and setting `far` when it is beyond LIMIT or NaN."""
-    return [f"if not (abs({value}) <= np.float32({LIMIT})):", f"    {far} = True",
-            f"{target} = exp_f32(np.float32({scale}) * {value})"]
+def step_exponential_lines(activation: str, value: str, targets, names) -> list:
+    """Lines (inside the loop over the step's Q) storing the exponentials of the
+    element `value` into `targets`: for tanh exp(2 q_near) and exp(2 (q - q_near)),
+    q_near = q clamped to +-LIMIT; for sigmoid exp(-q)."""
+    if activation == "sigmoid":
+        return [f"{targets[0]} = exp_f32(np.float32(-1.0) * {value})"]
+    near = names.fresh("near")
+    return [f"{near} = {value} if abs({value}) <= np.float32({LIMIT}) else "
+            f"(np.float32({LIMIT}) if {value} > 0 else np.float32({-LIMIT}))",
+            f"{targets[0]} = exp_f32(np.float32(2.0) * {near})",
+            f"{targets[1]} = exp_f32(np.float32(2.0) * ({value} - {near}))"]
+
+
+def step_exponential_count(activation: str) -> int:
+    """How many arrays of exponentials of the step value `step_exponential_lines`
+    fills."""
+    return 2 if activation == "tanh" else 1
 
 
 def factored_expression(activation: str, constant_exponential: str,
-                        step_exponential: str) -> str:
-    """tanh(k + q) from exp(2k) and exp(2q), or sigmoid(k + q) from exp(-k) and exp(-q)."""
-    product = f"{constant_exponential} * {step_exponential}"
+                        step_exponentials) -> str:
+    """tanh(k + q) from exp(2k) and the two factors of exp(2q), or sigmoid(k + q) from
+    exp(-k) and exp(-q) (`step_exponentials`: the elements `step_exponential_lines`
+    stored)."""
     if activation == "tanh":
-        return f"np.float32(1.0) - np.float32(2.0) / ({product} + np.float32(1.0))"
-    return f"np.float32(1.0) / (np.float32(1.0) + {product})"
+        near, rest = step_exponentials
+        return (f"np.float32(1.0) - np.float32(2.0) / ({constant_exponential} * {near} * "
+                f"{rest} + np.float32(1.0))")
+    return f"np.float32(1.0) / (np.float32(1.0) + {constant_exponential} * " \
+        f"{step_exponentials[0]})"
