@@ -168,6 +168,13 @@ def _save_case(folder, make):
         json.dump(options, handle)
 
 
+def _read_back(handle) -> str:
+    """The text written to the open file `handle`, which is closed."""
+    with handle:
+        handle.seek(0)
+        return handle.read()
+
+
 def _simulator_env(tmp_path):
     return {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
             "RSHOP_CACHE_DIR": str(tmp_path / "cache"),
@@ -191,14 +198,18 @@ def simulator_results(tmp_path_factory):
         cases_dir.mkdir()
         for name in sorted(ALL_CASES)[share::SIMULATOR_PROCESSES]:
             _save_case(str(cases_dir / name), ALL_CASES[name])
-        processes.append(subprocess.Popen(
+        # output to files: a pipe read only after the other process ended could fill
+        # and stall this one
+        outputs = [open(root / f"process_{share}.{kind}", "w+") for kind in ("out", "err")]
+        processes.append((subprocess.Popen(
             [sys.executable, os.path.join(HERE, "cuda_sim_checks.py"), str(cases_dir),
              *EXTRA_CHECKS[share::SIMULATOR_PROCESSES]],
-            env=_simulator_env(root / f"process_{share}"), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
+            env=_simulator_env(root / f"process_{share}"), stdout=outputs[0],
+            stderr=outputs[1], text=True), outputs))
     results, failures = {}, []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=900)
+    for process, outputs in processes:
+        process.wait(timeout=900)
+        stdout, stderr = (_read_back(handle) for handle in outputs)
         for line in stdout.splitlines():
             if line.startswith("RESULT "):
                 fields = json.loads(line[len("RESULT "):])
