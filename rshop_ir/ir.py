@@ -22,6 +22,7 @@ Vars compare by identity, so a pass may reuse the Vars of its input program.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Union
@@ -36,6 +37,14 @@ Shape = tuple  # tuple[Dim, ...]
 
 def normalize_dtype(dtype) -> str:
     """Return numpy's canonical name for `dtype` ("float32", "int32", "bool", ...)."""
+    try:
+        return _dtype_name(dtype)   # every Var and type normalises: remember the answers
+    except TypeError:               # an unhashable dtype description
+        return _dtype_name.__wrapped__(dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _dtype_name(dtype) -> str:
     try:
         return np.dtype(dtype).name
     except TypeError as error:
@@ -105,8 +114,8 @@ class Var:
         object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
         object.__setattr__(self, "shape", normalize_shape(self.shape))
 
-    @property
-    def type(self) -> TensorType:
+    @functools.cached_property
+    def type(self) -> TensorType:   # dtype and shape never change: built once
         return TensorType(self.dtype, self.shape)
 
     @property
