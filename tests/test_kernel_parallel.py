@@ -802,6 +802,7 @@ def test_programs_mixing_rows_are_not_independent():
         assert not rows_independent(_program(build)), build.__name__
 
 
+@pytest.mark.serial        # reads the machine's load: no other test process beside it
 def test_core_load_ignores_this_process_and_sees_others(monkeypatch):
     """Busy time of this process never counts as load; another process's busy core
     does (one spinning process is about one core of load)."""
