@@ -620,9 +620,9 @@ def test_automatic_team_rule(monkeypatch):
 
 def _spy_on_automatic_teams(monkeypatch) -> list:
     """Let every call qualify for the automatic team (2 idle cores, no size or length
-    threshold) and keep it (team_choice.py would try one thread at the 2nd and 3rd
-    calls; tests/test_team_choice.py tests that); the returned list receives the
-    member count of each team formed."""
+    threshold) and keep it (team_choice.py would run the first calls on one thread;
+    tests/test_team_choice.py tests that); the returned list receives the member count
+    of each team formed."""
     monkeypatch.setattr(TeamChoice, "members", lambda self, key, proposed: proposed)
     monkeypatch.setattr(team, "usable_cores", lambda: 2)
     monkeypatch.setattr(team, "others_idle", lambda: True)

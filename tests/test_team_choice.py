@@ -53,13 +53,14 @@ def probe_positions(members, alone=1):
 
 
 def test_a_faster_team_is_kept_and_one_thread_probed():
-    """The 2nd counted call and every PROBE_EVERY-th after it start a probe: calls on
+    """The 1st counted call and every PROBE_EVERY-th after it start a probe: calls on
     one thread until PROBE_CALLS are timed, those within WARM_S of its first not."""
     choice, launches = TeamChoice(), FakeLaunches({2: TEAM, 1: ALONE})
     choice.clock = launches.clock
     members = run_calls(choice, launches, 2 * PROBE_EVERY + 40)
     probe = warm_calls(ALONE) + PROBE_CALLS          # calls a probe runs
-    starts = [2, PROBE_EVERY + 2 + (probe - 1), 2 * PROBE_EVERY + 2 + 2 * (probe - 1)]
+    # a probe's calls after its first are not counted
+    starts = [1, PROBE_EVERY + 1 + (probe - 1), 2 * PROBE_EVERY + 1 + 2 * (probe - 1)]
     assert probe_positions(members) == [start + offset for start in starts
                                         for offset in range(probe)]
     assert choice.medians(("B", "T")) == pytest.approx({2: TEAM, 1: ALONE})
@@ -100,10 +101,12 @@ def test_outliers_do_not_decide_and_shapes_are_apart():
     own times; a proposal of one thread is never second-guessed."""
     choice, launches = TeamChoice(), FakeLaunches({2: 1.0, 1: 1.0})
     choice.clock = launches.clock
-    assert run_calls(choice, launches, 2, key="a") == [2, 1]    # both first calls
-    launches.cost = {2: TEAM, 1: ALONE}
-    assert run_calls(choice, launches, PROBE_CALLS + 20, key="a") \
-        == [1] * PROBE_CALLS + [2] * 20
+    # the first call runs on one thread: a program called once compiles no team kernel
+    assert run_calls(choice, launches, 1, key="a") == [1]
+    launches.cost[1] = ALONE
+    assert run_calls(choice, launches, PROBE_CALLS + 1, key="a") == [1] * PROBE_CALLS + [2]
+    launches.cost[2] = TEAM                 # the team's first call compiled its kernel
+    assert run_calls(choice, launches, 20, key="a") == [2] * 20
     launches.cost[2] = 10 * TEAM
     assert run_calls(choice, launches, 1, key="a") == [2]
     launches.cost[2] = TEAM
@@ -139,7 +142,7 @@ def test_a_probe_of_calls_that_all_start_cold_ends():
     for _ in range(PROBE_MAX_CALLS + 10):
         launches.now += 10 * IDLE_S
         members += run_calls(choice, launches, 1)
-    assert members == [2] + [1] * PROBE_MAX_CALLS + [2] * 9
+    assert members == [1] * PROBE_MAX_CALLS + [2] * 10
     assert choice.medians(("B", "T")) == {}
 
 
@@ -170,6 +173,6 @@ def test_a_compiled_programs_automatic_team_follows_the_times(monkeypatch):
         for got, expected in zip(result, alone):
             np.testing.assert_array_equal(got, expected)
     probe = 1 + PROBE_CALLS           # its first call is not timed
-    assert launches.members[:12] == [2] + [1] * probe + [2] * (11 - probe)
+    assert launches.members[:12] == [1] * probe + [2] * (12 - probe)
     switch = launches.members.index(1, 12)      # the team got slow at call 12
     assert switch - 12 <= WINDOW and launches.members[switch:] == [1] * (24 - switch)

@@ -10,11 +10,17 @@ decoder at S2 take 0.57-0.83 ms a call instead of 0.33, while one thread takes 0
 (BENCHMARKS.md run 21).
 
 So a `TeamChoice` times the calls it decides, each call shape on its own. It runs
-the calls on one choice (the team at first) and keeps the times of its last `WINDOW`
-calls. The 2nd call, and every `PROBE_EVERY`-th, starts a probe: calls run on the
-other choice until `PROBE_CALLS` of them were timed (at most `PROBE_MAX_CALLS`
-calls), and their times replace that choice's. It switches when the other choice's
-median is smaller than the current one's by `MARGIN` or more.
+the calls on one choice (the team) and keeps the times of its last `WINDOW` calls.
+The 1st call, and every `PROBE_EVERY`-th, starts a probe: calls run on the other
+choice until `PROBE_CALLS` of them were timed (at most `PROBE_MAX_CALLS` calls), and
+their times replace that choice's. It switches when the other choice's median is
+smaller than the current one's by `MARGIN` or more.
+
+The first probe comes first so that a program's first call compiles the one-thread
+kernel only: a team's kernel takes several times longer to compile (an LSTM at S2
+(1, 100, 128, 256), a fresh kernel cache, the 2-core Zen 4 VM: 6.7-7.8 s, against
+1.3-1.9 s for one thread's; ad-hoc script, the first call and the second), and a
+program called once or a few times never waits for it.
 
 A switch away from the proposed team is often a slow spell of the machine that
 passes: the team is probed again `PROBE_SOON` calls later, and while one thread stays
@@ -64,7 +70,7 @@ class _Shape:
         self.ended = None           # the clock when it ended
         self.warm_from = None       # the clock from which calls are timed
         self.times = {proposed: [], 1: []}
-        self.next_probe = 2         # the count of the call starting the next probe
+        self.next_probe = 1         # the count of the call starting the next probe
         self.interval = PROBE_EVERY  # counted calls from a probe to the next
 
     def other(self) -> int:
