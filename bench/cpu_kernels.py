@@ -22,6 +22,7 @@ recurrent weight forms by itself, kernels/cpu/team.py).
 """
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -35,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from bench.backend_base import RunSettings  # noqa: E402
-from bench.runner import settle  # noqa: E402
+from bench.runner import calibrate, settle  # noqa: E402
 
 SIZES = {  # (batch, time, input features, hidden units)
     "S1": (1, 100, 32, 64),
@@ -55,13 +56,10 @@ def _median_times(functions, repeats, min_sample_s=0.02, settings=RunSettings())
     function's own threads wake, as in steady use; see bench.backend_base.RunSettings),
     then enough timed calls to last `min_sample_s`.
     """
-    calls = {}
-    for name, function in functions.items():
-        function()
-        start = time.perf_counter()
-        function()
-        single = max(time.perf_counter() - start, 1e-9)
-        calls[name] = int(min(50, max(1, np.ceil(min_sample_s / single))))
+    calibration = dataclasses.replace(settings, warmup=1, min_sample_s=min_sample_s,
+                                      max_calls_per_sample=50)
+    calls = {name: calibrate(function, (), calibration)
+             for name, function in functions.items()}
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():

@@ -10,7 +10,8 @@ For every (model, size):
    no version of the case is n/a; one that raises is an error (unsupported for the
    compiler's `UnsupportedError`);
 3. warm-up calls (untimed); the number of calls per sample is chosen so that a sample
-   lasts at least `min_sample_s` (short calls are timed in loops, long ones once);
+   lasts at least `min_sample_s` (short calls are timed in loops, long ones once),
+   from the fastest of a few calls;
 4. `repeat` rounds; in each round every passing backend takes one sample, in an order
    rotated by one each round, so that machine drift hits every backend alike; each
    sample starts after `settings.quiet_s` idle and `settings.warm_s` of untimed
@@ -121,12 +122,22 @@ def _prepare_and_check(backend, case, expected, settings, row):
     return function
 
 
-def _calibrate(function, inputs, settings):
+CALIBRATION_CALLS = 3
+
+
+def calibrate(function, inputs, settings):
+    """Calls per sample, from the fastest of CALIBRATION_CALLS calls after the warm-up:
+    one of them may still compile (the CPU runtime compiles a team's kernel only once
+    its first calls ran on one thread: kernels/cpu/team_choice.py), and a sample of one
+    call timed from a multi-second call would be all noise."""
     for _ in range(settings.warmup):
         function(*inputs)
-    start = time.perf_counter()
-    function(*inputs)
-    single = max(time.perf_counter() - start, 1e-9)
+    single = math.inf
+    for _ in range(CALIBRATION_CALLS):
+        start = time.perf_counter()
+        function(*inputs)
+        single = min(single, time.perf_counter() - start)
+    single = max(single, 1e-9)
     return int(min(settings.max_calls_per_sample,
                    max(1, math.ceil(settings.min_sample_s / single))))
 
@@ -158,7 +169,7 @@ def _sample(function, inputs, calls, settings=None):
 def _time_interleaved(timed, inputs, settings, bar):
     """`timed`: [(row, function)]. Fills each row's samples, rotating the order."""
     for row, function in timed:
-        row["calls_per_sample"] = _calibrate(function, inputs, settings)
+        row["calls_per_sample"] = calibrate(function, inputs, settings)
     for round_index in range(settings.repeat):
         shift = round_index % max(len(timed), 1)
         for row, function in timed[shift:] + timed[:shift]:

@@ -13,7 +13,8 @@ from rshop_ir.bench import peers, report
 from rshop_ir.bench.backend_base import Backend, NotApplicable, RunSettings
 from rshop_ir.bench.backends import BACKENDS, REFERENCE, parse_backends
 from rshop_ir.bench.cli import main
-from rshop_ir.bench.runner import _summarise, max_abs_difference, run_benchmark
+from rshop_ir.bench.runner import (CALIBRATION_CALLS, _summarise, calibrate,
+                                   max_abs_difference, run_benchmark)
 from rshop_ir.bench.sizes import PRESETS, Size, parse_size, parse_sizes
 from rshop_ir.bench.suites import ALL_CASES, select_cases
 
@@ -96,10 +97,11 @@ def test_gate_reports_a_wrong_backend_and_never_times_it():
         assert fake.calls == 1  # the checking call only
         assert by_backend[name]["samples_s"] == [] and by_backend[name]["median_s"] is None
         assert by_backend[name]["speedup_vs_reference"] is None
-    # A backend within the tolerance is timed: 1 check + 1 calibration + 2 samples,
-    # each after one untimed settling call.
+    # A backend within the tolerance is timed: 1 check + CALIBRATION_CALLS + 2
+    # samples, each after one untimed settling call.
     assert by_backend["fake-right"]["status"] == "ok"
-    assert right.calls == 6 and len(by_backend["fake-right"]["samples_s"]) == 2
+    assert right.calls == 1 + CALIBRATION_CALLS + 2 * 2
+    assert len(by_backend["fake-right"]["samples_s"]) == 2
     assert by_backend[REFERENCE]["speedup_vs_reference"] == 1.0
     shown = "\n".join(" ".join(row) for row in report.table_rows(rows))
     assert "fake-wrong" in shown and "WRONG" in shown
@@ -111,6 +113,24 @@ def test_max_abs_difference_structure_shapes_and_nan():
     assert max_abs_difference(expected, np.zeros((3, 2), "float32")) == np.inf
     assert max_abs_difference(expected, [expected[0], expected[0]]) == np.inf
     assert max_abs_difference(expected, np.full((2, 3), np.nan, "float32")) == np.inf
+
+
+def test_calls_per_sample_come_from_the_fastest_calibration_call(monkeypatch):
+    """A calibration call that compiles (a team's kernel, built after its first calls)
+    does not make every sample a single call."""
+    from rshop_ir.bench import runner
+
+    clock = {"now": 0.0}
+    costs = [0.001, 0.001, 7.0] + [0.001] * 10     # warm-up, warm-up, then a compile
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock["now"])
+
+    def call():
+        clock["now"] += costs.pop(0)
+
+    settings = RunSettings(warmup=2, min_sample_s=0.02, max_calls_per_sample=200)
+    assert CALIBRATION_CALLS >= 2
+    assert calibrate(call, (), settings) == 20       # 0.02 s of 1 ms calls
+    assert len(costs) == 10 - (CALIBRATION_CALLS - 1)
 
 
 def test_ratios_are_computed_within_the_case():
