@@ -454,18 +454,31 @@ def test_unsupported_op_names_the_op():
 
 
 SUBPROCESS = textwrap.dedent("""
-    import sys, time, numpy as np
-    start = time.perf_counter()
+    import sys, numpy as np
     import rshop_ir
+    from rshop_ir import examples
+    from rshop_ir.bound import BoundProgram
     from rshop_ir.kernels.cpu import cache
     bound = rshop_ir.load(sys.argv[1])
     compiled = rshop_ir.compile(bound)
-    y = compiled(np.ones((2, 5, 3), np.float32))
-    misses = sum(f.stats.cache_misses.get(sig, 0) for f in (compiled._run,)
-                 for sig in f.stats.cache_misses)
+    x = np.ones((2, 5, 3), np.float32)
+    y = compiled(x)
+    misses = sum(compiled._run.stats.cache_misses.values())
     hits = sum(compiled._run.stats.cache_hits.values())
+    team = compiled(x, team_size=2)      # the team's kernel: compiled, then loaded
+    team_error = max(float(np.abs(a - b).max()) for a, b in zip(team, y))
+    # a program new to each process (its size is the argument), compiled after a
+    # quick load (see quick_cache_load.py)
+    other = examples.readout_program(units=int(sys.argv[2]), dtype="float64")
+    other_bound = BoundProgram(other, examples.random_weights(other, seed=3))
+    inputs = examples.random_inputs(other, batch=2, steps=6, seed=4)
+    other_compiled = rshop_ir.compile(other_bound)
+    other_error = max(float(np.abs(a - b).max()) for a, b in zip(
+        other_compiled(*inputs), rshop_ir.interpret(other_bound, *inputs)))
     print("RESULT", cache.STATS["files_written"], hits, misses,
-          "keras" in sys.modules or "tensorflow" in sys.modules, float(y[0].sum()))
+          "keras" in sys.modules or "tensorflow" in sys.modules, float(y[0].sum()),
+          type(compiled._run._cache).__name__, team_error, other_error,
+          sum(other_compiled._run.stats.cache_misses.values()))
 """)
 
 
@@ -475,15 +488,21 @@ def test_save_load_and_disk_cache_in_fresh_processes(tmp_path, kernel_cache):
     rshop_ir.save(compiled, path)
     env = {**os.environ, "RSHOP_CACHE_DIR": str(tmp_path / "fresh_cache")}
     runs = []
-    for _ in range(2):
-        output = subprocess.run([sys.executable, "-c", SUBPROCESS, path], env=env,
+    for units in (5, 6):
+        output = subprocess.run([sys.executable, "-c", SUBPROCESS, path, str(units)], env=env,
                                 capture_output=True, text=True, timeout=240)
         line = [text for text in output.stdout.splitlines() if text.startswith("RESULT")]
         assert line, output.stderr[-2000:]
         runs.append(line[0].split()[1:])
     expected = float(compiled(np.ones((2, 5, 3), np.float32))[0].sum())
     first, second = runs
-    assert first[0] == "1" and second[0] == "0"          # the module file is reused
+    # the LSTM's module files (plain and team kernels) are reused; each process writes
+    # its readout program's
+    assert first[0] == "3" and second[0] == "1"
     assert second[1] != "0" and second[2] == "0"         # numba loaded, compiled nothing
     assert first[3] == second[3] == "False"              # no keras/tensorflow import
     assert abs(float(second[4]) - expected) < 1e-5
+    assert second[5] == "QuickLoadingCache"
+    for run in runs:
+        assert float(run[6]) < 1e-5                      # the team's numbers are one thread's
+        assert float(run[7]) < 1e-10 and run[8] != "0"   # compiled in the process

@@ -4,7 +4,8 @@ Numba's `cache=True` only works for functions defined in a real module file (exe
 source has no file to key the cache on), so each generated module is written to
 `<cache dir>/rshop_<key>.py` and imported from there; Numba then keeps its compiled
 machine code in `<cache dir>/__pycache__/`. A fresh process generating the same source
-finds the file and the machine code and compiles nothing.
+finds the file and the machine code and compiles nothing; it loads the machine code
+without Numba's registry refresh (quick_cache_load.py).
 
 The key hashes the generator version and the generated source (which is a function of
 the program text, the shapes and the dtypes; batch and time sizes are runtime
@@ -27,6 +28,7 @@ import numpy as np
 
 from rshop_ir.kernels import module_files
 from rshop_ir.kernels.cpu.codegen import GENERATOR_VERSION
+from rshop_ir.kernels.cpu.quick_cache_load import load_quickly
 
 SUPPORT_MODULES = ("mathlib.py", "packed_product.py", "reductions.py", "team_sync.py")
 _MODULES = {}        # key -> module (the in-memory cache)
@@ -75,6 +77,7 @@ def load_module(source: str, globals_dict: dict):
         STATS["files_written"] += 1
     module = module_files.import_module_file(path, f"rshop_ir_generated_{key}")
     module.__dict__.update(globals_dict)   # objects are passed in, never repr-ed
+    load_quickly(module)
     STATS["modules_loaded"] += 1
     _MODULES[(directory, key)] = module
     return module
