@@ -9,7 +9,9 @@ For every (model, size):
    disagrees by more than `settings.tolerance` is WRONG and is never timed; one that has
    no version of the case is n/a; one that raises is an error (unsupported for the
    compiler's `UnsupportedError`);
-3. warm-up calls (untimed); the number of calls per sample is chosen so that a sample
+3. warm-up calls (untimed), then, for a backend that compiles in the background
+   (numba-cpu: the automatic team's kernel), calls until that compile is done; the
+   number of calls per sample is chosen so that a sample
    lasts at least `min_sample_s` (short calls are timed in loops, long ones once),
    from the fastest of a few calls;
 4. `repeat` rounds; in each round every passing backend takes one sample, in an order
@@ -123,15 +125,34 @@ def _prepare_and_check(backend, case, expected, settings, row):
 
 
 CALIBRATION_CALLS = 3
+COMPILE_CALLS = 40        # calls within which the CPU runtime wants its team's kernel
+COMPILE_CALLS_S = 2.0     # ... or seconds of them
+
+
+def finish_compiles(function, inputs) -> None:
+    """Call `function` until the kernels it compiles in the background are there, when
+    it has a `finish_compiles()` that waits for them (numba-cpu: the automatic team's
+    kernel compiles once the first calls ran on one thread, kernels/cpu/team_choice.py
+    and team_background.py; a call timed beside that compile would wait for the GIL):
+    COMPILE_CALLS calls or COMPILE_CALLS_S seconds of them, each followed by the wait."""
+    finish = getattr(function, "finish_compiles", None)
+    if finish is None:
+        return
+    start = time.perf_counter()
+    for _ in range(COMPILE_CALLS):
+        function(*inputs)
+        finish()
+        if time.perf_counter() - start >= COMPILE_CALLS_S:
+            break
 
 
 def calibrate(function, inputs, settings):
-    """Calls per sample, from the fastest of CALIBRATION_CALLS calls after the warm-up:
-    one of them may still compile (the CPU runtime compiles a team's kernel only once
-    its first calls ran on one thread: kernels/cpu/team_choice.py), and a sample of one
-    call timed from a multi-second call would be all noise."""
+    """Calls per sample, from the fastest of CALIBRATION_CALLS calls after the warm-up
+    and the background compiles (`finish_compiles`): a sample of one call timed from a
+    call that still compiled would be all noise."""
     for _ in range(settings.warmup):
         function(*inputs)
+    finish_compiles(function, inputs)
     single = math.inf
     for _ in range(CALIBRATION_CALLS):
         start = time.perf_counter()

@@ -133,6 +133,37 @@ def test_calls_per_sample_come_from_the_fastest_calibration_call(monkeypatch):
     assert len(costs) == 10 - (CALIBRATION_CALLS - 1)
 
 
+def test_calibration_waits_for_background_compiles(monkeypatch):
+    """A function with `finish_compiles` (numba-cpu: the team's kernel compiles beside
+    its calls) is called and waited for until its compiles are done, before any call
+    is timed for calibration; COMPILE_CALLS_S bounds those calls."""
+    from rshop_ir.bench import runner
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock["now"])
+    events = []
+
+    def call():
+        events.append("call")
+        clock["now"] += 0.001
+
+    def finish():
+        events.append("wait")
+        if events.count("call") == 5:      # the 5th call in all started a 7 s compile
+            clock["now"] += 7.0
+
+    call.finish_compiles = finish
+    settings = RunSettings(warmup=1, min_sample_s=0.02, max_calls_per_sample=200)
+    assert runner.COMPILE_CALLS_S < 7.0
+    assert calibrate(call, (), settings) == 20
+    # warm-up, then call + wait until the compile's wait passed COMPILE_CALLS_S, then
+    # the timed calibration calls
+    assert events == ["call"] + ["call", "wait"] * 4 + ["call"] * CALIBRATION_CALLS
+    events.clear()
+    assert calibrate(lambda: events.append("plain"), (), settings) >= 1
+    assert events == ["plain"] * (1 + CALIBRATION_CALLS)    # nothing to wait for
+
+
 def test_ratios_are_computed_within_the_case():
     case = ALL_CASES["lstm"][1](TINY, np.random.default_rng(0))
 

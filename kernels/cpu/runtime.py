@@ -41,6 +41,7 @@ from rshop_ir.kernels.cpu.packed_product import pack_weight
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count, usable_cores
 from rshop_ir.kernels.cpu.team import (TeamBuffers, auto_team_size, launch_natively,
                                        new_counter, run_team, team_size_for)
+from rshop_ir.kernels.cpu.team_background import BackgroundCompile
 from rshop_ir.kernels.cpu.team_choice import TeamChoice
 from rshop_ir.kernels.cpu.team_poll import (BESIDE_MAX_PAUSE_S, BESIDE_MIN_CALLS,
                                             PollCallback)
@@ -86,6 +87,8 @@ class CompiledProgram(CompiledProgramBase):
         self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
         self._fast_call = None
         self._team = None
+        self._team_lock = threading.Lock()    # one thread generates the team kernel
+        self._team_background = BackgroundCompile()   # its compile beside the calls
         self._team_calls_blas = None      # blas_predicate of the team kernel
         self._team_choice = TeamChoice()   # whether the automatic team pays, per shape
         self._native_launchers = {}     # kind -> the argument types and the launcher
@@ -151,6 +154,12 @@ class CompiledProgram(CompiledProgramBase):
             self._remember_call(inputs[0], arrays, batch, steps)
         return self._launch(arrays, batch, steps, chunk_steps, team_size)
 
+    def finish_compiles(self, timeout: float = None) -> bool:
+        """Wait for the kernels this program compiles in the background (the automatic
+        team's: its calls run on one thread meanwhile, kernels/cpu/team_background.py),
+        each up to `timeout` seconds. Returns True when none is still compiling."""
+        return self._team_background.wait(timeout)
+
     def _remember_call(self, given, arrays: list, batch: int, steps: int) -> None:
         """Keep what a call with one positional array made of it (its defaults filled
         and checked), so that the next call with an array of the same shape and dtype
@@ -183,7 +192,9 @@ class CompiledProgram(CompiledProgramBase):
                 return self._team_choice.call(
                     (batch, steps, chunk_steps), proposed,
                     lambda members: self._launch(arrays, batch, steps, chunk_steps, members,
-                                                 chosen=True))
+                                                 chosen=True),
+                    lambda members: self._team_ready(arrays, batch, steps, chunk_steps,
+                                                     members))
             team_size = proposed
         members = 1 if team_size == 1 else team_size_for(self._team_kernel()[0], team_size)
         if members > 1:
@@ -292,13 +303,47 @@ class CompiledProgram(CompiledProgramBase):
         the inputs' types are compared at each call: the weights and the team's
         buffers are the runtime's own, and their types can only change with the weight
         arrays, whose list `_set_weights` replaces."""
-        key = tuple((type(array), getattr(array, "dtype", None), getattr(array, "ndim", None))
-                    for array in arrays)
+        launch = self._launcher_kept(kind, arrays)
+        if launch is None:
+            launch = build()
+            self._native_launchers[kind] = {"weights": self._weight_arguments,
+                                            "key": _types_key(arrays), "launch": launch}
+        return launch
+
+    def _launcher_kept(self, kind: str, arrays: list):
+        """The kept native launcher of `kind` for these arguments' types, else None."""
         kept = self._native_launchers.get(kind, {})
-        if kept.get("weights") is not self._weight_arguments or kept.get("key") != key:
-            kept = self._native_launchers[kind] = {
-                "weights": self._weight_arguments, "key": key, "launch": build()}
+        if kept.get("weights") is not self._weight_arguments \
+                or kept.get("key") != _types_key(arrays):
+            return None
         return kept["launch"]
+
+    def _team_ready(self, arrays: list, batch: int, steps: int, chunk_steps,
+                    members: int) -> bool:
+        """Whether an automatic team call can run now without compiling; if not, its
+        kernel compiles in the background (team_background.py). Python member threads
+        (no native launcher) compile in the call."""
+        if not native_launch_usable(members):
+            return True
+        return self._team_background.ready(
+            _types_key(arrays), lambda: self._launcher_kept("team", arrays) is not None,
+            lambda: self._compile_team(arrays, batch, steps, chunk_steps, members))
+
+    def _compile_team(self, arrays: list, batch: int, steps: int, chunk_steps,
+                      members: int) -> None:
+        """Compile what a team call with arguments of these types runs: the team
+        kernel and its native launcher (kept for the calls). Reads no input values."""
+        team_kernel = self._team_kernel()[0]
+        members = team_size_for(team_kernel, members)
+        if members < 2:
+            return
+        buffers = TeamBuffers(team_kernel, members)
+        chunk = self._chunk(batch, chunk_steps)
+        leading = (batch, steps, chunk, *arrays, *self._weight_arguments)
+        # buffers of one row and one step: only their types matter here
+        team = (members, new_counter(), buffers.pool(1), buffers.shared(1, 1),
+                np.full(members, -1, np.int64), buffers.masks)
+        self._launcher(arrays, leading, team)
 
     def _poll_beside_pays(self, batch: int, steps: int) -> bool:
         """Whether a one-thread call asks whether the weights changed beside its kernel
@@ -310,6 +355,10 @@ class CompiledProgram(CompiledProgramBase):
             return False     # BLAS would run its own threads
         if time.perf_counter() - self._ended >= BESIDE_MAX_PAUSE_S \
                 or not native_launch_usable(2) or usable_cores() < 2 or not others_idle():
+            return False
+        if self._team_background.running():
+            # the team's kernel compiling holds a core (and Numba's compiler lock,
+            # which compiling the launcher of the question would wait for)
             return False
         self._beside_calls += 1
         return self._beside_calls >= BESIDE_MIN_CALLS
@@ -346,18 +395,20 @@ class CompiledProgram(CompiledProgramBase):
         """(KernelSource, run, its module) of the team variant, generated at the first call asking
         for a team (kernels/cpu/team.py): the branches and barriers it adds cost every
         first compile ~0.5 s, so kernels without a team never carry them."""
-        if self._team is None:
-            from rshop_ir.kernels.cpu.cache import load_module
-            from rshop_ir.kernels.cpu.codegen import generate
+        with self._team_lock:
+            if self._team is None:
+                from rshop_ir.kernels.cpu.cache import load_module
+                from rshop_ir.kernels.cpu.codegen import generate
 
-            kernel = generate(self.program, team=True)
-            if kernel.weight_slots != self.kernel.weight_slots:
-                raise RuntimeError(f"The team kernel of {self.name!r} takes other weight "
-                                   f"arguments than its plain kernel: a generator bug.")
-            module = load_module(kernel.source, kernel.globals)
-            self._team = (kernel, getattr(module, kernel.entry), module)
-            self._team_calls_blas = blas_predicate(kernel.blas_guard)
-        return self._team
+                kernel = generate(self.program, team=True)
+                if kernel.weight_slots != self.kernel.weight_slots:
+                    raise RuntimeError(f"The team kernel of {self.name!r} takes other "
+                                       f"weight arguments than its plain kernel: a "
+                                       f"generator bug.")
+                module = load_module(kernel.source, kernel.globals)
+                self._team_calls_blas = blas_predicate(kernel.blas_guard)
+                self._team = (kernel, getattr(module, kernel.entry), module)
+            return self._team
 
     def _finish(self, results: list):
         self._ended = time.perf_counter()
@@ -382,3 +433,9 @@ class CompiledProgram(CompiledProgramBase):
                 cached = CACHE_CHUNK_BYTES // (batch * row_bytes)
                 chunk = min(chunk, max(cached, -(-MIN_CHUNK_ROWS // batch)))
         return chunk
+
+
+def _types_key(arrays: list) -> tuple:
+    """What a native launcher's compiled types depend on among a call's inputs."""
+    return tuple((type(array), getattr(array, "dtype", None), getattr(array, "ndim", None))
+                 for array in arrays)

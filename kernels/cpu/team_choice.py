@@ -121,15 +121,20 @@ class _Shape:
 
 class TeamChoice:
     """`choice.call(key, proposed, launch)` runs `launch(members)` on the members chosen
-    for the call shape `key` (`proposed`, or 1) and records its time (`clock`)."""
+    for the call shape `key` (`proposed`, or 1) and records its time (`clock`).
+    `ready(members)`, when given, says whether a team can run now: while it says no
+    (its kernel compiles, team_background.py) the team's calls run on one thread,
+    untimed."""
 
     def __init__(self, clock=time.perf_counter):
         self.clock = clock
         self._shapes = {}
         self._lock = threading.Lock()
 
-    def call(self, key, proposed: int, launch):
+    def call(self, key, proposed: int, launch, ready=None):
         members = self.members(key, proposed)
+        if members > 1 and ready is not None and not ready(members):
+            return launch(1)
         started = self.clock()
         results = launch(members)
         self.record(key, members, started, self.clock())

@@ -1,0 +1,93 @@
+"""Compiling a team's kernel on a thread of its own while the calls run on one thread.
+
+The automatic team (team_choice.py) runs a program's first calls on one thread and
+then tries the team; its kernel takes several times longer to compile than one
+thread's (an LSTM at S2 (1, 100, 128, 256), the 2-core Zen 4 VM: 6.7-8.0 s against
+1.9-2.2 s, BENCHMARKS.md run 26), and the call that first wanted the team used to
+wait for it. Now that call starts the compile on a `BackgroundCompile` thread and
+runs on one thread, as do the calls after it, until the team's kernel is there; the
+team choice then times the team as usual. Numbers are the same either way (a team
+gives one thread's, bit for bit).
+
+The compile holds Python's GIL for its typing and lowering (LLVM's work releases
+it), so the calls meanwhile can wait for the GIL a few milliseconds each; they no
+longer wait seconds for the compile. The thread is not a daemon: a process that
+ends during a compile waits for it (it would have waited in the call before), and
+Numba's disk cache keeps the result.
+
+`BACKGROUND = False` compiles in the call that first wants the team, as before (the
+tests that count which calls form a team use it). `wait_all()` waits for every
+compile started so far (the benchmarks time no call beside one).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+BACKGROUND = True
+
+_LOG = logging.getLogger(__name__)
+_STARTED = []            # the compile threads started in this process
+_STARTED_LOCK = threading.Lock()
+
+
+class BackgroundCompile:
+    """`ready(key, done, build)`: whether a team call of the argument types `key` can
+    run now without compiling. When `done()` says the kernel is not compiled yet, the
+    first asking starts `build()` on a thread and the answer is False until that
+    thread ends; then it is True, and the call compiles whatever `build` left (nothing,
+    unless it failed: the call then meets the same error in the caller's thread)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._threads = {}       # key -> the thread that compiled or compiles for it
+
+    def ready(self, key, done, build) -> bool:
+        if not BACKGROUND:
+            return True
+        with self._lock:
+            thread = self._threads.get(key)
+            if thread is not None:
+                return not thread.is_alive()
+            if done():
+                return True
+            thread = self._threads[key] = threading.Thread(
+                target=_build, args=(build,), name="rshop_ir team compile")
+            with _STARTED_LOCK:
+                _STARTED[:] = [started for started in _STARTED if started.is_alive()]
+                _STARTED.append(thread)
+            thread.start()
+            return False
+
+    def running(self) -> bool:
+        """Whether one of its compiles is running now."""
+        with self._lock:
+            return any(thread.is_alive() for thread in self._threads.values())
+
+    def wait(self, timeout: float = None) -> bool:
+        """Wait for the compiles started so far; True when none is still running."""
+        with self._lock:
+            threads = list(self._threads.values())
+        return _join(threads, timeout)
+
+
+def wait_all(timeout: float = None) -> bool:
+    """Wait for every compile started so far in the process (each up to `timeout`
+    seconds); True when none is still running."""
+    with _STARTED_LOCK:
+        threads = list(_STARTED)
+    return _join(threads, timeout)
+
+
+def _join(threads: list, timeout) -> bool:
+    for thread in threads:
+        thread.join(timeout)
+    return not any(thread.is_alive() for thread in threads)
+
+
+def _build(build) -> None:
+    try:
+        build()
+    except Exception:   # the call that next wants the team compiles it and raises
+        _LOG.debug("A team kernel's background compile failed", exc_info=True)
