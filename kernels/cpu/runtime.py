@@ -395,6 +395,9 @@ class CompiledProgram(CompiledProgramBase):
         """(KernelSource, run, its module) of the team variant, generated at the first call asking
         for a team (kernels/cpu/team.py): the branches and barriers it adds cost every
         first compile ~0.5 s, so kernels without a team never carry them."""
+        team = self._team
+        if team is not None:
+            return team
         with self._team_lock:
             if self._team is None:
                 from rshop_ir.kernels.cpu.cache import load_module
