@@ -2068,7 +2068,12 @@ class CpuGenerator:
                     if norm is not None:
                         gamma, beta = (self._chain_operand(atom, projection, chain_operands)
                                        for atom in norm.inputs[1:])
-                        current = f"({current} - {mean}) / {scale} * {gamma} + {beta}"
+                        # a name: the eqns after it take their operands as atoms
+                        # (`square` writes `x * x`)
+                        normalized = names.fresh("normalized")
+                        loop.line(f"{normalized} = ({current} - {mean}) / {scale} "
+                                  f"* {gamma} + {beta}")
+                        current = normalized
                     for eqn in eqns:
                         body = lowering.elementwise_as_body(eqn)
                         inputs = [current if isinstance(atom, Var)
