@@ -116,7 +116,7 @@ class RshopCompiled(Backend):
             return compiled(*inputs)
 
         if self.target == "cpu":
-            from rshop_ir.kernels.cpu.team_background import wait_all
+            from rshop_ir.kernels.cpu.background_compile import wait_all
 
             run.finish_compiles = wait_all    # see runner.finish_compiles
         return run

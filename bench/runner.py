@@ -133,7 +133,7 @@ def finish_compiles(function, inputs) -> None:
     """Call `function` until the kernels it compiles in the background are there, when
     it has a `finish_compiles()` that waits for them (numba-cpu: the automatic team's
     kernel compiles once the first calls ran on one thread, kernels/cpu/team_choice.py
-    and team_background.py; a call timed beside that compile would wait for the GIL):
+    and background_compile.py; a call timed beside that compile would wait for the GIL):
     COMPILE_CALLS calls or COMPILE_CALLS_S seconds of them, each followed by the wait."""
     finish = getattr(function, "finish_compiles", None)
     if finish is None:

@@ -23,7 +23,7 @@ from rshop_ir import ProgramBuilder, examples
 from rshop_ir.bound import BoundProgram
 from rshop_ir.interpret import interpret
 from rshop_ir.kernels.batch_rows import rows_independent
-from rshop_ir.kernels.cpu import codegen, row_split, team, team_background
+from rshop_ir.kernels.cpu import background_compile, codegen, row_split, team
 from rshop_ir.kernels.cpu.team_choice import TeamChoice
 
 ATOL_FLOAT32 = 1e-4
@@ -623,10 +623,10 @@ def _spy_on_automatic_teams(monkeypatch) -> list:
     threshold) and keep it (team_choice.py would run the first calls on one thread;
     tests/test_team_choice.py tests that); the returned list receives the member count
     of each team formed. The team's kernel compiles in the call that first wants it
-    (team_background.py would run such calls on one thread while it compiles;
-    tests/test_team_background.py tests that)."""
+    (background_compile.py would run such calls on one thread while it compiles;
+    tests/test_background_compile.py tests that)."""
     monkeypatch.setattr(TeamChoice, "members", lambda self, key, proposed: proposed)
-    monkeypatch.setattr(team_background, "BACKGROUND", False)
+    monkeypatch.setattr(background_compile, "BACKGROUND", False)
     monkeypatch.setattr(team, "usable_cores", lambda: 2)
     monkeypatch.setattr(team, "others_idle", lambda: True)
     monkeypatch.setattr(team, "AUTO_MIN_WEIGHT_BYTES", 1)

@@ -9,7 +9,7 @@ import pytest
 import rshop_ir
 from rshop_ir import examples
 from rshop_ir.bound import BoundProgram
-from rshop_ir.kernels.cpu import runtime, team_background
+from rshop_ir.kernels.cpu import background_compile, runtime
 from rshop_ir.kernels.cpu.team_choice import (IDLE_S, PROBE_CALLS, PROBE_EVERY,
                                               PROBE_MAX_CALLS, PROBE_SOON, WARM_S, WINDOW,
                                               TeamChoice)
@@ -156,7 +156,7 @@ def test_a_compiled_programs_automatic_team_follows_the_times(monkeypatch):
     x = np.random.default_rng(1).standard_normal((1, 40, 8)).astype(np.float32)
     alone = compiled(x, team_size=1)
     monkeypatch.setattr(runtime, "auto_team_size", lambda kernel, batch, steps: 2)
-    monkeypatch.setattr(team_background, "BACKGROUND", False)   # the team compiles in the call
+    monkeypatch.setattr(background_compile, "BACKGROUND", False)   # the team compiles in the call
     launches = FakeLaunches({2: 1.0, 1: 2.0})
     original = compiled._launch
 

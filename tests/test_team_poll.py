@@ -16,7 +16,7 @@ import pytest
 from numba import njit, prange
 
 import rshop_ir
-from rshop_ir.kernels.cpu import runtime
+from rshop_ir.kernels.cpu import background_compile, runtime
 from rshop_ir.kernels.cpu.team_poll import (CHANGED, FAILED, UNCHANGED, PollCallback,
                                             team_poll)
 from rshop_ir.kernels.cpu.team_sync import (ABORT, CLAIMS, COUNTER_SIZE, POLL_ADDRESS,
@@ -191,7 +191,10 @@ def test_claims_hand_out_each_unit_once_in_every_phase():
 
 def _beside_allowed(monkeypatch):
     """Let every one-thread call qualify for the question beside its kernel, whatever
-    the machine's cores, load and threading layer, and the pause since the last call."""
+    the machine's cores, load and threading layer, and the pause since the last call;
+    its launcher compiles in the call that first asks (background_compile.py would
+    compile it beside the calls: tests/test_background_compile.py)."""
+    monkeypatch.setattr(background_compile, "BACKGROUND", False)
     monkeypatch.setattr(runtime, "native_launch_usable", lambda members: True)
     monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
     monkeypatch.setattr(runtime, "others_idle", lambda: True)

@@ -41,7 +41,7 @@ from rshop_ir.kernels.cpu.packed_product import pack_weight
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count, usable_cores
 from rshop_ir.kernels.cpu.team import (TeamBuffers, auto_team_size, launch_natively,
                                        new_counter, run_team, team_size_for)
-from rshop_ir.kernels.cpu.team_background import BackgroundCompile
+from rshop_ir.kernels.cpu.background_compile import BackgroundCompile
 from rshop_ir.kernels.cpu.team_choice import TeamChoice
 from rshop_ir.kernels.cpu.team_poll import (BESIDE_MAX_PAUSE_S, BESIDE_MIN_CALLS,
                                             PollCallback)
@@ -88,7 +88,7 @@ class CompiledProgram(CompiledProgramBase):
         self._fast_call = None
         self._team = None
         self._team_lock = threading.Lock()    # one thread generates the team kernel
-        self._team_background = BackgroundCompile()   # its compile beside the calls
+        self._background = BackgroundCompile()   # compiles beside the calls
         self._team_calls_blas = None      # blas_predicate of the team kernel
         self._team_choice = TeamChoice()   # whether the automatic team pays, per shape
         self._native_launchers = {}     # kind -> the argument types and the launcher
@@ -155,10 +155,11 @@ class CompiledProgram(CompiledProgramBase):
         return self._launch(arrays, batch, steps, chunk_steps, team_size)
 
     def finish_compiles(self, timeout: float = None) -> bool:
-        """Wait for the kernels this program compiles in the background (the automatic
-        team's: its calls run on one thread meanwhile, kernels/cpu/team_background.py),
-        each up to `timeout` seconds. Returns True when none is still compiling."""
-        return self._team_background.wait(timeout)
+        """Wait for what this program compiles in the background (the automatic team's
+        kernel, the launcher of the weight question beside a kernel; the calls run
+        without them meanwhile: kernels/cpu/background_compile.py), each up to
+        `timeout` seconds. Returns True when nothing is still compiling."""
+        return self._background.wait(timeout)
 
     def _remember_call(self, given, arrays: list, batch: int, steps: int) -> None:
         """Keep what a call with one positional array made of it (its defaults filled
@@ -209,6 +210,7 @@ class CompiledProgram(CompiledProgramBase):
             work_steps = steps or kernel.fixed_steps
             slices = slice_count(batch, batch * work_steps * kernel.step_flops_per_row)
         if slices == 1 and automatic and self._poll_beside_pays(batch, steps) \
+                and self._polled_ready(arrays, batch, steps, chunk_steps) \
                 and _BESIDE.acquire(blocking=False):
             # the weight question runs beside the kernel, on the idle core (team_poll.py);
             # one such call at a time in the process (threads calling at once would
@@ -321,12 +323,13 @@ class CompiledProgram(CompiledProgramBase):
     def _team_ready(self, arrays: list, batch: int, steps: int, chunk_steps,
                     members: int) -> bool:
         """Whether an automatic team call can run now without compiling; if not, its
-        kernel compiles in the background (team_background.py). Python member threads
-        (no native launcher) compile in the call."""
+        kernel compiles in the background (background_compile.py). Python member
+        threads (no native launcher) compile in the call."""
         if not native_launch_usable(members):
             return True
-        return self._team_background.ready(
-            _types_key(arrays), lambda: self._launcher_kept("team", arrays) is not None,
+        return self._background.ready(
+            ("team", _types_key(arrays)),
+            lambda: self._launcher_kept("team", arrays) is not None,
             lambda: self._compile_team(arrays, batch, steps, chunk_steps, members))
 
     def _compile_team(self, arrays: list, batch: int, steps: int, chunk_steps,
@@ -356,9 +359,9 @@ class CompiledProgram(CompiledProgramBase):
         if time.perf_counter() - self._ended >= BESIDE_MAX_PAUSE_S \
                 or not native_launch_usable(2) or usable_cores() < 2 or not others_idle():
             return False
-        if self._team_background.running():
-            # the team's kernel compiling holds a core (and Numba's compiler lock,
-            # which compiling the launcher of the question would wait for)
+        if self._background.running():
+            # a compile holds a core (and Numba's compiler lock, which compiling the
+            # launcher of the question would wait for)
             return False
         self._beside_calls += 1
         return self._beside_calls >= BESIDE_MIN_CALLS
@@ -371,14 +374,28 @@ class CompiledProgram(CompiledProgramBase):
         callback.clear()
         counter = new_counter(callback.address)
         arguments = (batch, steps, chunk, *arrays, *self._weight_arguments)
-        launch = self._kept_launcher("polled", arrays, lambda: compile_with_member(
-            self.module.launch_polled, self._run, arguments, (*arguments, counter)))
-        results = launch(*arguments, counter)
+        results = self._polled_launcher(arrays, arguments)(*arguments, counter)
         if callback.outcome is None or self._bind_found(callback) or len(results) != 1:
             return None
         results = list(results[0])
         # a kernel that raised returned empty arrays through its function pointer
         return None if any(result.size == 0 for result in results) else results
+
+    def _polled_launcher(self, arrays: list, arguments: tuple):
+        """The module's `launch_polled` for `run`'s `arguments` (kept for their types)."""
+        return self._kept_launcher("polled", arrays, lambda: compile_with_member(
+            self.module.launch_polled, self._run, arguments, (*arguments, new_counter())))
+
+    def _polled_ready(self, arrays: list, batch: int, steps: int, chunk_steps) -> bool:
+        """Whether the one-thread call may ask beside its kernel without compiling the
+        launcher first; if not, the launcher compiles in the background
+        (background_compile.py) and the call asks itself meanwhile."""
+        return self._background.ready(
+            ("polled", _types_key(arrays)),
+            lambda: self._launcher_kept("polled", arrays) is not None,
+            lambda: self._polled_launcher(arrays, (
+                batch, steps, self._chunk(batch, chunk_steps), *arrays,
+                *self._weight_arguments)))
 
     def _team_buffers(self, team_kernel, members: int) -> TeamBuffers:
         """What a team keeps between calls (team.TeamBuffers), one per team size and

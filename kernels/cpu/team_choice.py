@@ -123,7 +123,7 @@ class TeamChoice:
     """`choice.call(key, proposed, launch)` runs `launch(members)` on the members chosen
     for the call shape `key` (`proposed`, or 1) and records its time (`clock`).
     `ready(members)`, when given, says whether a team can run now: while it says no
-    (its kernel compiles, team_background.py) the team's calls run on one thread,
+    (its kernel compiles, background_compile.py) the team's calls run on one thread,
     untimed."""
 
     def __init__(self, clock=time.perf_counter):

@@ -1,5 +1,6 @@
-"""kernels/cpu/team_background.py: the automatic team's kernel compiles on a thread of
-its own while the calls run on one thread; the team runs once it is compiled."""
+"""kernels/cpu/background_compile.py: the automatic team's kernel, and the launcher of
+the weight question beside a one-thread kernel, compile on a thread of their own while
+the calls run without them; they run once compiled."""
 
 import threading
 
@@ -10,8 +11,8 @@ import rshop_ir
 from rshop_ir import examples
 from rshop_ir.bound import BoundProgram
 from rshop_ir.interpret import interpret
-from rshop_ir.kernels.cpu import runtime, team_background
-from rshop_ir.kernels.cpu.team_background import BackgroundCompile
+from rshop_ir.kernels.cpu import background_compile, runtime
+from rshop_ir.kernels.cpu.background_compile import BackgroundCompile
 from rshop_ir.kernels.cpu.team_choice import TeamChoice
 from rshop_ir.kernels.cpu.team_launch import native_launch_usable
 
@@ -23,7 +24,7 @@ def wanting_teams(monkeypatch):
     if not native_launch_usable(2):
         pytest.skip("Numba's OpenMP threading layer with 2 threads is not available "
                     "here: Python member threads run teams and compile in the call")
-    monkeypatch.setattr(team_background, "BACKGROUND", True)
+    monkeypatch.setattr(background_compile, "BACKGROUND", True)
     monkeypatch.setattr(runtime, "auto_team_size", lambda kernel, batch, steps: 2)
     monkeypatch.setattr(TeamChoice, "members", lambda self, key, proposed: proposed)
     teams = []
@@ -40,12 +41,13 @@ def _program():
     return program, weights, x
 
 
-def _gate_compiles(monkeypatch, failures: int = 0):
-    """Make the team launcher's compile wait for the returned event `gate` (and raise
-    on its first `failures` runs); the list receives the name of each compiling thread,
-    and the event `reached` is set when one is waiting at the gate."""
+def _gate_compiles(monkeypatch, failures: int = 0, compiler: str = "compile_launcher"):
+    """Make the runtime's `compiler` (the team's launcher's by default) wait for the
+    returned event `gate` (and raise on its first `failures` runs); the list receives
+    the name of each compiling thread, and the event `reached` is set when one is
+    waiting at the gate."""
     gate, reached, threads = threading.Event(), threading.Event(), []
-    original = runtime.compile_launcher
+    original = getattr(runtime, compiler)
 
     def gated(*arguments):
         threads.append(threading.current_thread().name)
@@ -55,7 +57,7 @@ def _gate_compiles(monkeypatch, failures: int = 0):
             raise RuntimeError("a compile that failed")
         return original(*arguments)
 
-    monkeypatch.setattr(runtime, "compile_launcher", gated)
+    monkeypatch.setattr(runtime, compiler, gated)
     return gate, reached, threads
 
 
@@ -72,10 +74,10 @@ def test_calls_run_on_one_thread_while_the_team_compiles(wanting_teams, monkeypa
     assert reached.wait(120)     # the first call started the compile in the background
     for got, want in zip(compiled(x), alone):    # a call while it compiles: one thread
         np.testing.assert_array_equal(got, want)
-    assert threads == ["rshop_ir team compile"] and wanting_teams == []
-    assert not compiled._team_background.wait(0)
+    assert threads == ["rshop_ir compile"] and wanting_teams == []
+    assert not compiled._background.wait(0)
     gate.set()
-    assert compiled._team_background.wait(120)
+    assert compiled._background.wait(120)
     for got, want in zip(compiled(x), alone):
         np.testing.assert_array_equal(got, want)
     assert wanting_teams == [2] and len(threads) == 1    # compiled once, in the background
@@ -88,15 +90,15 @@ def test_a_failed_background_compile_is_left_to_the_call(wanting_teams, monkeypa
     gate, _, threads = _gate_compiles(monkeypatch, failures=1)
     gate.set()
     compiled(x)
-    assert compiled._team_background.wait(120)
+    assert compiled._background.wait(120)
     for got, want in zip(compiled(x), alone):       # the call compiles it, and runs it
         np.testing.assert_array_equal(got, want)
-    assert threads == ["rshop_ir team compile", threading.current_thread().name]
+    assert threads == ["rshop_ir compile", threading.current_thread().name]
     assert wanting_teams == [2]
 
 
 def test_background_off_compiles_in_the_call(wanting_teams, monkeypatch):
-    monkeypatch.setattr(team_background, "BACKGROUND", False)
+    monkeypatch.setattr(background_compile, "BACKGROUND", False)
     program, weights, x = _program()
     compiled = rshop_ir.compile(BoundProgram(program, weights))
     alone = compiled(x, team_size=1)
@@ -152,3 +154,46 @@ def test_no_question_beside_the_kernel_while_the_team_compiles(wanting_teams, mo
     assert compiled.finish_compiles(120)
     np.testing.assert_allclose(compiled(x), np.asarray(model(x)), atol=1e-4, rtol=0)
     assert wanting_teams == [2]
+
+
+def test_the_question_beside_the_kernel_waits_for_its_launcher(monkeypatch):
+    """A compiled Keras layer's one-thread calls come to ask whether the weights
+    changed beside the kernel (team_poll.py): its launcher compiles in the background,
+    and the calls ask themselves meanwhile, seeing a weight change all the same."""
+    import keras
+
+    inputs = keras.Input((9, 8))
+    layer = keras.layers.LSTM(16, return_sequences=True)
+    model = keras.Model(inputs, layer(inputs))
+    x = np.random.default_rng(6).standard_normal((1, 9, 8)).astype(np.float32)
+    compiled = rshop_ir.compile(layer, target="cpu")
+    monkeypatch.setattr(background_compile, "BACKGROUND", True)
+    monkeypatch.setattr(runtime, "auto_team_size", lambda kernel, batch, steps: 1)
+    monkeypatch.setattr(runtime, "native_launch_usable", lambda members: True)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    monkeypatch.setattr(runtime, "others_idle", lambda: True)
+    monkeypatch.setattr(runtime, "BESIDE_MAX_PAUSE_S", 1e9)
+    monkeypatch.setattr(runtime, "BESIDE_MIN_CALLS", 1)
+    gate, reached, threads = _gate_compiles(monkeypatch, compiler="compile_with_member")
+    asked_beside = []
+    original = compiled._run_polled
+    monkeypatch.setattr(compiled, "_run_polled", lambda *args: asked_beside.append(1)
+                        or original(*args))
+
+    def check():
+        np.testing.assert_allclose(compiled(x), np.asarray(model(x)), atol=1e-4, rtol=0)
+
+    check()
+    assert reached.wait(120)
+    for _ in range(3):
+        check()
+    layer.set_weights([0.5 * weight for weight in layer.get_weights()])
+    check()
+    assert asked_beside == [] and "polled" not in compiled._native_launchers
+    gate.set()
+    assert compiled.finish_compiles(120)
+    for _ in range(3):
+        check()
+    layer.set_weights([2.0 * weight for weight in layer.get_weights()])
+    check()
+    assert len(asked_beside) == 4 and threads == ["rshop_ir compile"]
