@@ -2,6 +2,7 @@
 the weight question beside a one-thread kernel, compile on a thread of their own while
 the calls run without them; they run once compiled."""
 
+import os
 import threading
 
 import numpy as np
@@ -197,3 +198,21 @@ def test_the_question_beside_the_kernel_waits_for_its_launcher(monkeypatch):
     layer.set_weights([2.0 * weight for weight in layer.get_weights()])
     check()
     assert len(asked_beside) == 4 and threads == ["rshop_ir compile"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this system")
+def test_a_fork_waits_for_the_compiles(wanting_teams, monkeypatch):
+    """A child forked during a compile would find Numba's compiler lock held by a
+    thread it does not have: the fork waits for the compile to end."""
+    program, weights, x = _program()
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    gate, reached, _ = _gate_compiles(monkeypatch)
+    compiled(x)
+    assert reached.wait(120)
+    opener = threading.Timer(0.5, gate.set)
+    opener.start()
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert gate.is_set() and not compiled._background.running()

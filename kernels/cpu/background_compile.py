@@ -18,7 +18,9 @@ A compile holds Python's GIL for its typing and lowering (LLVM's work releases i
 so the calls meanwhile can wait for the GIL a few milliseconds each; they no longer
 wait seconds for the compile. The thread is not a daemon: a process that ends during
 a compile waits for it (it would have waited in the call before), and Numba's disk
-cache keeps the result.
+cache keeps the result. A fork waits for the compiles too: a child forked during one
+would find Numba's compiler lock held by a thread it does not have, and its first
+compile would wait forever.
 
 `BACKGROUND = False` compiles in the call that first wants it, as before (tests that
 count what each call runs use it). `wait_all()` waits for every compile started so
@@ -28,6 +30,7 @@ far (the benchmarks time no call beside one).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 BACKGROUND = True
@@ -87,6 +90,7 @@ def wait_all(timeout: float = None) -> bool:
 
 
 def _join(threads: list, timeout) -> bool:
+    threads = [thread for thread in threads if thread is not threading.current_thread()]
     for thread in threads:
         thread.join(timeout)
     return not any(thread.is_alive() for thread in threads)
@@ -97,3 +101,7 @@ def _build(build) -> None:
         build()
     except Exception:   # the call that next wants it compiles it and meets the error
         _LOG.debug("A background compile failed", exc_info=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=wait_all)
