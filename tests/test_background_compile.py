@@ -24,7 +24,7 @@ def wanting_teams(monkeypatch):
     aside); the returned list receives the member count of each team formed."""
     if not native_launch_usable(2):
         pytest.skip("Numba's OpenMP threading layer with 2 threads is not available "
-                    "here: Python member threads run teams and compile in the call")
+                    "here: Python member threads run teams (tested below)")
     monkeypatch.setattr(background_compile, "BACKGROUND", True)
     monkeypatch.setattr(runtime, "auto_team_size", lambda kernel, batch, steps: 2)
     monkeypatch.setattr(TeamChoice, "members", lambda self, key, proposed: proposed)
@@ -108,6 +108,35 @@ def test_background_off_compiles_in_the_call(wanting_teams, monkeypatch):
     for got, want in zip(compiled(x), alone):
         np.testing.assert_array_equal(got, want)
     assert threads == [threading.current_thread().name] and wanting_teams == [2]
+
+
+def test_member_threads_wait_for_no_compile_either(monkeypatch):
+    """Where Python member threads run teams (no native launcher: another threading
+    layer, another system), the automatic team's kernel compiles in the background
+    too, and the calls meanwhile run on one thread."""
+    monkeypatch.setattr(background_compile, "BACKGROUND", True)
+    monkeypatch.setattr(runtime, "native_launch_usable", lambda members: False)
+    monkeypatch.setattr(runtime, "auto_team_size", lambda kernel, batch, steps: 2)
+    monkeypatch.setattr(TeamChoice, "members", lambda self, key, proposed: proposed)
+    teams = []
+    original = runtime.run_team
+    monkeypatch.setattr(runtime, "run_team", lambda *args: teams.append(
+        args[1].members) or original(*args))
+    program, weights, x = _program()
+    compiled = rshop_ir.compile(BoundProgram(program, weights))
+    alone = compiled(x, team_size=1)
+    gate, reached, threads = _gate_compiles(monkeypatch, compiler="compile_for_types")
+    for got, want in zip(compiled(x), alone):
+        np.testing.assert_array_equal(got, want)
+    assert reached.wait(120)
+    for got, want in zip(compiled(x), alone):    # a call while it compiles: one thread
+        np.testing.assert_array_equal(got, want)
+    assert threads == ["rshop_ir compile"] and teams == []
+    gate.set()
+    assert compiled._background.wait(120)
+    for got, want in zip(compiled(x), alone):
+        np.testing.assert_array_equal(got, want)
+    assert teams == [2] and len(threads) == 1
 
 
 def test_one_compile_per_argument_types():

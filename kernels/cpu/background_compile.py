@@ -5,7 +5,8 @@ first wanted them used to wait:
 - the automatic team's kernel (team_choice.py runs a program's first calls on one
   thread, then tries the team): several times one thread's compile (an LSTM at S2
   (1, 100, 128, 256), the 2-core Zen 4 VM: 6.7-8.0 s against 1.9-2.2 s, BENCHMARKS.md
-  run 26);
+  run 26), with its native launcher, or alone where Python member threads run the
+  team (team_workers.py: no OpenMP layer);
 - the launcher that asks whether a Keras layer's weights changed on the idle core
   beside a one-thread kernel (team_poll.py; the `parallel=True` launch_polled), which
   a compiled Keras model wants from its BESIDE_MIN_CALLS-th call: ~0.5-0.8 s.

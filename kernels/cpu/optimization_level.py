@@ -47,3 +47,15 @@ def compile_for(dispatcher, arguments) -> None:
     signature = tuple(typeof(argument) for argument in arguments)
     with kernel_optimization():
         dispatcher.compile(signature)
+
+
+def compile_for_types(dispatcher, arguments) -> None:
+    """Compile (or load from Numba's cache) `dispatcher` for the types of `arguments`
+    at KERNEL_OPT_LEVEL, unless it has a version for exactly these types."""
+    from numba import typeof
+
+    signature = tuple(typeof(argument) for argument in arguments)
+    if signature in dispatcher.overloads:
+        return
+    with kernel_optimization():
+        dispatcher.compile(signature)

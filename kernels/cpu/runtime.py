@@ -36,7 +36,7 @@ from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
 from rshop_ir.kernels.cpu.blas_threads import (THREADED_MIN_STEP_FLOPS, blas_predicate,
                                                blas_threads_for)
 from rshop_ir.kernels.cpu.core_load import others_idle
-from rshop_ir.kernels.cpu.optimization_level import compile_for
+from rshop_ir.kernels.cpu.optimization_level import compile_for, compile_for_types
 from rshop_ir.kernels.cpu.packed_product import pack_weight
 from rshop_ir.kernels.cpu.row_split import run_in_slices, slice_count, usable_cores
 from rshop_ir.kernels.cpu.team import (TeamBuffers, auto_team_size, launch_natively,
@@ -322,21 +322,27 @@ class CompiledProgram(CompiledProgramBase):
 
     def _team_ready(self, arrays: list, batch: int, steps: int, chunk_steps,
                     members: int) -> bool:
-        """Whether an automatic team call can run now without compiling; if not, its
-        kernel compiles in the background (background_compile.py). Python member
-        threads (no native launcher) compile in the call."""
-        if not native_launch_usable(members):
-            return True
+        """Whether an automatic team call can run now without compiling; if not, what
+        it runs (the team kernel and its native launcher, or the team kernel alone for
+        Python member threads) compiles in the background (background_compile.py)."""
+        if native_launch_usable(members):
+            key = ("team", _types_key(arrays))
+            done = lambda: self._launcher_kept("team", arrays) is not None  # noqa: E731
+        else:
+            key = ("team members", _types_key(arrays))
+            # the thread finds a version compiled or cached already (compile_for_types)
+            done = lambda: False  # noqa: E731
         return self._background.ready(
-            ("team", _types_key(arrays)),
-            lambda: self._launcher_kept("team", arrays) is not None,
-            lambda: self._compile_team(arrays, batch, steps, chunk_steps, members))
+            key, done, lambda: self._compile_team(arrays, batch, steps, chunk_steps,
+                                                  members))
 
     def _compile_team(self, arrays: list, batch: int, steps: int, chunk_steps,
                       members: int) -> None:
         """Compile what a team call with arguments of these types runs: the team
-        kernel and its native launcher (kept for the calls). Reads no input values."""
-        team_kernel = self._team_kernel()[0]
+        kernel and its native launcher (kept for the calls), or, where Python member
+        threads run the team (team_workers.py), the team kernel. Reads no input
+        values."""
+        team_kernel, team_run, _ = self._team_kernel()
         members = team_size_for(team_kernel, members)
         if members < 2:
             return
@@ -344,9 +350,12 @@ class CompiledProgram(CompiledProgramBase):
         chunk = self._chunk(batch, chunk_steps)
         leading = (batch, steps, chunk, *arrays, *self._weight_arguments)
         # buffers of one row and one step: only their types matter here
-        team = (members, new_counter(), buffers.pool(1), buffers.shared(1, 1),
-                np.full(members, -1, np.int64), buffers.masks)
-        self._launcher(arrays, leading, team)
+        team = (members, new_counter(), buffers.pool(1), buffers.shared(1, 1))
+        if native_launch_usable(members):
+            self._launcher(arrays, leading, (*team, np.full(members, -1, np.int64),
+                                             buffers.masks))
+        else:
+            compile_for_types(team_run, (*leading, 0, *team))
 
     def _poll_beside_pays(self, batch: int, steps: int) -> bool:
         """Whether a one-thread call asks whether the weights changed beside its kernel
