@@ -506,3 +506,30 @@ def test_save_load_and_disk_cache_in_fresh_processes(tmp_path, kernel_cache):
     for run in runs:
         assert float(run[6]) < 1e-5                      # the team's numbers are one thread's
         assert float(run[7]) < 1e-10 and run[8] != "0"   # compiled in the process
+
+
+def test_an_output_that_is_a_filled_default_is_never_handed_out_twice():
+    """A program returning an omitted input (its filled default) or a view of it: a
+    call like the previous one reuses the filled defaults, so those outputs must not
+    be the buffers the caller got and wrote last time. The outputs of a scan are
+    always new arrays and are not checked (runtime.py `_outputs_maybe_inputs`)."""
+    from rshop_ir.builder import ProgramBuilder
+
+    builder = ProgramBuilder()
+    x = builder.input("float32", ("B", 4), name="x")
+    state = builder.input("float32", ("B", 4), name="state", default=0.0)
+    program = builder.build([builder.apply("tanh", x), state,
+                             builder.apply("reshape", state, shape=("B", 2, 2))])
+    compiled = rshop_ir.compile(BoundProgram(program, {}))
+    assert compiled._outputs_to_check == [0, 1, 2]    # none comes from a scan
+    x_value = np.full((2, 4), 0.5, np.float32)
+    for _ in range(3):
+        outputs = compiled(x_value)
+        np.testing.assert_allclose(outputs[0], np.tanh(x_value), rtol=1e-6)
+        np.testing.assert_array_equal(outputs[1], np.zeros((2, 4)))
+        np.testing.assert_array_equal(outputs[2], np.zeros((2, 2, 2)))
+        outputs[1][...] = 5.0          # the caller owns its outputs
+        outputs[2][...] = 6.0
+    lstm = examples.lstm_program(4, 3, return_sequences=True)
+    assert rshop_ir.compile(BoundProgram(lstm, examples.random_weights(lstm)))\
+        ._outputs_to_check == []
