@@ -25,12 +25,19 @@ def wanting_teams(monkeypatch):
     if not native_launch_usable(2):
         pytest.skip("Numba's OpenMP threading layer with 2 threads is not available "
                     "here: Python member threads run teams (tested below)")
+    return _want_teams(monkeypatch, "launch_natively")
+
+
+def _want_teams(monkeypatch, runner: str) -> list:
+    """Background compiles on, every automatic call wanting a team of two; the list
+    receives the member count of each team the runtime's `runner` (launch_natively,
+    or run_team for Python member threads) runs."""
     monkeypatch.setattr(background_compile, "BACKGROUND", True)
     monkeypatch.setattr(runtime, "auto_team_size", lambda kernel, batch, steps: 2)
     monkeypatch.setattr(TeamChoice, "members", lambda self, key, proposed: proposed)
     teams = []
-    original = runtime.launch_natively
-    monkeypatch.setattr(runtime, "launch_natively", lambda *args: teams.append(
+    original = getattr(runtime, runner)
+    monkeypatch.setattr(runtime, runner, lambda *args: teams.append(
         args[1].members) or original(*args))
     return teams
 
@@ -114,14 +121,8 @@ def test_member_threads_wait_for_no_compile_either(monkeypatch):
     """Where Python member threads run teams (no native launcher: another threading
     layer, another system), the automatic team's kernel compiles in the background
     too, and the calls meanwhile run on one thread."""
-    monkeypatch.setattr(background_compile, "BACKGROUND", True)
     monkeypatch.setattr(runtime, "native_launch_usable", lambda members: False)
-    monkeypatch.setattr(runtime, "auto_team_size", lambda kernel, batch, steps: 2)
-    monkeypatch.setattr(TeamChoice, "members", lambda self, key, proposed: proposed)
-    teams = []
-    original = runtime.run_team
-    monkeypatch.setattr(runtime, "run_team", lambda *args: teams.append(
-        args[1].members) or original(*args))
+    teams = _want_teams(monkeypatch, "run_team")
     program, weights, x = _program()
     compiled = rshop_ir.compile(BoundProgram(program, weights))
     alone = compiled(x, team_size=1)
