@@ -59,3 +59,37 @@ def test_accelerate_rejects_bad_arguments():
     inputs = keras.Input((zoo.TIME, zoo.FEATURES))
     with pytest.raises(ValueError, match="target"):
         rshop_ir.accelerate(keras.Model(inputs, model(inputs)), target="tpu")
+
+
+@pytest.fixture
+def float64_keras():
+    """Keras building float64 layers (`keras.config.set_floatx`), restored after."""
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    yield
+    keras.config.set_floatx(previous)
+
+
+def test_a_float64_model_runs_compiled_in_float64(float64_keras):
+    """A model built with floatx float64: its recurrent layers' steps are traced in
+    their compute dtype (float64), not the trace's default float32 (which made the
+    scan's body disagree with its float64 sequence and failed); the numbers are
+    Keras's to float64 rounding."""
+    rng = np.random.default_rng(4)
+    ids = keras.Input((7,), dtype="int32")
+    hidden = layers.Embedding(12, 5, mask_zero=True)(ids)
+    hidden = layers.GRU(6, reset_after=False, return_sequences=True)(hidden)
+    hidden = layers.LSTM(5, return_sequences=True, go_backwards=True)(hidden)
+    hidden = LSTMCell(4, input_dim=5).get_layer(backend="keras", return_sequences=True)(
+        hidden)
+    model = keras.Model(ids, layers.Dense(3, activation="softmax")(
+        layers.SimpleRNN(4, return_sequences=True)(hidden)))
+    for weight in model.weights:
+        weight.assign(rng.uniform(-0.5, 0.5, size=weight.shape))
+    data = rng.integers(1, 12, size=(5, 7)).astype("int32")
+    data[0, -2:] = 0     # padding, masked
+    fast = rshop_ir.accelerate(model)
+    assert fast.fallbacks == []
+    got = fast.predict(data)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, model.predict(data, verbose=0), atol=1e-10, rtol=0)

@@ -25,17 +25,37 @@ class StepSignature:
         self.length = length
 
 
-def default_state(context, shape, value=0.0):
+def step_dtype(context, layer) -> str:
+    """The float dtype a recurrent layer's step computes in: the layer's compute dtype
+    (Keras casts the layer's inputs to it; a float64 model's layers are float64),
+    else the trace's."""
+    compute = getattr(layer, "compute_dtype", None)
+    return compute if compute in ("float32", "float64") else context.float_dtype
+
+
+def in_dtype(context, value, dtype):
+    """`value` (a Var) cast to `dtype` where it has another float dtype, as Keras casts
+    a layer's float inputs to its compute dtype."""
+    if value is None or getattr(value, "dtype", dtype) == dtype \
+            or value.dtype not in ("float16", "float32", "float64"):
+        return value
+    return context.apply("cast", value, dtype=dtype)
+
+
+def default_state(context, shape, value=0.0, dtype=None):
     """A state filled with `value`, batch dimension symbolic."""
     return context.apply("fill", shape=("B", *shape), value=float(value),
-                         dtype=context.float_dtype)
+                         dtype=dtype or context.float_dtype)
 
 
 def emit_scan(context, layer, signature, x, step_function, initial_states, initial_readout,
               mask, go_backwards, return_sequences):
     """Traces the step in a child context and emits the scan; returns (y, finals)."""
     body = context.child()
-    dtype = context.float_dtype
+    dtype = step_dtype(context, layer)
+    x = in_dtype(context, x, dtype)
+    initial_states = [in_dtype(context, state, dtype) for state in initial_states]
+    initial_readout = in_dtype(context, initial_readout, dtype)
     if signature.decode:
         sequences = []
     else:
@@ -84,12 +104,14 @@ def _initial_values(context, layer, signature, initial_state, initial_readout, f
             raise unsupported(layer, f"{len(states)} initial states for "
                                      f"{len(signature.state_shapes)} states")
     else:
-        states = [default_state(context, shape, value)
+        dtype = step_dtype(context, layer)
+        states = [default_state(context, shape, value, dtype)
                   for shape, value in zip(signature.state_shapes, fills)]
     readout = None
     if signature.readout:
         readout = (initial_readout if initial_readout is not None
-                   else default_state(context, signature.output_shape))
+                   else default_state(context, signature.output_shape,
+                                      dtype=step_dtype(context, layer)))
     return states, readout
 
 
