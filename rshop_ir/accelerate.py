@@ -81,19 +81,35 @@ class AcceleratedModel:
             except Exception as error:  # a node Keras cannot cut out on its own
                 compilable.append(False)
                 self._record_fallback(node.operation, UnsupportedError(str(error)))
-        if not self.fallbacks:
-            self._record_fallback(graph, whole_error)
         run = []
         for node, ok in zip(nodes, compilable):
             if ok:
                 run.append(node)
                 continue
             if run:
-                self._parts.append(self._compiled_segment(run, nodes, graph))
+                self._add_run(run, nodes, graph)
                 run = []
             self._parts.append(("keras", node))
         if run:
+            self._add_run(run, nodes, graph)
+        if not self.fallbacks:
+            self._record_fallback(graph, whole_error)
+
+    def _add_run(self, run, nodes, graph):
+        """The parts of a run of traceable nodes: one compiled segment; where the kernel
+        generator refuses it (an `UnsupportedError` only the generator sees), its two
+        halves, each the same way, down to single nodes, which then run in Keras."""
+        try:
             self._parts.append(self._compiled_segment(run, nodes, graph))
+            return
+        except UnsupportedError as error:
+            if len(run) == 1:
+                self._record_fallback(run[0].operation, error)
+                self._parts.append(("keras", run[0]))
+                return
+        half = len(run) // 2
+        self._add_run(run[:half], nodes, graph)
+        self._add_run(run[half:], nodes, graph)
 
     def _record_fallback(self, layer, error):
         name = getattr(layer, "name", type(layer).__name__)

@@ -1,5 +1,6 @@
 """rshop_ir.accelerate: whole models compiled, with Keras for what cannot be."""
 
+import importlib
 import logging
 
 import keras
@@ -63,11 +64,14 @@ def test_accelerate_rejects_bad_arguments():
 
 @pytest.fixture
 def float64_keras():
-    """Keras building float64 layers (`keras.config.set_floatx`), restored after."""
-    previous = keras.config.floatx()
+    """Keras building float64 layers (`set_floatx`, and the dtype policy, which Keras
+    fixes from floatx at its first use), restored after."""
+    previous, policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
     keras.config.set_floatx(previous)
+    keras.config.set_dtype_policy(policy)
 
 
 def test_a_float64_model_runs_compiled_in_float64(float64_keras):
@@ -93,3 +97,53 @@ def test_a_float64_model_runs_compiled_in_float64(float64_keras):
     got = fast.predict(data)
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, model.predict(data, verbose=0), atol=1e-10, rtol=0)
+
+
+def test_a_layer_the_generator_refuses_runs_in_keras(monkeypatch):
+    """Every layer traces, but the kernel generator refuses one (an UnsupportedError
+    raised when compiling, not when tracing): that layer runs in Keras and is
+    reported, the layers around it run compiled, and the numbers are Keras's."""
+    from rshop_ir.errors import UnsupportedError
+
+    accelerate_module = importlib.import_module("rshop_ir.accelerate")
+
+    inputs = keras.Input((6, 3))
+    hidden = layers.Dense(4, name="before")(inputs)
+    hidden = layers.Dense(4, activation="tanh", name="refused")(hidden)
+    hidden = layers.LSTM(5, return_sequences=True, name="lstm")(hidden)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(hidden))
+    compile_for = accelerate_module.compile_for
+    compiled_layers = []
+
+    def refusing(target_object, target):
+        names = [layer.name for layer in target_object.layers]
+        if "refused" in names:
+            raise UnsupportedError("the generator refuses 'refused'")
+        compiled_layers.append(names)
+        return compile_for(target_object, target)
+
+    monkeypatch.setattr(accelerate_module, "compile_for", refusing)
+    fast = rshop_ir.accelerate(model)
+    assert [name for name, _ in fast.fallbacks] == ["refused"]
+    assert [kind for kind, *_ in fast._parts] == ["compiled", "keras", "compiled"]
+    assert {name for names in compiled_layers for name in names} >= {"before", "lstm",
+                                                                      "head"}
+    x = np.random.default_rng(6).standard_normal((4, 6, 3)).astype("float32")
+    np.testing.assert_allclose(fast.predict(x), model.predict(x, verbose=0), atol=1e-4,
+                               rtol=0)
+
+
+def test_float64_inputs_of_float32_layers_are_cast_as_keras_casts_them():
+    """A float64 `keras.Input` feeding float32 layers: Keras casts a layer's float
+    inputs to its compute dtype, so the trace does too (the Dense's float64 x float32
+    matmul made the generator refuse the model)."""
+    inputs = keras.Input((6, 3), dtype="float64")
+    hidden = layers.Dense(4, activation="tanh")(inputs)
+    hidden = layers.SimpleRNN(5, return_sequences=True)(hidden)
+    model = keras.Model(inputs, layers.Dense(2)(hidden))
+    fast = rshop_ir.accelerate(model)
+    assert fast.fallbacks == []
+    x = np.random.default_rng(7).standard_normal((4, 6, 3))
+    got = fast.predict(x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-4, rtol=0)

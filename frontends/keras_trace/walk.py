@@ -56,6 +56,8 @@ def trace_layer_call(context, layer, args, kwargs):
     layer) is re-traced: its `call` runs on symbolic inputs, which turns the keras.ops
     it uses into graph nodes, and that graph is walked.
     """
+    if isinstance(layer, keras.layers.Layer):
+        args, kwargs = _cast_to_input_dtype(context, layer, args, kwargs)
     rule = find_layer_rule(layer)
     if rule is not None:
         return rule(context, layer, args, kwargs)
@@ -68,6 +70,24 @@ def trace_layer_call(context, layer, args, kwargs):
         f"Operation {getattr(layer, 'name', name)!r} ({name}) cannot be compiled: no "
         "tracing rule for this keras.ops operation."
     )
+
+
+def _cast_to_input_dtype(context, layer, args, kwargs):
+    """`args` and `kwargs` with their float Vars cast to the layer's input dtype, as a
+    Keras layer casts its float inputs when it is called (`autocast`: a float64 input
+    of a float32 Dense is computed in float32)."""
+    dtype = getattr(layer, "input_dtype", None)
+    if dtype not in ("float32", "float64") or not getattr(layer, "autocast", True) \
+            or not getattr(layer, "_convert_input_args", True):
+        return args, kwargs
+
+    def cast(value):
+        if isinstance(value, Var) and value.dtype in ("float16", "float32", "float64") \
+                and value.dtype != dtype:
+            return context.apply("cast", value, dtype=dtype)
+        return value
+
+    return keras.tree.map_structure(cast, args), keras.tree.map_structure(cast, kwargs)
 
 
 def retrace_layer_call(context, layer, args):
