@@ -124,8 +124,8 @@ def test_output_layer_after_the_loop_chunk_by_chunk(name, chunk_steps):
     for every chunk size."""
     compiled, bound = compiled_example(name, "float64")
     assert [eqn.op for eqn in compiled.program.eqns][-3:] == ["scan", "matmul", "fused"]
-    assert "y_all = np.empty((B, chunk_steps, 4), np.float64)" in compiled.source
-    assert "y_out = np.empty((B, steps, 6), np.float64)" in compiled.source
+    assert "y_all = new_array((B, chunk_steps, 4), np.float64)" in compiled.source
+    assert "y_out = new_array((B, steps, 6), np.float64)" in compiled.source
     inputs = examples.random_inputs(bound.program, batch=3, steps=23, seed=4)
     expected = _as_list(rshop_ir.interpret(bound, *inputs))
     got = _as_list(compiled(*inputs, chunk_steps=chunk_steps))

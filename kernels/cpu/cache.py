@@ -30,7 +30,8 @@ from rshop_ir.kernels import module_files
 from rshop_ir.kernels.cpu.codegen import GENERATOR_VERSION
 from rshop_ir.kernels.cpu.quick_cache_load import load_quickly
 
-SUPPORT_MODULES = ("mathlib.py", "packed_product.py", "reductions.py", "team_sync.py")
+SUPPORT_MODULES = ("mathlib.py", "new_array.py", "packed_product.py", "reductions.py",
+                   "team_sync.py")
 _MODULES = {}        # key -> module (the in-memory cache)
 STATS = {"memory_hits": 0, "modules_loaded": 0, "files_written": 0}
 

@@ -187,7 +187,7 @@ class _Function:
         name = self.names.fresh(hint)
         target = self.preamble if (self.preamble is not None and "T" not in var.shape) \
             else self.body
-        target.line(f"{name} = np.empty({shape_text}, {dtype_expression(var.dtype)})")
+        target.line(f"{name} = new_array({shape_text}, {dtype_expression(var.dtype)})")
         if target is self.preamble:
             self.fixed.add(name)
         return name
@@ -209,7 +209,8 @@ class CpuGenerator:
     def __init__(self, program: Program, team: bool = False):
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
-        reserved = {"np", "math", "njit", "wide_vectors", "B", "T", "chunk", "phase_slot",
+        reserved = {"np", "math", "njit", "wide_vectors", "new_array", "full_array",
+                    "B", "T", "chunk", "phase_slot",
                     "team_wait", "team_arrive", "team_await", "output_at",
                     "publish_output", "published_output",
                     "team_enter", "team_leave", "team_poll", "claim_unit", "end_claims",
@@ -260,6 +261,7 @@ class CpuGenerator:
         header.line("import numpy as np")
         header.line("from numba import njit")
         header.line("from rshop_ir.kernels.cpu.vector_width import wide_vectors")
+        header.line("from rshop_ir.kernels.cpu.new_array import full_array, new_array")
         if self.team:
             header.line("from numba import prange")
             header.line("from rshop_ir.kernels.cpu.team_sync import (claim_unit, end_claims, "
@@ -561,7 +563,7 @@ class CpuGenerator:
     def _op_fill(self, function, eqn) -> None:
         out = eqn.outputs[0]
         value = self.ctx.const(eqn.params["value"], out.dtype)
-        self._define(function, out, f"np.full({self.shape_text(out.shape)}, {value})")
+        self._define(function, out, f"full_array({self.shape_text(out.shape)}, {value})")
 
     def _op_constant(self, function, eqn) -> None:
         out = eqn.outputs[0]
@@ -586,7 +588,7 @@ class CpuGenerator:
         body = function.body
         body.line(f"{flat_ids} = {ids_array}.reshape({ids_array}.size)")
         body.line(f"{rows} = {table_array}.reshape(({table_array}.shape[0], {width}))")
-        body.line(f"{result} = np.empty(({flat_ids}.size, {width}), {rows}.dtype)")
+        body.line(f"{result} = new_array(({flat_ids}.size, {width}), {rows}.dtype)")
         with body.block(f"for {index} in range({flat_ids}.size):"):
             body.line(f"{row} = {flat_ids}[{index}]")
             body.line(f"if {row} < 0 or {row} >= {rows}.shape[0]:")
@@ -1070,7 +1072,7 @@ class CpuGenerator:
             body.line(f"{name} = team_shared[{at}:{at} + B * {row_bytes}].view({dtype})"
                       f".reshape({shape})")
         with body.block("else:"):
-            body.line(f"{name} = np.empty({shape}, {dtype})")
+            body.line(f"{name} = new_array({shape}, {dtype})")
         return name
 
     def _claimed_rows(self, function, left: str, buffer: str, start: str,
@@ -1166,7 +1168,7 @@ class CpuGenerator:
             buffer, start = names.fresh("row_weight"), names.fresh("row_weight_start")
             itemsize = np.dtype(out.dtype).itemsize
             size = row_buffer_size(contraction, out.shape[1], itemsize)
-            preamble.line(f"{buffer} = np.empty({size} if B * steps >= "
+            preamble.line(f"{buffer} = new_array({size} if B * steps >= "
                           f"{PACK_MIN_ROW_STEPS} else 0, {dtype_expression(out.dtype)})")
             preamble.line(f"{start} = {aligned_start_source(buffer, itemsize)}")
             with preamble.block(f"if {buffer}.size > 0:"):
@@ -1268,7 +1270,7 @@ class CpuGenerator:
             columns = high_column - low_column
             _, low, count = ownership.partition(columns)
             part = names.fresh("own_part")
-            preamble.line(f"{part} = np.empty((B, {count}), {dtype_expression(out.dtype)})")
+            preamble.line(f"{part} = new_array((B, {count}), {dtype_expression(out.dtype)})")
             name = function.alloc(var, self.shape_text(var.shape), "product")
 
             def emit(writer, name=name, part=part, low=low, columns=columns,
@@ -1411,17 +1413,18 @@ class CpuGenerator:
         for k, (name, state_var) in enumerate(zip(states, inner["states"])):
             current, following = names.fresh(f"state_{k}"), names.fresh(f"next_state_{k}")
             preamble.line(f"{current} = {name}.copy()")
-            preamble.line(f"{following} = np.empty({current}.shape, "
+            preamble.line(f"{following} = new_array({current}.shape, "
                           f"{dtype_expression(state_var.dtype)})")
             state_buffers.append((current, following))
             function.values[state_var] = ArrayValue(current, state_var.ndim)
         y_shape = self.shape_text(y_var.shape)
         y_dtype = dtype_expression(y_var.dtype)
-        # np.empty and loops, not np.zeros / np.empty_like: each of those is one more
-        # Numba overload compiled into every kernel (~0.1 s of a first compile).
-        preamble.line(f"y_last = np.empty({y_shape}, {y_dtype})")
+        # new_array and loops, not np.zeros / np.empty_like: each of those is one more
+        # Numba overload compiled into every kernel (~0.1 s of a first compile;
+        # new_array.py).
+        preamble.line(f"y_last = new_array({y_shape}, {y_dtype})")
         self._fill_zeros(preamble, names, "y_last", y_var.ndim)
-        preamble.line(f"y_next = np.empty({y_shape}, {y_dtype})")
+        preamble.line(f"y_next = new_array({y_shape}, {y_dtype})")
         function.y_step = "step"
         function.split_bytes_before = self.team_weight_bytes
         if projections or epilogue is not None:
@@ -1430,19 +1433,19 @@ class CpuGenerator:
             # y_all holds the chunk's rows of y; the output layer writes y_out after them
             all_shape = self.shape_text((y_var.shape[0], "chunk_steps", *y_var.shape[1:]))
             out_shape = self.shape_text(("B", "steps", epilogue.weight.shape[1]))
-            preamble.line(f"y_all = np.empty({all_shape}, {y_dtype})")
-            preamble.line(f"y_out = np.empty({out_shape}, "
+            preamble.line(f"y_all = new_array({all_shape}, {y_dtype})")
+            preamble.line(f"y_out = new_array({out_shape}, "
                           f"{dtype_expression(epilogue.output.dtype)})")
             function.y_step = "y_step"
         elif params["return_sequences"]:
             all_shape = self.shape_text((y_var.shape[0], "steps", *y_var.shape[1:]))
             # every step writes its row of y_all (masked steps the carried y)
-            preamble.line(f"y_all = np.empty({all_shape}, {y_dtype})")
+            preamble.line(f"y_all = new_array({all_shape}, {y_dtype})")
         readout_buffers = None
         if readout is not None:
             readout_buffers = (names.fresh("readout"), names.fresh("next_readout"))
             preamble.line(f"{readout_buffers[0]} = {readout}.copy()")
-            preamble.line(f"{readout_buffers[1]} = np.empty({readout_buffers[0]}.shape, "
+            preamble.line(f"{readout_buffers[1]} = new_array({readout_buffers[0]}.shape, "
                           f"{dtype_expression(inner['readout'][0].dtype)})")
             function.values[inner["readout"][0]] = ArrayValue(readout_buffers[0],
                                                               inner["readout"][0].ndim)
@@ -1872,9 +1875,9 @@ class CpuGenerator:
             staged, projected = chunk_buffers[index]
             in_size, out_size = projection.weight.shape
             dtype = dtype_expression(projection.output.dtype)
-            preamble.line(f"{staged} = np.empty((chunk_steps * B, {in_size}), {dtype})")
+            preamble.line(f"{staged} = new_array((chunk_steps * B, {in_size}), {dtype})")
             if not shared:
-                preamble.line(f"{projected} = np.empty((chunk_steps * B, {out_size}), {dtype})")
+                preamble.line(f"{projected} = new_array((chunk_steps * B, {out_size}), {dtype})")
                 continue
             size = f"chunk_steps * B * {out_size * np.dtype(projection.output.dtype).itemsize}"
             with preamble.block("if team_size > 1:"):
@@ -1882,7 +1885,7 @@ class CpuGenerator:
                               f".reshape((chunk_steps * B, {out_size}))")
                 preamble.line(f"{at} = ({at} + {size} + 63) // 64 * 64")
             with preamble.block("else:"):
-                preamble.line(f"{projected} = np.empty((chunk_steps * B, {out_size}), {dtype})")
+                preamble.line(f"{projected} = new_array((chunk_steps * B, {out_size}), {dtype})")
         if shared:
             self.team_shared_row_bytes = max(self.team_shared_row_bytes, sum(
                 p.weight.shape[1] * np.dtype(p.output.dtype).itemsize

@@ -111,7 +111,7 @@ def constant_exponentials_source(constant: str, ndim: int, exponentials: str, fa
     and `far` = whether some element is beyond LIMIT or NaN (once a call)."""
     indices = [names.fresh("a") for _ in range(ndim)]
     value = names.fresh("k")
-    lines = [f"{exponentials} = np.empty({constant}.shape, np.float32)", f"{far} = False"]
+    lines = [f"{exponentials} = new_array({constant}.shape, np.float32)", f"{far} = False"]
     for depth, index in enumerate(indices):
         lines.append("    " * depth + f"for {index} in range({constant}.shape[{depth}]):")
     inner = "    " * ndim
