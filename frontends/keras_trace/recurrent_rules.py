@@ -27,19 +27,10 @@ class StepSignature:
 
 def step_dtype(context, layer) -> str:
     """The float dtype a recurrent layer's step computes in: the layer's compute dtype
-    (Keras casts the layer's inputs to it; a float64 model's layers are float64),
-    else the trace's."""
+    (a float64 model's layers are float64; `trace_layer_call` casts the layer's float
+    inputs to it, as Keras does), else the trace's."""
     compute = getattr(layer, "compute_dtype", None)
     return compute if compute in ("float32", "float64") else context.float_dtype
-
-
-def in_dtype(context, value, dtype):
-    """`value` (a Var) cast to `dtype` where it has another float dtype, as Keras casts
-    a layer's float inputs to its compute dtype."""
-    if value is None or getattr(value, "dtype", dtype) == dtype \
-            or value.dtype not in ("float16", "float32", "float64"):
-        return value
-    return context.apply("cast", value, dtype=dtype)
 
 
 def default_state(context, shape, value=0.0, dtype=None):
@@ -52,10 +43,7 @@ def emit_scan(context, layer, signature, x, step_function, initial_states, initi
               mask, go_backwards, return_sequences):
     """Traces the step in a child context and emits the scan; returns (y, finals)."""
     body = context.child()
-    dtype = step_dtype(context, layer)
-    x = in_dtype(context, x, dtype)
-    initial_states = [in_dtype(context, state, dtype) for state in initial_states]
-    initial_readout = in_dtype(context, initial_readout, dtype)
+    dtype = step_dtype(context, layer)   # its float inputs are cast to it (walk.py)
     if signature.decode:
         sequences = []
     else:

@@ -4,9 +4,9 @@ A generated kernel allocates its buffers with `new_array(shape, dtype)` and
 `full_array(shape, value)` instead of `np.empty` and `np.full`. Numba implements those
 two as overloads, each compiled as a function of its own for every shape type and
 dtype it meets (its typing, lowering, LLVM passes and machine code), before the
-kernel that calls it: ~0.2 s of an LSTM's first compile, 0.17 of them three versions
-of `np.empty` (an LSTM at S1, an empty Numba cache, the 2-core Zen 4 VM; ad-hoc
-script timing each compile). These intrinsics write the allocation into the kernel's
+kernel that calls it: two versions of `np.empty`'s took 0.17 s of an LSTM's first
+compile (S1, an empty Numba cache, the 2-core Zen 4 VM; ad-hoc script timing each
+compile; BENCHMARKS.md run 28). These intrinsics write the allocation into the kernel's
 own code, with the helper Numba's array constructors lower to (`_empty_nd_impl`: a
 C-contiguous array from the runtime's allocator, the same memory `np.empty` gives).
 

@@ -40,13 +40,8 @@ def kernel_optimization():
 def compile_for(dispatcher, arguments) -> None:
     """Compile (or load from Numba's cache) `dispatcher` for the types of `arguments`
     at KERNEL_OPT_LEVEL, unless it has a compiled version already."""
-    if dispatcher.overloads:
-        return
-    from numba import typeof
-
-    signature = tuple(typeof(argument) for argument in arguments)
-    with kernel_optimization():
-        dispatcher.compile(signature)
+    if not dispatcher.overloads:     # the per-call check: no typing of the arguments
+        compile_for_types(dispatcher, arguments)
 
 
 def compile_for_types(dispatcher, arguments) -> None:
