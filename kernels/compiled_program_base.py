@@ -135,7 +135,7 @@ class CompiledProgramBase:
             raise TypeError(f"Input {name!r}: expected a numeric array of dtype "
                             f"{var.dtype}; could not convert {type(value).__name__}: "
                             f"{error}") from None
-        if array.dtype.kind not in "biuf":
+        if array.dtype.kind not in "biuf" and array.dtype.name != "bfloat16":
             raise TypeError(f"Input {name!r}: expected a numeric array of dtype "
                             f"{var.dtype}; received dtype {array.dtype}. Convert it with "
                             f"np.asarray(x, dtype='{var.dtype}').")

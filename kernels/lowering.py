@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rshop_ir.errors import UnsupportedError
 from rshop_ir.ir import Literal, Program, Var
 from rshop_ir.ops import ScanLayout, get_op, is_row_norm
 from rshop_ir.kernels.scalar_ops import scalar_expression
@@ -94,6 +95,7 @@ def plan_program(program: Program, row_norms: bool = False,
     """`row_norms`: a projection's chain may hold layer norms over the last axis
     (`rshop_ir.ops.is_row_norm`), for a renderer that computes them row by row in its chunks.
     `epilogues`: a top-level scan absorbs the output layer after it (`Epilogue`)."""
+    refuse_half_precision(program)
     uses = count_uses(program)
     producers = {var: eqn for eqn in program.eqns for var in eqn.outputs}
     readers = {}
@@ -126,6 +128,28 @@ def plan_program(program: Program, row_norms: bool = False,
             continue
         steps.append(("scan", scans[id(eqn)]) if eqn.op == "scan" else ("eqn", eqn))
     return ProgramPlan(program, steps)
+
+
+HALF_PRECISION = ("float16", "bfloat16")
+
+
+def refuse_half_precision(program: Program) -> None:
+    """Raise `UnsupportedError` where `program` (its bodies and prologue included) holds
+    a 16-bit float value: the kernels compute in float32 and float64 only, and a float32
+    result is not the number a float16 computation gives."""
+    values = [*program.inputs, *(var for _, var in program.params)]
+    for eqn in program.eqns:
+        values.extend(eqn.outputs)
+        for body in eqn.nested_programs():
+            refuse_half_precision(body)
+    if program.prologue is not None:
+        refuse_half_precision(program.prologue)
+    for value in values:
+        if isinstance(value, Var) and value.dtype in HALF_PRECISION:
+            raise UnsupportedError(
+                f"The program computes on {value.dtype} values ({value}); the kernels "
+                "compute in float32 or float64 only. Cast to float32 before the "
+                "compiled part, or build the layers with dtype='float32'.")
 
 
 def plan_scan(eqn) -> ScanPlan:

@@ -147,3 +147,55 @@ def test_float64_inputs_of_float32_layers_are_cast_as_keras_casts_them():
     got = fast.predict(x)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-4, rtol=0)
+
+
+@pytest.fixture
+def mixed_precision():
+    """Keras building layers under a mixed-precision policy, restored after."""
+    policy = keras.config.dtype_policy()
+
+    def use(name):
+        keras.config.set_dtype_policy(name)
+
+    yield use
+    keras.config.set_dtype_policy(policy)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_layers_run_in_keras_and_float32_ones_compiled(mixed_precision,
+                                                                       policy):
+    """Layers computing in 16 bits run in Keras (a float32 kernel's numbers differ from
+    Keras's by the 16-bit rounding, ~1e-3), listed in `fallbacks`; a float32 layer
+    after them runs compiled on their 16-bit output, widened exactly: the numbers are
+    Keras's. Before, the float32 head crashed Numba (no float16 arguments) and the
+    mixed layers ran in float32."""
+    mixed_precision(policy)
+    inputs = keras.Input((6, 5))
+    hidden = layers.Dense(8, name="dense16")(inputs)
+    hidden = layers.LSTM(16, return_sequences=True, name="lstm16")(hidden)
+    model = keras.Model(inputs, layers.Dense(3, dtype="float32", name="head")(hidden))
+    fast = rshop_ir.accelerate(model)
+    assert [name for name, _ in fast.fallbacks] == ["dense16", "lstm16"]
+    assert all("computes in" in reason and policy in reason
+               for _, reason in fast.fallbacks)
+    assert [kind for kind, *_ in fast._parts] == ["keras", "keras", "compiled"]
+    x = np.random.default_rng(8).standard_normal((5, 6, 5)).astype("float32")
+    got = fast.predict(x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-6, rtol=0)
+    with pytest.raises(rshop_ir.UnsupportedError, match="computes in"):
+        rshop_ir.compile(model.get_layer("lstm16"))
+
+
+def test_a_cast_to_float16_runs_in_keras():
+    """An explicit cast to float16 inside a float32 model: the kernels do not compute
+    in float16, so the cast runs in Keras and the float32 layer after it is compiled
+    on its output (Keras's numbers, not float32 ones)."""
+    inputs = keras.Input((4, 3))
+    hidden = keras.ops.cast(layers.Dense(6)(inputs), "float16")
+    model = keras.Model(inputs, layers.Dense(2)(hidden))
+    fast = rshop_ir.accelerate(model)
+    assert len(fast.fallbacks) == 1 and "float16" in fast.fallbacks[0][1]
+    x = np.random.default_rng(9).standard_normal((3, 4, 3)).astype("float32") * 3
+    np.testing.assert_allclose(fast.predict(x), model.predict(x, verbose=0), atol=1e-6,
+                               rtol=0)

@@ -157,6 +157,24 @@ def test_auto_falls_back_with_a_reason_and_one_info_log(caplog):
     assert len(messages) == 1 and "runs in Keras" in messages[0]
 
 
+def test_auto_leaves_a_mixed_precision_layer_to_keras():
+    """A layer under the "mixed_float16" policy computes in float16; a float32 kernel
+    would not give its numbers (or its float16 outputs), so "auto" runs it in Keras
+    with the reason."""
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        x = RNG.standard_normal((2, 5, 3)).astype("float32")
+        fast, reference = _pair(lambda b: _step_rnn(b, f"half_{b}", return_sequences=True),
+                                x.shape)
+        got = fast(x)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    assert fast._compiled_path is None and "computes in float16" in fast.fallback_reason
+    assert got.dtype == "float16"
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(reference(x)))
+
+
 def test_explicit_numba_cpu_refuses_what_it_cannot_compile():
     layer = _step_rnn("numba-cpu", "odd_explicit", odd=True)
     with pytest.raises(ValueError, match="(?s)cannot run on backend='numba-cpu'.*tf_cumsum"

@@ -73,13 +73,25 @@ def _trace_model(model):
     context = TraceContext()
     inputs = []
     for index, tensor in enumerate(model.inputs):
-        dtype = np.dtype(tensor.dtype).name
+        dtype = _program_input_dtype(tensor.dtype)
         name = "x" if len(model.inputs) == 1 else f"x/{index}"
         inputs.append(context.builder.input(dtype, _symbolic_shape(tensor.shape,
                                                                     f"Input {index}"),
                                             name=name))
     outputs = trace_functional(context, model, inputs)
     return context.builder.build(outputs), context.variables_by_name
+
+
+def _program_input_dtype(dtype) -> str:
+    """The program's dtype for a model input of `dtype`: float32 for a 16-bit float (the
+    output of a mixed-precision part run in Keras before a compiled one). Widening is
+    exact, and no traced op computes on the value before a layer casts it to its own
+    float32 or float64 (a layer computing in 16 bits is refused, walk.py), so the
+    results are Keras's; the runtime casts the 16-bit array it is given."""
+    name = str(getattr(dtype, "name", dtype))
+    if name in ("float16", "bfloat16"):
+        return "float32"
+    return np.dtype(dtype).name
 
 
 def _layer_signature(layer):

@@ -57,6 +57,7 @@ def trace_layer_call(context, layer, args, kwargs):
     it uses into graph nodes, and that graph is walked.
     """
     if isinstance(layer, keras.layers.Layer):
+        _refuse_reduced_precision(layer)
         args, kwargs = _cast_to_input_dtype(context, layer, args, kwargs)
     rule = find_layer_rule(layer)
     if rule is not None:
@@ -70,6 +71,20 @@ def trace_layer_call(context, layer, args, kwargs):
         f"Operation {getattr(layer, 'name', name)!r} ({name}) cannot be compiled: no "
         "tracing rule for this keras.ops operation."
     )
+
+
+def _refuse_reduced_precision(layer):
+    """Raise `UnsupportedError` for a layer computing in float16 or bfloat16 (a mixed
+    precision policy such as "mixed_float16"): the kernels compute in float32 or
+    float64, and float32 results would not be the numbers Keras gives such a layer
+    (its inputs, weights and every intermediate rounded to 16 bits)."""
+    dtype = getattr(layer, "compute_dtype", None)
+    if dtype in ("float16", "bfloat16"):
+        policy = getattr(getattr(layer, "dtype_policy", None), "name", dtype)
+        raise UnsupportedError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) computes in {dtype} (dtype "
+            f"policy {policy!r}); compiled kernels compute in float32 or float64 only. "
+            "Build the layer with dtype='float32' (or 'float64') to compile it.")
 
 
 def _cast_to_input_dtype(context, layer, args, kwargs):
