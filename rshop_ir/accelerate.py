@@ -98,18 +98,39 @@ class AcceleratedModel:
     def _add_run(self, run, nodes, graph):
         """The parts of a run of traceable nodes: one compiled segment; where the kernel
         generator refuses it (an `UnsupportedError` only the generator sees), its two
-        halves, each the same way, down to single nodes, which then run in Keras."""
+        halves, each the same way, down to single nodes, which then run in Keras. Then
+        neighbouring compiled pieces are joined again where their union compiles (the
+        halving cut them apart only to find the refused node)."""
+        pieces = self._split_run(run, nodes, graph)
+        joined = [pieces[0]]
+        for piece in pieces[1:]:
+            before = joined[-1]
+            if piece[0] == "compiled" and before[0] == "compiled":
+                union = before[1] + piece[1]
+                try:
+                    joined[-1] = ("compiled", union,
+                                  self._compiled_segment(union, nodes, graph))
+                    continue
+                except UnsupportedError:
+                    pass
+            joined.append(piece)
+        for kind, run_nodes, part in joined:
+            if kind == "keras":
+                self._record_fallback(run_nodes[0].operation, part)
+                part = ("keras", run_nodes[0])
+            self._parts.append(part)
+
+    def _split_run(self, run, nodes, graph):
+        """[(kind, nodes, part or error)]: "compiled" pieces with their segment, "keras"
+        single nodes with the generator's error."""
         try:
-            self._parts.append(self._compiled_segment(run, nodes, graph))
-            return
+            return [("compiled", run, self._compiled_segment(run, nodes, graph))]
         except UnsupportedError as error:
             if len(run) == 1:
-                self._record_fallback(run[0].operation, error)
-                self._parts.append(("keras", run[0]))
-                return
+                return [("keras", run, error)]
         half = len(run) // 2
-        self._add_run(run[:half], nodes, graph)
-        self._add_run(run[half:], nodes, graph)
+        return (self._split_run(run[:half], nodes, graph)
+                + self._split_run(run[half:], nodes, graph))
 
     def _record_fallback(self, layer, error):
         name = getattr(layer, "name", type(layer).__name__)

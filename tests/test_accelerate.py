@@ -133,6 +133,37 @@ def test_a_layer_the_generator_refuses_runs_in_keras(monkeypatch):
                                rtol=0)
 
 
+def test_the_compiled_pieces_around_a_refused_layer_are_joined(monkeypatch):
+    """Eight layers, the generator refusing the fourth: halving the run finds it by
+    cutting the three before it into two pieces; those are joined again, so the model
+    runs as one compiled segment on each side of the refused layer."""
+    from rshop_ir.errors import UnsupportedError
+
+    accelerate_module = importlib.import_module("rshop_ir.accelerate")
+    hidden = inputs = keras.Input((5, 3))
+    for index in range(8):
+        name = "refused" if index == 3 else f"dense_{index}"
+        hidden = layers.Dense(4, activation="tanh", name=name)(hidden)
+    model = keras.Model(inputs, hidden)
+    compile_for = accelerate_module.compile_for
+
+    def refusing(target_object, target):
+        if "refused" in [layer.name for layer in target_object.layers]:
+            raise UnsupportedError("the generator refuses 'refused'")
+        return compile_for(target_object, target)
+
+    monkeypatch.setattr(accelerate_module, "compile_for", refusing)
+    fast = rshop_ir.accelerate(model)
+    assert [name for name, _ in fast.fallbacks] == ["refused"]
+    kinds = [kind for kind, *_ in fast._parts]
+    assert kinds == ["compiled", "keras", "compiled"]
+    assert [len(fast._parts[0][1].program.params), len(fast._parts[2][1].program.params)] \
+        == [6, 8]    # a kernel and a bias for each of 3 and of 4 layers
+    x = np.random.default_rng(10).standard_normal((4, 5, 3)).astype("float32")
+    np.testing.assert_allclose(fast.predict(x), model.predict(x, verbose=0), atol=1e-5,
+                               rtol=0)
+
+
 def test_float64_inputs_of_float32_layers_are_cast_as_keras_casts_them():
     """A float64 `keras.Input` feeding float32 layers: Keras casts a layer's float
     inputs to its compute dtype, so the trace does too (the Dense's float64 x float32
