@@ -73,7 +73,8 @@ class AcceleratedModel:
         compilable = []
         for node in nodes:
             try:
-                trace(keras.Model(list(node.input_tensors), list(node.outputs)))
+                inputs = list({id(t): t for t in node.input_tensors}.values())
+                trace(keras.Model(inputs, list(node.outputs)))
                 compilable.append(True)
             except UnsupportedError as error:
                 compilable.append(False)
@@ -94,6 +95,32 @@ class AcceleratedModel:
             self._add_run(run, nodes, graph)
         if not self.fallbacks:
             self._record_fallback(graph, whole_error)
+        self._plan_implicit_masks(graph)
+
+    def _plan_implicit_masks(self, graph):
+        """The Keras masks of the inputs of the layers run in Keras. In a Keras model
+        every tensor carries its mask (`_keras_mask`), which a layer reads when it is
+        called (MultiHeadAttention's query and value masks after an
+        `Embedding(mask_zero=True)`); the numpy arrays these layers get carry none. The
+        masks are computed by one Keras model of the graph's inputs, when some layer run
+        in Keras has a masked input, and set on its inputs before the call."""
+        import keras
+
+        from recurrentshop import compat
+
+        self._input_masks = {}
+        masks = {}
+        for part in self._parts:
+            if part[0] != "keras":
+                continue
+            node = part[1]
+            masked = {id(tensor): compat.keras_mask(tensor) for tensor in node.input_tensors
+                      if compat.keras_mask(tensor) is not None}
+            if masked:
+                self._input_masks[id(node)] = masked
+                masks.update({id(mask): mask for mask in masked.values()})
+        self._mask_ids = list(masks)
+        self._mask_model = keras.Model(graph.inputs, list(masks.values())) if masks else None
 
     def _add_run(self, run, nodes, graph):
         """The parts of a run of traceable nodes: one compiled segment; where the kernel
@@ -174,6 +201,11 @@ class AcceleratedModel:
         values = {}
         for tensor, value in zip(self._graph.inputs, inputs):
             values[id(tensor)] = value
+        if self._mask_model is not None:
+            masks = self._mask_model(inputs if len(inputs) > 1 else inputs[0],
+                                     training=False)
+            masks = masks if isinstance(masks, (list, tuple)) else [masks]
+            values.update(zip(self._mask_ids, (np.asarray(mask) for mask in masks)))
         for part in self._parts:
             if part[0] == "compiled":
                 _, compiled, part_inputs, part_outputs = part
@@ -183,7 +215,13 @@ class AcceleratedModel:
                     values[id(tensor)] = result
             else:
                 node = part[1]
-                args, kwargs = compat.fill_node_arguments(node, values)
+                arguments = values
+                masked = self._input_masks.get(id(node))
+                if masked:
+                    arguments = dict(values)
+                    for key, mask in masked.items():
+                        arguments[key] = compat.with_keras_mask(values[key], values[id(mask)])
+                args, kwargs = compat.fill_node_arguments(node, arguments)
                 if getattr(node.operation, "_call_has_training_arg", False):
                     kwargs["training"] = False
                 results = keras.tree.flatten(node.operation(*args, **kwargs))

@@ -88,8 +88,10 @@ class ProgramBuilder:
 
 def _as_atoms(values) -> tuple:
     values = list(values)
-    like = next((value.dtype for value in values if isinstance(value, (Var, Literal))),
-                None)
+    typed = [value.dtype for value in values if isinstance(value, (Var, Literal))]
+    # a Python number takes the dtype of the first typed operand that is not a bool
+    # (`where(mask, x, 0)` with x float32 is float32, as in Keras), else of the first
+    like = next((dtype for dtype in typed if dtype != "bool"), typed[0] if typed else None)
     return tuple(_as_atom(value, like) for value in values)
 
 

@@ -230,3 +230,38 @@ def test_a_cast_to_float16_runs_in_keras():
     x = np.random.default_rng(9).standard_normal((3, 4, 3)).astype("float32") * 3
     np.testing.assert_allclose(fast.predict(x), model.predict(x, verbose=0), atol=1e-6,
                                rtol=0)
+
+
+def test_a_masked_global_average_runs_compiled_with_its_mask():
+    """GlobalAveragePooling1D after Masking: Keras averages over the unmasked steps
+    only, through the `mask=` its node records; the layer is traced through its call
+    with that mask (it was traced without it, and averaged the padding in)."""
+    inputs = keras.Input((5, 3))
+    hidden = layers.Masking(0.0)(inputs)
+    hidden = layers.GlobalAveragePooling1D()(layers.Dense(4, activation="tanh")(hidden))
+    model = keras.Model(inputs, layers.Dense(2)(hidden))
+    fast = rshop_ir.accelerate(model)
+    assert fast.fallbacks == []
+    x = np.random.default_rng(11).standard_normal((4, 5, 3)).astype("float32")
+    x[0, 2:] = 0.0
+    x[2, :1] = 0.0
+    got = fast.predict(x)
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5, rtol=0)
+
+
+def test_a_layer_run_in_keras_gets_its_inputs_masks():
+    """MultiHeadAttention after an Embedding(mask_zero=True) runs in Keras and reads
+    its query's and value's masks from the tensors themselves (`_keras_mask`), which
+    the numpy arrays between parts do not carry: the masks are computed and set on
+    its inputs, so the padded rows give Keras's numbers."""
+    ids = keras.Input((6,), dtype="int32")
+    embedded = layers.Embedding(10, 4, mask_zero=True)(ids)
+    attended = layers.MultiHeadAttention(2, 4, name="attention")(embedded, embedded)
+    hidden = layers.LSTM(3, return_sequences=True)(attended)
+    model = keras.Model(ids, layers.GlobalAveragePooling1D()(hidden))
+    fast = rshop_ir.accelerate(model)
+    assert [name for name, _ in fast.fallbacks] == ["attention"]
+    data = np.array([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 8, 9], [9, 0, 0, 0, 0, 0]],
+                    dtype="int32")
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)

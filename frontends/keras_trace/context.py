@@ -81,6 +81,7 @@ def unsupported(layer, what):
     """An `UnsupportedError` naming the layer (by its Keras name) and what failed."""
     name = getattr(layer, "name", repr(layer))
     return UnsupportedError(
-        f"Layer {name!r} ({type(layer).__name__}) cannot be compiled: {what}. With "
+        f"Layer {name!r} ({type(layer).__name__}) cannot be compiled: "
+        f"{str(what).rstrip('.')}. With "
         "backend='auto' or rshop_ir.accelerate it runs in Keras instead."
     )

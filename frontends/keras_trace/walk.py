@@ -63,7 +63,7 @@ def trace_layer_call(context, layer, args, kwargs):
     if rule is not None:
         return rule(context, layer, args, kwargs)
     if isinstance(layer, keras.layers.Layer):
-        return retrace_layer_call(context, layer, args)
+        return retrace_layer_call(context, layer, args, kwargs)
     name = type(layer).__name__
     if name in OP_RULES:
         return OP_RULES[name](context, layer, args, kwargs)
@@ -105,19 +105,30 @@ def _cast_to_input_dtype(context, layer, args, kwargs):
     return keras.tree.map_structure(cast, args), keras.tree.map_structure(cast, kwargs)
 
 
-def retrace_layer_call(context, layer, args):
-    """Trace `layer.call(*args)` by calling it on KerasTensors standing for `args`."""
-    values = keras.tree.flatten(args)
-    placeholders = [
-        keras.Input(batch_shape=tuple(None if isinstance(d, str) else d for d in value.shape),
-                    dtype=value.dtype)
+def retrace_layer_call(context, layer, args, kwargs=None):
+    """Trace `layer.call(*args, **kwargs)` by calling it on KerasTensors standing for
+    the IR values among `args` and `kwargs` (a `mask=` Keras gave the call included:
+    a masked global pooling or attention layer computes with it)."""
+    kwargs = {name: value for name, value in (kwargs or {}).items() if name != "training"}
+    values = list({id(value): value for value in keras.tree.flatten((args, kwargs))
+                   if isinstance(value, Var)}.values())
+    placeholders = {
+        id(value): keras.Input(batch_shape=tuple(None if isinstance(d, str) else d
+                                                 for d in value.shape), dtype=value.dtype)
         for value in values
-    ]
-    symbolic_args = keras.tree.pack_sequence_as(args, placeholders)
+    }
+
+    def symbolic(item):
+        return placeholders.get(id(item), item) if isinstance(item, Var) else item
+
+    symbolic_args = keras.tree.map_structure(symbolic, args)
+    symbolic_kwargs = keras.tree.map_structure(symbolic, kwargs)
+    inputs = [placeholders[id(value)] for value in values]
     try:
-        kwargs = {"training": False} if getattr(layer, "_call_has_training_arg", False) else {}
-        symbolic = layer.call(*symbolic_args, **kwargs)
-        graph = keras.Model(placeholders, keras.tree.flatten(symbolic))
+        if getattr(layer, "_call_has_training_arg", False):
+            symbolic_kwargs["training"] = False
+        symbolic_outputs = layer.call(*symbolic_args, **symbolic_kwargs)
+        graph = keras.Model(inputs, keras.tree.flatten(symbolic_outputs))
     except UnsupportedError:
         raise
     except Exception as error:  # the call used something other than keras.ops
@@ -127,7 +138,7 @@ def retrace_layer_call(context, layer, args):
         outputs = trace_functional(context, graph, values)
     except UnsupportedError as error:
         raise unsupported(layer, str(error)) from None
-    return keras.tree.pack_sequence_as(symbolic, outputs)
+    return keras.tree.pack_sequence_as(symbolic_outputs, outputs)
 
 
 def _ir_argument(context, item):

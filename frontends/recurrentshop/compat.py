@@ -85,6 +85,24 @@ def fill_node_arguments(node, values_by_id):
     return node.arguments.fill_in(values_by_id)
 
 
+def keras_mask(tensor):
+    """The Keras mask a (symbolic or concrete) tensor carries, or None."""
+    from keras.src.backend.common.masking import get_keras_mask
+
+    return get_keras_mask(tensor)
+
+
+def with_keras_mask(value, mask):
+    """`value` as a backend tensor carrying `mask` as its Keras mask, as the tensors
+    between the layers of a Keras model carry theirs (a layer's call reads it)."""
+    import keras
+    from keras.src.backend.common.masking import set_keras_mask
+
+    tensor = keras.ops.convert_to_tensor(value)
+    set_keras_mask(tensor, keras.ops.convert_to_tensor(mask))
+    return tensor
+
+
 def sequential_functional(model):
     """The functional graph behind a built `keras.Sequential`, or None."""
     return getattr(model, "_functional", None)
@@ -95,7 +113,9 @@ __all__ = [
     "built_input_shape",
     "fill_node_arguments",
     "functional_nodes",
+    "keras_mask",
     "no_automatic_dependency_tracking",
     "run_functional_graph",
     "sequential_functional",
+    "with_keras_mask",
 ]

@@ -92,3 +92,18 @@ def test_builder_weak_typing_and_errors():
     h = body.input("float32", ("B", 2))
     with pytest.raises(ValueError, match="use emit"):
         b.apply("scan", x, body=body.build([h, h]), num_sequences=0, num_states=1, length=3)
+
+
+def test_a_python_number_takes_the_dtype_of_the_first_operand_that_is_not_bool():
+    """`where(mask, x, 0)` (Keras's masked pooling) is float32 for a float32 x, as in
+    Keras: the literal 0 used to take the bool condition's place as the example and
+    became int32, which promoted the where to float64."""
+    builder = ProgramBuilder()
+    mask = builder.input("bool", ("B", 3))
+    x = builder.input("float32", ("B", 3))
+    masked = builder.apply("where", mask, x, 0)
+    assert masked.dtype == "float32"
+    program = builder.build([masked])
+    assert program.eqns[0].inputs[2] == Literal(0.0, "float32")
+    both_bool = builder.apply("logical_and", mask, mask)
+    assert builder.apply("equal", both_bool, 1).dtype == "bool"
