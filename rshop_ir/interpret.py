@@ -122,7 +122,7 @@ def _checked_array(value, var: Var, dims: dict, what: str) -> np.ndarray:
                              f"which does not convert safely; cast it first.")
         array = array.astype(var.dtype)
     bind_shape(var.shape, array.shape, dims, what)
-    return np.ascontiguousarray(array)
+    return np.require(array, requirements="C")   # keeps a 0-d weight 0-d
 
 
 def run_prologue(program: Program, param_values: dict) -> tuple:

@@ -265,3 +265,88 @@ def test_a_layer_run_in_keras_gets_its_inputs_masks():
                     dtype="int32")
     np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
                                atol=1e-5, rtol=0)
+
+
+_AROUND_AN_RNN = {
+    "batch_normalization": lambda: layers.BatchNormalization(),
+    "batch_normalization_plain": lambda: layers.BatchNormalization(center=False,
+                                                                   scale=False),
+    "relu_max_value_threshold": lambda: layers.ReLU(max_value=0.8, threshold=0.1),
+    "relu_slope_max_value": lambda: layers.ReLU(max_value=6.0, negative_slope=0.1),
+    "relu_all_options": lambda: layers.ReLU(max_value=0.5, negative_slope=0.2,
+                                            threshold=0.3),
+    "prelu": lambda: layers.PReLU(),
+    "up_sampling": lambda: layers.UpSampling1D(2),
+    "mish": lambda: layers.Activation("mish"),
+    "flip_time": lambda: layers.Lambda(lambda value: keras.ops.flip(value, axis=1)),
+    "attention": lambda: layers.Lambda(lambda value: value),  # replaced in the test
+}
+
+
+@pytest.mark.parametrize("name", sorted(_AROUND_AN_RNN))
+def test_layers_around_an_rnn_compile_with_keras_numbers(name):
+    """Layers common around RNNs, compiled (no fallback) with Keras's numbers:
+    BatchNormalization at inference, ReLU with its options and PReLU (through
+    `keras.activations.relu`), UpSampling1D (`ops.repeat`), mish, `ops.flip`, and
+    dot-product Attention (`ops.swapaxes`) with an Embedding's mask."""
+    rng = np.random.default_rng(12)
+    ids = keras.Input((6,), dtype="int32")
+    hidden = layers.Embedding(9, 5, mask_zero=True)(ids)
+    hidden = layers.GRU(5, return_sequences=True)(hidden)
+    if name == "attention":
+        hidden = layers.Attention(use_scale=True)([hidden, hidden])
+    else:
+        hidden = _AROUND_AN_RNN[name]()(hidden)
+    model = keras.Model(ids, layers.Dense(3)(layers.LSTM(4, return_sequences=True)(hidden)))
+    for weight in model.weights:
+        low = 0.2 if "variance" in weight.path else -1.0
+        weight.assign(rng.uniform(low, 1.0, size=weight.shape))
+    fast = rshop_ir.accelerate(model)
+    assert fast.fallbacks == []
+    data = rng.integers(1, 9, size=(5, 6)).astype("int32")
+    data[1, 4:] = 0
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=2e-5, rtol=0)
+
+
+def test_stacked_attention_keeps_the_query_mask():
+    """Keras gives an Attention layer its inputs' masks at call time (its node records
+    none) and gives its output the query's mask (its own compute_mask): a second
+    Attention and the GRU after it are masked by the Embedding's padding."""
+    ids = keras.Input((6,), dtype="int32")
+    hidden = layers.Embedding(9, 5, mask_zero=True)(ids)
+    hidden = layers.Attention()([hidden, hidden])
+    hidden = layers.Attention()([hidden, hidden])
+    model = keras.Model(ids, layers.GRU(3)(hidden))
+    fast = rshop_ir.accelerate(model)
+    assert fast.fallbacks == []
+    data = np.random.default_rng(13).integers(1, 9, size=(3, 6)).astype("int32")
+    data[1, 4:] = 0
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("merge", ["add", "concatenate", "reshape"])
+def test_masks_through_merges_and_reshapes_follow_keras(merge):
+    """Keras's masks after a merge: Add ORs its inputs' masks, Concatenate (sequences
+    along features) ORs them too; a Reshape drops the mask. The first input is padded
+    at its end, the second at its start (the merge used to pass the first's mask)."""
+    first_ids, second_ids = keras.Input((6,), dtype="int32"), keras.Input((6,), dtype="int32")
+    first = layers.Embedding(9, 4, mask_zero=True)(first_ids)
+    second = layers.Embedding(9, 4, mask_zero=True)(second_ids)
+    if merge == "add":
+        hidden = layers.Add()([first, second])
+    elif merge == "concatenate":
+        hidden = layers.Concatenate()([first, second])
+    else:
+        hidden = layers.Reshape((6, 4))(first)
+    model = keras.Model([first_ids, second_ids], layers.LSTM(3)(hidden))
+    fast = rshop_ir.accelerate(model)
+    assert fast.fallbacks == []
+    rng = np.random.default_rng(14)
+    data = [rng.integers(1, 9, size=(3, 6)).astype("int32") for _ in range(2)]
+    data[0][0, 3:] = 0
+    data[1][0, :2] = 0
+    data[1][1, 4:] = 0
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)

@@ -23,6 +23,7 @@ _ACTIVATIONS = {
     "leaky_relu": ("leaky_relu", {"negative_slope": 0.2}),
     "softmax": ("softmax", {"axis": -1}),
     "log_softmax": ("log_softmax", {"axis": -1}),
+    "mish": "mish",     # composite: x * tanh(softplus(x)), emit_activation
 }
 
 
@@ -43,5 +44,37 @@ def emit_activation(context, function, value, layer=None):
     entry = _ACTIVATIONS[name]
     if entry is None:
         return value
+    if entry == "mish":
+        return context.apply("mul", value, context.apply("tanh", context.apply(
+            "softplus", value)))
     op, params = entry
     return context.apply(op, value, **params)
+
+
+def emit_relu(context, value, negative_slope=0.0, max_value=None, threshold=0.0):
+    """Keras's general ReLU (`keras.activations.relu`, the `ReLU` layer): x above
+    `threshold` (else 0), clipped at `max_value`, minus `negative_slope` times the
+    part below the threshold; the same ops in the same order as Keras's."""
+    negative_slope, threshold = float(negative_slope), float(threshold)
+    if negative_slope and max_value is None and not threshold:
+        return context.apply("leaky_relu", value, negative_slope=negative_slope)
+    negative_part = None
+    if negative_slope:
+        below = context.apply("neg", value)
+        if threshold:
+            below = context.apply("add", below, threshold)
+        negative_part = context.apply("relu", below)
+    clip = max_value is not None
+    if threshold:
+        result = context.apply("where", context.apply("greater", value, threshold),
+                               value, 0.0)
+    elif max_value == 6:
+        result, clip = context.apply("relu6", value), False
+    else:
+        result = context.apply("relu", value)
+    if clip:
+        result = context.apply("clip", result, min_value=0.0, max_value=float(max_value))
+    if negative_part is not None:
+        result = context.apply("sub", result, context.apply("mul", negative_part,
+                                                            negative_slope))
+    return result

@@ -4,7 +4,7 @@ Embedding, Masking, reshaping layers, TimeDistributed, Lambda, nested models."""
 import keras
 from keras import layers
 
-from rshop_ir.frontends.keras_trace.activations import emit_activation
+from rshop_ir.frontends.keras_trace.activations import emit_activation, emit_relu
 from rshop_ir.frontends.keras_trace.context import unsupported
 from rshop_ir.frontends.keras_trace.walk import (
     layer_rule,
@@ -39,7 +39,7 @@ def trace_input_layer(context, layer, args, kwargs):
     return _single(layer, args)
 
 
-@layer_rule(layers.Dense, passes_mask=True)
+@layer_rule(layers.Dense)
 def trace_dense(context, layer, args, kwargs):
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         raise unsupported(layer, "LoRA or quantised Dense layers")
@@ -49,28 +49,24 @@ def trace_dense(context, layer, args, kwargs):
     return emit_activation(context, layer.activation, value, layer)
 
 
-@layer_rule(layers.Activation, passes_mask=True)
+@layer_rule(layers.Activation)
 def trace_activation(context, layer, args, kwargs):
     return emit_activation(context, layer.activation, _single(layer, args), layer)
 
 
-@layer_rule(layers.ReLU, passes_mask=True)
+@layer_rule(layers.ReLU)
 def trace_relu(context, layer, args, kwargs):
-    if layer.max_value is not None or layer.threshold != 0:
-        raise unsupported(layer, "ReLU with max_value or threshold")
-    value = _single(layer, args)
-    if layer.negative_slope:
-        return context.apply("leaky_relu", value, negative_slope=float(layer.negative_slope))
-    return context.apply("relu", value)
+    return emit_relu(context, _single(layer, args), layer.negative_slope, layer.max_value,
+                     layer.threshold)
 
 
-@layer_rule(layers.LeakyReLU, passes_mask=True)
+@layer_rule(layers.LeakyReLU)
 def trace_leaky_relu(context, layer, args, kwargs):
     return context.apply("leaky_relu", _single(layer, args),
                          negative_slope=float(layer.negative_slope))
 
 
-@layer_rule(layers.Softmax, passes_mask=True)
+@layer_rule(layers.Softmax)
 def trace_softmax(context, layer, args, kwargs):
     if kwargs.get("mask") is not None:
         raise unsupported(layer, "Softmax with a mask")
@@ -81,7 +77,7 @@ def trace_softmax(context, layer, args, kwargs):
 
 
 @layer_rule(layers.Dropout, layers.SpatialDropout1D, layers.GaussianNoise,
-            layers.GaussianDropout, layers.AlphaDropout, passes_mask=True)
+            layers.GaussianDropout, layers.AlphaDropout)
 def trace_dropout(context, layer, args, kwargs):
     rate = float(getattr(layer, "rate", 0.0) or 0.0)
     return context.apply("dropout", _single(layer, args), rate=rate)
@@ -92,24 +88,50 @@ _MERGES = {layers.Add: "add", layers.Multiply: "mul", layers.Maximum: "maximum",
 
 
 @layer_rule(layers.Add, layers.Multiply, layers.Maximum, layers.Minimum, layers.Average,
-            layers.Subtract, passes_mask=True)
+            layers.Subtract)
 def trace_merge(context, layer, args, kwargs):
     values = list(args[0])
     if isinstance(layer, layers.Subtract):
-        return context.apply("sub", values[0], values[1])
-    op = "add" if isinstance(layer, layers.Average) else _MERGES[type(layer)]
-    result = values[0]
-    for value in values[1:]:
-        result = context.apply(op, result, value)
-    if isinstance(layer, layers.Average):
-        result = context.apply("mul", result, 1.0 / len(values))
+        result = context.apply("sub", values[0], values[1])
+    else:
+        op = "add" if isinstance(layer, layers.Average) else _MERGES[type(layer)]
+        result = values[0]
+        for value in values[1:]:
+            result = context.apply(op, result, value)
+        if isinstance(layer, layers.Average):
+            result = context.apply("mul", result, 1.0 / len(values))
+    masks = [context.mask_of(value) for value in values]
+    if all(mask is not None for mask in masks):   # Keras: the OR of all the masks
+        context.set_mask(result, _mask_or(context, masks))
     return result
 
 
-@layer_rule(layers.Concatenate, passes_mask=True)
+@layer_rule(layers.Concatenate)
 def trace_concatenate(context, layer, args, kwargs):
     values = list(args[0])
-    return context.apply("concatenate", *values, axis=_axis(layer.axis, values[0].ndim))
+    axis = _axis(layer.axis, values[0].ndim)
+    result = context.apply("concatenate", *values, axis=axis)
+    masks = [context.mask_of(value) for value in values]
+    if all(mask is None for mask in masks):
+        return result
+    if axis != values[0].ndim - 1 or any(
+            mask is not None and mask.ndim != value.ndim - 1
+            for mask, value in zip(masks, values)):
+        raise unsupported(layer, "Concatenate of masked inputs other than sequences "
+                                 "along their last axis")
+    # Keras: the inputs' masks (all true for an unmasked input) concatenated, any()
+    # over the last axis: the OR of the masks, or all true (no masking) when an
+    # input has none
+    if all(mask is not None for mask in masks):
+        context.set_mask(result, _mask_or(context, masks))
+    return result
+
+
+def _mask_or(context, masks):
+    result = masks[0]
+    for mask in masks[1:]:
+        result = context.apply("logical_or", result, mask)
+    return result
 
 
 _LETTERS = "cdefghijklmnopqrstuvwxyz"
@@ -137,7 +159,7 @@ def trace_dot(context, layer, args, kwargs):
     return result
 
 
-@layer_rule(layers.LayerNormalization, passes_mask=True)
+@layer_rule(layers.LayerNormalization)
 def trace_layer_norm(context, layer, args, kwargs):
     if getattr(layer, "rms_scaling", False):
         raise unsupported(layer, "LayerNormalization(rms_scaling=True)")
@@ -180,7 +202,7 @@ def trace_masking(context, layer, args, kwargs):
     return output
 
 
-@layer_rule(layers.Reshape, passes_mask=True)
+@layer_rule(layers.Reshape)
 def trace_reshape(context, layer, args, kwargs):
     value = _single(layer, args)
     target = tuple(layer.target_shape)
@@ -221,7 +243,7 @@ _PER_POSITION_LAYERS = (layers.Dense, layers.Activation, layers.Dropout, layers.
                         layers.LeakyReLU, layers.LayerNormalization, layers.Softmax)
 
 
-@layer_rule(layers.TimeDistributed, passes_mask=True)
+@layer_rule(layers.TimeDistributed)
 def trace_time_distributed(context, layer, args, kwargs):
     """Per-position layers (Dense, activations, ...) act on the last axis, so they run
     on the whole (B, T, ...) tensor at once."""
@@ -232,7 +254,9 @@ def trace_time_distributed(context, layer, args, kwargs):
     return trace_layer_call(context, inner, args, {})
 
 
-@layer_rule(layers.Lambda, passes_mask=True)
+@layer_rule(layers.Lambda)
 def trace_lambda(context, layer, args, kwargs):
     """Re-trace the function on symbolic inputs: keras.ops calls become graph nodes."""
+    if layer.mask is not None:
+        raise unsupported(layer, "Lambda with an output mask (mask=)")
     return retrace_layer_call(context, layer, (args[0],))

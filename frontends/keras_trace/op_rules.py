@@ -3,6 +3,7 @@
 its call arguments, in which Python numbers stay numbers (they become IR literals)."""
 
 from rshop_ir.errors import UnsupportedError
+from rshop_ir.frontends.keras_trace.activations import emit_relu
 from rshop_ir.frontends.keras_trace.walk import op_rule
 
 _BINARY = {
@@ -51,6 +52,59 @@ def trace_unary(context, operation, args, kwargs):
 def trace_leaky_relu(context, operation, args, kwargs):
     slope = getattr(operation, "negative_slope", 0.2)
     return context.apply("leaky_relu", args[0], negative_slope=float(slope))
+
+
+@op_rule("ReLU")
+def trace_general_relu(context, operation, args, kwargs):
+    """`keras.activations.relu` with its options (PReLU's call uses it)."""
+    return emit_relu(context, args[0], operation.negative_slope, operation.max_value,
+                     operation.threshold)
+
+
+@op_rule("BatchNorm")
+def trace_batch_norm(context, operation, args, kwargs):
+    """`ops.batch_normalization` (BatchNormalization at inference) over the last axis,
+    as TensorFlow computes it: x * inv + (offset - mean * inv), inv = rsqrt(variance
+    + epsilon) * scale."""
+    value, mean, variance, offset, scale = (list(args) + [None] * 5)[:5]
+    offset, scale = kwargs.get("offset", offset), kwargs.get("scale", scale)
+    if _axis(operation.axis, value.ndim) != value.ndim - 1:
+        raise _fail(operation, "batch normalization over an axis other than the last")
+    inverse = context.apply("rsqrt", context.apply("add", variance,
+                                                   float(operation.epsilon)))
+    if scale is not None:
+        inverse = context.apply("mul", inverse, scale)
+    shift = context.apply("mul", mean, inverse)
+    shift = context.apply("sub", offset, shift) if offset is not None \
+        else context.apply("neg", shift)
+    return context.apply("add", context.apply("mul", value, inverse), shift)
+
+
+@op_rule("Repeat")
+def trace_repeat(context, operation, args, kwargs):
+    if operation.axis is None or not isinstance(operation.repeats, int):
+        raise _fail(operation, "repeat without an axis or with several repeat counts")
+    return context.apply("repeat", args[0], repeats=int(operation.repeats),
+                         axis=_axis(operation.axis, args[0].ndim))
+
+
+@op_rule("Flip")
+def trace_flip(context, operation, args, kwargs):
+    value, axes = args[0], operation.axis
+    axes = range(value.ndim) if axes is None else (
+        (axes,) if isinstance(axes, int) else tuple(axes))
+    for axis in axes:
+        value = context.apply("reverse", value, axis=_axis(axis, value.ndim))
+    return value
+
+
+@op_rule("Swapaxes")
+def trace_swapaxes(context, operation, args, kwargs):
+    value = args[0]
+    perm = list(range(value.ndim))
+    first, second = _axis(operation.axis1, value.ndim), _axis(operation.axis2, value.ndim)
+    perm[first], perm[second] = perm[second], perm[first]
+    return context.apply("transpose", value, perm=tuple(perm))
 
 
 @op_rule("Gelu")
@@ -182,6 +236,25 @@ def trace_transpose(context, operation, args, kwargs):
 @op_rule("Cast")
 def trace_cast(context, operation, args, kwargs):
     return context.apply("cast", args[0], dtype=str(operation.dtype))
+
+
+@op_rule("ConvertToTensor")
+def trace_convert_to_tensor(context, operation, args, kwargs):
+    value, dtype = args[0], operation.dtype
+    if dtype is None or str(dtype) == value.dtype:
+        return value
+    return context.apply("cast", value, dtype=str(dtype))
+
+
+@op_rule("ZerosLike", "OnesLike")
+def trace_filled_like(context, operation, args, kwargs):
+    """zeros_like / ones_like in `operation.dtype` (Concatenate's masks use them)."""
+    value = args[0]
+    dtype = str(operation.dtype) if operation.dtype is not None else value.dtype
+    if dtype != value.dtype:
+        value = context.apply("cast", value, dtype=dtype)
+    return context.apply("zeros_like" if type(operation).__name__ == "ZerosLike"
+                         else "ones_like", value)
 
 
 @op_rule("Clip")

@@ -6,6 +6,8 @@ the IR values of its outputs. Functional models are walked node by node with Ker
 traversal; masks are propagated beside the values, as Keras does with `_keras_mask`.
 """
 
+import inspect
+
 import keras
 import numpy as np
 
@@ -18,16 +20,12 @@ from rshop_ir.frontends.keras_trace.context import unsupported
 LAYER_RULES = {}
 # keras.ops Operation class name -> rule(context, operation, args, kwargs) -> outputs.
 OP_RULES = {}
-# Layers that pass the mask of their first input through unchanged.
-MASK_PASSING = []
 
 
-def layer_rule(*classes, passes_mask=False):
+def layer_rule(*classes):
     def register(function):
         for cls in classes:
             LAYER_RULES[cls] = function
-            if passes_mask:
-                MASK_PASSING.append(cls)
         return function
 
     return register
@@ -128,17 +126,37 @@ def retrace_layer_call(context, layer, args, kwargs=None):
         if getattr(layer, "_call_has_training_arg", False):
             symbolic_kwargs["training"] = False
         symbolic_outputs = layer.call(*symbolic_args, **symbolic_kwargs)
-        graph = keras.Model(inputs, keras.tree.flatten(symbolic_outputs))
+        flat_outputs = keras.tree.flatten(symbolic_outputs)
+        output_masks = _output_masks(layer, symbolic_args, symbolic_kwargs, len(flat_outputs))
+        graph = keras.Model(inputs, flat_outputs + [mask for mask in output_masks
+                                                    if mask is not None])
     except UnsupportedError:
         raise
     except Exception as error:  # the call used something other than keras.ops
         raise unsupported(layer, "its call() cannot be traced through keras.ops "
                                  f"({type(error).__name__}: {error})") from None
     try:
-        outputs = trace_functional(context, graph, values)
+        traced = trace_functional(context, graph, values)
     except UnsupportedError as error:
         raise unsupported(layer, str(error)) from None
+    outputs, traced_masks = traced[:len(flat_outputs)], iter(traced[len(flat_outputs):])
+    for output, mask in zip(outputs, output_masks):
+        if mask is not None:
+            context.set_mask(output, next(traced_masks))
     return keras.tree.pack_sequence_as(symbolic_outputs, outputs)
+
+
+def _output_masks(layer, symbolic_args, symbolic_kwargs, count):
+    """The masks of a re-traced layer's outputs that its own `compute_mask` gives
+    (Attention: its query's mask), as KerasTensors or None, one per output; all None
+    where Keras's default rule applies instead (`_propagate_mask`)."""
+    mask = symbolic_kwargs.get("mask")
+    if mask is None or not getattr(layer, "supports_masking", False) \
+            or type(layer).compute_mask is keras.layers.Layer.compute_mask:
+        return [None] * count
+    first = symbolic_args[0] if symbolic_args else None
+    masks = keras.tree.flatten(layer.compute_mask(first, mask))
+    return (masks + [None] * count)[:count]
 
 
 def _ir_argument(context, item):
@@ -176,6 +194,7 @@ def trace_functional(context, model, inputs):
         kwargs.pop("training", None)
         args = _parameters_for_variables(context, args)
         kwargs = _parameters_for_variables(context, kwargs)
+        kwargs = _call_masks(context, operation, args, kwargs)
         outputs = trace_layer_call(context, operation, args, kwargs)
         _propagate_mask(context, operation, args, kwargs, outputs)
         return outputs
@@ -193,14 +212,49 @@ def _trace_sequential_layers(context, model, inputs):
     return keras.tree.flatten(value)
 
 
+def _call_masks(context, operation, args, kwargs):
+    """`kwargs` with the masks Keras's `Layer.__call__` gives the call from its inputs'
+    masks where the caller gave none (a functional node does not always record them:
+    Attention's `mask=[query mask, value mask]`): `mask=` for a call of one tensor
+    argument, `<name>_mask=` for each tensor argument `<name>` of a call of several."""
+    if not isinstance(operation, keras.layers.Layer):
+        return kwargs
+    try:
+        signature = inspect.signature(operation.call)
+        arguments = signature.bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return kwargs
+    tensors = {name: value for name, value in arguments.items()
+               if not name.endswith("mask")
+               and any(isinstance(item, Var) for item in keras.tree.flatten(value))}
+    wanted = ({"mask": next(iter(tensors.values()))} if len(tensors) == 1 else
+              {f"{name}_mask": value for name, value in tensors.items()})
+    for name, value in wanted.items():
+        if name not in signature.parameters or arguments.get(name) is not None:
+            continue
+        masks = keras.tree.map_structure(
+            lambda item: context.mask_of(item) if isinstance(item, Var) else None, value)
+        if any(mask is not None for mask in keras.tree.flatten(masks)):
+            kwargs = {**kwargs, name: masks}
+    return kwargs
+
+
 def _propagate_mask(context, operation, args, kwargs, outputs):
-    """Masks flow through layers that pass them (Dense, Dropout, Activation, ...)."""
+    """The masks of a layer's outputs where its rule set none, by Keras's own rule
+    (`Layer.__call__`): a layer that supports masking and keeps the default
+    `compute_mask` passes on the mask it was called with (its `mask=` argument, else
+    its first input's); any other layer's outputs carry the masks its rule set
+    (Embedding, Masking, the recurrent layers, the merges) or none (Reshape, a Lambda,
+    a global pooling: Keras drops the mask there too)."""
     flat_outputs = keras.tree.flatten(outputs)
     if any(context.mask_of(value) is not None for value in flat_outputs):
-        return  # the rule set the mask itself (Masking, Embedding, RNNs)
-    if not any(isinstance(operation, cls) for cls in MASK_PASSING):
         return
-    first = keras.tree.flatten(args)[0] if args else None
-    mask = context.mask_of(first) if first is not None else None
-    for value in flat_outputs:
+    if not isinstance(operation, keras.layers.Layer) or not operation.supports_masking \
+            or type(operation).compute_mask is not keras.layers.Layer.compute_mask:
+        return
+    previous = kwargs.get("mask")
+    if previous is None and args:
+        previous = keras.tree.map_structure(
+            lambda item: context.mask_of(item) if isinstance(item, Var) else None, args[0])
+    for value, mask in zip(flat_outputs, keras.tree.flatten(previous)):
         context.set_mask(value, mask)

@@ -111,7 +111,7 @@ class CompiledProgram(CompiledProgramBase):
         # kernel's weights behind the packed copies made from them below.
         self._weights = {name: np.array(checked[var]) for name, var in self.program.params}
         checked = {var: self._weights[name] for name, var in self.program.params}
-        self._prologue = tuple(np.ascontiguousarray(value) for value in
+        self._prologue = tuple(np.require(value, requirements="C") for value in
                                run_prologue(self.program, checked))
 
         def argument(kind, key):
