@@ -277,6 +277,8 @@ _AROUND_AN_RNN = {
                                             threshold=0.3),
     "prelu": lambda: layers.PReLU(),
     "up_sampling": lambda: layers.UpSampling1D(2),
+    "average_pooling": lambda: layers.AveragePooling1D(2),
+    "max_pooling_cut": lambda: layers.MaxPooling1D(4),    # 6 steps: one window
     "mish": lambda: layers.Activation("mish"),
     "flip_time": lambda: layers.Lambda(lambda value: keras.ops.flip(value, axis=1)),
     "attention": lambda: layers.Lambda(lambda value: value),  # replaced in the test
@@ -287,8 +289,9 @@ _AROUND_AN_RNN = {
 def test_layers_around_an_rnn_compile_with_keras_numbers(name):
     """Layers common around RNNs, compiled (no fallback) with Keras's numbers:
     BatchNormalization at inference, ReLU with its options and PReLU (through
-    `keras.activations.relu`), UpSampling1D (`ops.repeat`), mish, `ops.flip`, and
-    dot-product Attention (`ops.swapaxes`) with an Embedding's mask."""
+    `keras.activations.relu`), UpSampling1D (`ops.repeat`), 1-D pooling in windows
+    that neither overlap nor pad, mish, `ops.flip`, and dot-product Attention
+    (`ops.swapaxes`) with an Embedding's mask."""
     rng = np.random.default_rng(12)
     ids = keras.Input((6,), dtype="int32")
     hidden = layers.Embedding(9, 5, mask_zero=True)(ids)
