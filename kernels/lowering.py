@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rshop_ir.errors import UnsupportedError
-from rshop_ir.ir import Literal, Program, Var
+from rshop_ir.ir import HALF_PRECISION, Literal, Program, Var
 from rshop_ir.ops import ScanLayout, get_op, is_row_norm
 from rshop_ir.kernels.scalar_ops import scalar_expression
 from rshop_ir.passes.rewrite import count_uses, fresh_var
@@ -128,9 +128,6 @@ def plan_program(program: Program, row_norms: bool = False,
             continue
         steps.append(("scan", scans[id(eqn)]) if eqn.op == "scan" else ("eqn", eqn))
     return ProgramPlan(program, steps)
-
-
-HALF_PRECISION = ("float16", "bfloat16")
 
 
 def refuse_half_precision(program: Program) -> None:

@@ -95,9 +95,9 @@ class AcceleratedModel:
             self._add_run(run, nodes, graph)
         if not self.fallbacks:
             self._record_fallback(graph, whole_error)
-        self._plan_implicit_masks(graph)
+        self._plan_input_masks(graph)
 
-    def _plan_implicit_masks(self, graph):
+    def _plan_input_masks(self, graph):
         """The Keras masks of the inputs of the layers run in Keras. In a Keras model
         every tensor carries its mask (`_keras_mask`), which a layer reads when it is
         called (MultiHeadAttention's query and value masks after an
@@ -114,8 +114,8 @@ class AcceleratedModel:
             if part[0] != "keras":
                 continue
             node = part[1]
-            masked = {id(tensor): compat.keras_mask(tensor) for tensor in node.input_tensors
-                      if compat.keras_mask(tensor) is not None}
+            masked = {id(tensor): mask for tensor in node.input_tensors
+                      if (mask := compat.keras_mask(tensor)) is not None}
             if masked:
                 self._input_masks[id(node)] = masked
                 masks.update({id(mask): mask for mask in masked.values()})

@@ -30,6 +30,8 @@ from typing import Iterator, Mapping, Union
 import numpy as np
 
 SYMBOLIC_DIMS = ("B", "T")
+# 16-bit floats: Keras mixed precision computes in them, the kernels never do.
+HALF_PRECISION = ("float16", "bfloat16")
 
 Dim = Union[int, str]
 Shape = tuple  # tuple[Dim, ...]

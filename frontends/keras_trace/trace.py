@@ -15,6 +15,7 @@ from rshop_ir.frontends.keras_trace.recurrent_rules import (
     state_fill_values,
 )
 from rshop_ir.frontends.keras_trace.walk import trace_functional, trace_layer_call
+from rshop_ir.ir import HALF_PRECISION
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def _program_input_dtype(dtype) -> str:
     float32 or float64 (a layer computing in 16 bits is refused, walk.py), so the
     results are Keras's; the runtime casts the 16-bit array it is given."""
     name = str(getattr(dtype, "name", dtype))
-    if name in ("float16", "bfloat16"):
+    if name in HALF_PRECISION:
         return "float32"
     return np.dtype(dtype).name
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from recurrentshop import compat
 from rshop_ir.errors import UnsupportedError
-from rshop_ir.ir import Var
+from rshop_ir.ir import HALF_PRECISION, Var
 from rshop_ir.frontends.keras_trace.context import unsupported
 
 # class -> rule(context, layer, args, kwargs) -> outputs. Filled by the rule modules.
@@ -77,7 +77,7 @@ def _refuse_reduced_precision(layer):
     float64, and float32 results would not be the numbers Keras gives such a layer
     (its inputs, weights and every intermediate rounded to 16 bits)."""
     dtype = getattr(layer, "compute_dtype", None)
-    if dtype in ("float16", "bfloat16"):
+    if dtype in HALF_PRECISION:
         policy = getattr(getattr(layer, "dtype_policy", None), "name", dtype)
         raise UnsupportedError(
             f"Layer {layer.name!r} ({type(layer).__name__}) computes in {dtype} (dtype "
