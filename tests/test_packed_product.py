@@ -20,7 +20,8 @@ from rshop_ir.interpret import interpret
 from rshop_ir.kernels.cpu.packed_product import (ALIGNMENT, BLOCK_COLUMNS,
                                                  PACK_MIN_ROW_STEPS, TILE_SHAPES,
                                                  pack_row_weight, pack_weight,
-                                                 packed_product, row_buffer_size)
+                                                 packed_pair_product, packed_product,
+                                                 row_buffer_size)
 
 
 @njit
@@ -55,6 +56,36 @@ def test_packed_product_matches_numpy(rows, contraction, columns, dtype, shift):
     tolerance = 1e-4 if dtype == "float32" else 1e-11
     np.testing.assert_allclose(_multiply(a, weight, shift), expected, atol=tolerance,
                                rtol=0)
+
+
+def _packed(weight: np.ndarray) -> tuple:
+    """(buffer, start) of `weight` packed."""
+    buffer = np.empty(row_buffer_size(*weight.shape, weight.itemsize), weight.dtype)
+    return buffer, pack_row_weight(weight, buffer)
+
+
+@njit
+def _pair_product(a, buffer, start, a_2, buffer_2, start_2, out):
+    packed_pair_product(a, buffer, start, a_2, buffer_2, start_2, out)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows, contraction, contraction_2, columns", [
+    (1, 5, 7, 37), (3, 17, 64, 70), (8, 64, 48, 32), (13, 1, 33, 100),
+    (21, 9, 2, 33), (128, 40, 72, 160)])
+def test_packed_pair_product_is_the_sum_of_two_products(rows, contraction,
+                                                        contraction_2, columns, dtype):
+    rng = np.random.default_rng(rows + contraction + 7 * contraction_2 + columns)
+    a = rng.standard_normal((rows, contraction)).astype(dtype)
+    a_2 = rng.standard_normal((rows, contraction_2)).astype(dtype)
+    weight = rng.standard_normal((contraction, columns)).astype(dtype)
+    weight_2 = rng.standard_normal((contraction_2, columns)).astype(dtype)
+    expected = a.astype(np.float64) @ weight.astype(np.float64) \
+        + a_2.astype(np.float64) @ weight_2.astype(np.float64)
+    out = np.full((rows, columns), np.nan, dtype)
+    _pair_product(a, *_packed(weight), a_2, *_packed(weight_2), out)
+    tolerance = 1e-4 if dtype == "float32" else 1e-11
+    np.testing.assert_allclose(out, expected, atol=tolerance, rtol=0)
 
 
 def test_packed_layout_is_column_blocks_zero_padded():

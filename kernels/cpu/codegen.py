@@ -50,9 +50,11 @@ from rshop_ir.kernels.cpu.team_columns import (ColumnOwnership, block_dot_applie
 from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.team_poll import POLLED_LAUNCHER_NAMES, polled_launcher_source
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
-from rshop_ir.kernels.cpu.values import ArrayValue, ChunkRows, LastAxisView, SequenceStep
+from rshop_ir.kernels.cpu.merged_projection import paired_matmul
+from rshop_ir.kernels.cpu.values import (ArrayValue, ChunkRows, LastAxisView, NegativeZero,
+                                         SequenceStep)
 
-GENERATOR_VERSION = "numba-cpu/27"
+GENERATOR_VERSION = "numba-cpu/28"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -124,6 +126,8 @@ class KernelSource:
     team_run_row_bytes: int = 0  # team_shared bytes per batch row of `run`'s products
                                  # whose rows a team shares (`_team_run_buffer`) ...
     team_run_buffers: int = 0    # ... in this many buffers (each 64-byte aligned)
+    merged_products: int = 0     # recurrent products taking their input projection in
+                                 # (`generate(..., merged=True)`, merged_projection.py)
 
 
 def blas_guard(guards: list) -> str:
@@ -175,6 +179,9 @@ class _Function:
         self.stable = set()          # in a scan: body inputs, unchanged during a step
         self.y_step = "step"         # in a scan: the index of the step's row in y_all
         self.splits_output = False   # in a team scan: members write rank 0's output
+        self.merged = {}             # in a scan: the output Var of a recurrent matmul that
+                                     # takes its input projection in -> (Projection, the
+                                     # source's argument name, the staging buffer's name)
         self.split_bytes_before = 0  # in a scan: team_weight_bytes before its body
         # in a scan: the arrays bound once before its loops (its constant arguments,
         # the buffers allocated there, views of those): a view of one is made once
@@ -206,15 +213,20 @@ class _Function:
 
 
 class CpuGenerator:
-    def __init__(self, program: Program, team: bool = False):
+    def __init__(self, program: Program, team: bool = False, merged: bool = False):
         self.program = program
         self.team = team             # write the team variant (see `_team_matmul`)
+        # write the wide-batch variant: recurrent products take in their step's input
+        # projection where the step only adds the two (merged_projection.py)
+        self.merged = merged and not team
+        self.merged_products = 0
         reserved = {"np", "math", "njit", "wide_vectors", "new_array", "full_array",
                     "B", "T", "chunk", "phase_slot",
                     "team_wait", "team_arrive", "team_await", "output_at",
                     "publish_output", "published_output",
                     "team_enter", "team_leave", "team_poll", "claim_unit", "end_claims",
                     "row_sum", "row_squared_deviations", "row_dot", "packed_product", "steps",
+                    "packed_pair_product",
                     "block_dot",
                     # the chunk and step loops' own names
                     "chunk_steps", "chunk_start", "chunk_stop", "rows", "time_low", "step",
@@ -276,6 +288,8 @@ class CpuGenerator:
             header.line("from rshop_ir.kernels.cpu.team_poll import team_poll")
         if self.packed_products:
             header.line("from rshop_ir.kernels.cpu.packed_product import packed_product")
+        if self.merged_products:
+            header.line("from rshop_ir.kernels.cpu.packed_product import packed_pair_product")
         if self.block_dots:
             header.line("from rshop_ir.kernels.cpu.block_dot import block_dot")
         header.line("from rshop_ir.kernels.cpu.reductions import row_dot, "
@@ -308,7 +322,7 @@ class CpuGenerator:
                             self.fixed_steps, self.team_shared_row_bytes,
                             self.team_shared_buffers, self.team_weight_bytes,
                             blas_guard(self.blas_guards), self.team_run_row_bytes,
-                            self.team_run_buffers)
+                            self.team_run_buffers, self.merged_products)
 
     def _blas_line(self, body, line: str, guard: str = "True") -> None:
         """Write `line`, a call of BLAS (`np.dot`), and record `guard`: a Python
@@ -873,6 +887,9 @@ class CpuGenerator:
     def _op_matmul(self, function, eqn) -> None:
         a, b = eqn.inputs
         out = eqn.outputs[0]
+        if out in function.merged:
+            self._merged_matmul(function, eqn)
+            return
         if isinstance(a, Literal) or isinstance(b, Literal):
             raise UnsupportedError("matmul of a literal.")
         is_float = out.dtype in ("float32", "float64") and a.dtype == b.dtype == out.dtype
@@ -1370,9 +1387,6 @@ class CpuGenerator:
                         continue
                     if isinstance(atom, Var):
                         chain_operands[atom] = argument(atom, "chain")
-            in_size, out_size = projection.weight.shape
-            itemsize = np.dtype(projection.output.dtype).itemsize
-            row_bytes += (in_size + out_size) * itemsize
             projections.append((index, projection, source, weight, chain_operands))
             sequences.append((body_var, "projection", index))
         states = [argument(atom, f"state0_{k}") for k, atom in enumerate(groups["states"])]
@@ -1389,7 +1403,6 @@ class CpuGenerator:
                     if isinstance(atom, Var) and atom.shape != epilogue.output.shape:
                         epilogue_operands[atom] = argument(atom, "chain")
             row_bytes += epilogue.weight.shape[0] * np.dtype(epilogue.output.dtype).itemsize
-        self.projection_row_bytes = max(self.projection_row_bytes, row_bytes)
 
         # --- preamble: step count, states, outputs, buffers
         if groups["sequences"]:
@@ -1458,6 +1471,14 @@ class CpuGenerator:
                 body_var: outer for body_var, outer in zip(inner["constants"],
                                                            groups["constants"])
                 if outer in self.weight_vars}
+        if self.merged and top_level:
+            function.preamble = preamble
+            projections, sequences = self._merge_projections(function, body_program,
+                                                             projections, sequences)
+        for _, projection, _, _, _ in projections:
+            in_size, out_size = projection.weight.shape
+            row_bytes += (in_size + out_size) * np.dtype(projection.output.dtype).itemsize
+        self.projection_row_bytes = max(self.projection_row_bytes, row_bytes)
         results = ["y_out" if epilogue is not None else
                    "y_all" if params["return_sequences"] else "y_last"]
         results += [current for current, _ in state_buffers]
@@ -1482,6 +1503,8 @@ class CpuGenerator:
             for body_var, kind, data in sequences:
                 if kind == "direct":
                     function.values[body_var] = SequenceStep(data, "t", body_var.ndim)
+                elif kind == "merged":    # its product holds it (`_merged_matmul`)
+                    function.values[body_var] = NegativeZero(body_var.dtype)
                 else:
                     function.values[body_var] = ChunkRows(chunk_buffers[data][1], "row")
             function.direct = {} if mask is not None else self._direct_targets(
@@ -1537,6 +1560,72 @@ class CpuGenerator:
             writer.line(f"return ({', '.join(results)},)")
         self.functions.append(writer)
         return scan_name, outer_arguments, function.team_used
+
+    def _merge_projections(self, function, body_program, projections, sequences) -> tuple:
+        """(projections, sequences) of a top-level scan of the wide-batch variant:
+        each projection that a recurrent matmul of the step can take in
+        (merged_projection.py; both weights packed by the runtime, no chain after the
+        projection) leaves the chunk's GEMMs, its sequence read as -0.0 and the matmul
+        recorded in `function.merged`."""
+        kept, merged_indices = [], {}
+        for entry in projections:
+            index, projection, source, _, _ = entry
+            body_var = next(var for var, kind, data in sequences
+                            if kind == "projection" and data == index)
+            eqn = None if projection.chain else paired_matmul(body_program, body_var)
+            if eqn is None or not self._merge_applies(function, eqn, projection):
+                kept.append(entry)
+                continue
+            in_size = projection.weight.shape[0]
+            staged = function.names.fresh(f"staged_{index}")
+            function.preamble.line(f"{staged} = new_array((B, {in_size}), "
+                                   f"{dtype_expression(projection.output.dtype)})")
+            function.fixed.add(staged)
+            function.merged[eqn.outputs[0]] = (projection, source, staged)
+            merged_indices[index] = True
+        sequences = [(var, "merged", data) if kind == "projection" and data in merged_indices
+                     else (var, kind, data) for var, kind, data in sequences]
+        return kept, sequences
+
+    def _merge_applies(self, function, eqn, projection) -> bool:
+        """Whether the packed pair product can compute `eqn` (a @ weight) with the
+        projection taken in: both weights packed by the runtime, one float dtype."""
+        a, weight = eqn.inputs
+        out = eqn.outputs[0]
+        if not isinstance(a, Var) or a.ndim != 2 or weight not in function.weight_constants \
+                or a.dtype != out.dtype or weight.dtype != out.dtype:
+            return False
+        if not self._packing_applies(function, weight, a.shape[1], out):
+            return False
+        in_size, out_size = projection.weight.shape
+        return function.top_level and projection.weight in self.weight_vars \
+            and projection.source.ndim == 3 and projection.weight.dtype == out.dtype \
+            and projection.source.dtype == out.dtype \
+            and isinstance(in_size, int) and in_size >= PACKED_MIN_CONTRACTION \
+            and out_size == out.shape[1]
+
+    def _merged_matmul(self, function, eqn) -> None:
+        """`out = x_t @ W + a @ U` as one packed pair product, x_t the step's rows of
+        the projection's source copied to a staging buffer (merged_projection.py)."""
+        (a, weight), out = eqn.inputs, eqn.outputs[0]
+        projection, source, staged = function.merged[out]
+        contraction = a.shape[1]
+        a_value, b_value = function.values[a], function.values[weight]
+        buffer, start, _ = self._packed_weight(function, b_value, weight, contraction, out)
+        projection_buffer, projection_start = self._packed_projection(function, projection)
+        body, names = function.body, function.names
+        row, k = names.fresh("i"), names.fresh("k")
+        with body.block(f"for {row} in range(B):"):
+            with body.block(f"for {k} in range({staged}.shape[1]):"):
+                body.line(f"{staged}[{row}, {k}] = {source}[{row}, t, {k}]")
+        name = function.alloc(out, self.shape_text(out.shape), "product")
+        body.line(f"packed_pair_product({staged}, {projection_buffer}, {projection_start}, "
+                  f"{self._contiguous(a_value)}, {buffer}, {start}, {name})")
+        function.values[out] = ArrayValue(name, 2)
+        if isinstance(contraction, int) and isinstance(out.shape[1], int):
+            self.step_flops_per_row = max(self.step_flops_per_row,
+                                          2.0 * contraction * out.shape[1])
+        self.merged_products += 1
 
     def _direct_targets(self, plan, state_buffers, readout_buffers) -> dict:
         """Body output Var -> where its loop stores each element besides (or instead
@@ -2165,6 +2254,8 @@ class CpuGenerator:
         return width
 
 
-def generate(program: Program, team: bool = False) -> KernelSource:
-    """The Numba CPU module for an optimised program (see the module docstring)."""
-    return CpuGenerator(program, team).generate()
+def generate(program: Program, team: bool = False, merged: bool = False) -> KernelSource:
+    """The Numba CPU module for an optimised program (see the module docstring).
+    `team`: the team variant (team.py); `merged`: the wide-batch variant, whose
+    recurrent products take their input projection in (merged_projection.py)."""
+    return CpuGenerator(program, team, merged).generate()

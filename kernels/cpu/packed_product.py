@@ -116,47 +116,81 @@ def pack_weight(weight: np.ndarray) -> np.ndarray:
     return buffer
 
 
+def _typed_operands(arrays, dimensions) -> str:
+    """The dtype shared by `arrays` (C-contiguous arrays of these numbers of
+    dimensions, of a dtype the product has tiles for), else None."""
+    if not all(isinstance(array, types.Array) and array.layout == "C" for array in arrays):
+        return None
+    dtype = str(arrays[0].dtype)
+    if dtype not in LANES or any(str(array.dtype) != dtype for array in arrays) \
+            or tuple(array.ndim for array in arrays) != dimensions:
+        return None
+    return dtype
+
+
+def _segments(context, builder, signature, arguments) -> list:
+    """(a struct, packed weight pointer) of each (a, buffer, start) triple of a call."""
+    segments = []
+    for index in range(0, len(arguments) - 1, 3):
+        a_type, buffer_type, start_type = signature.args[index:index + 3]
+        a_value, buffer_value, start_value = arguments[index:index + 3]
+        buffer_struct = context.make_array(buffer_type)(context, builder, buffer_value)
+        segments.append((context.make_array(a_type)(context, builder, a_value),
+                         builder.gep(buffer_struct.data, [context.cast(
+                             builder, start_value, start_type, types.int64)])))
+    return segments
+
+
+def _product_codegen(dtype):
+    def codegen(context, builder, signature, arguments):
+        out_struct = context.make_array(signature.args[-1])(context, builder, arguments[-1])
+        _ProductWriter(context, builder, dtype, _segments(context, builder, signature,
+                                                          arguments), out_struct).write()
+        return context.get_dummy_value()
+    return codegen
+
+
 @intrinsic
 def packed_product(typingctx, a, buffer, start, out):
     """out = a @ weight, where `buffer[start:]` holds the weight as `pack_row_weight`
     lays it out (BLOCK_COLUMNS[dtype] columns a block). a (rows, contraction), buffer
     (flat) and out (rows, columns) are C-contiguous arrays of one float dtype; the
     caller guarantees the sizes."""
-    arrays = (a, buffer, out)
-    if not all(isinstance(array, types.Array) and array.layout == "C" for array in arrays):
+    dtype = _typed_operands((a, buffer, out), (2, 1, 2))
+    if dtype is None or not isinstance(start, types.Integer):
         return None
-    dtype = str(a.dtype)
-    if dtype not in LANES or any(str(array.dtype) != dtype for array in arrays) \
-            or (a.ndim, buffer.ndim, out.ndim) != (2, 1, 2) \
-            or not isinstance(start, types.Integer):
+    return types.void(a, buffer, start, out), _product_codegen(dtype)
+
+
+@intrinsic
+def packed_pair_product(typingctx, a, buffer, start, a_2, buffer_2, start_2, out):
+    """out = a @ weight + a_2 @ weight_2, both weights packed as for `packed_product`
+    (`buffer[start:]`, `buffer_2[start_2:]`), as ONE product over the two contractions:
+    each register tile sums a's and then a_2's terms before it is stored once. An RNN
+    step `x_t @ W + h @ U` over many rows computed this way never writes x_t @ W out
+    and reads it back (kernels/cpu/merged_projection.py). The rows of a and a_2 and
+    the columns of both weights are equal; the caller guarantees the sizes."""
+    dtype = _typed_operands((a, buffer, a_2, buffer_2, out), (2, 1, 2, 1, 2))
+    if dtype is None or not all(isinstance(s, types.Integer) for s in (start, start_2)):
         return None
-
-    def codegen(context, builder, signature, arguments):
-        a_value, buffer_value, start_value, out_value = arguments
-        a_struct, buffer_struct, out_struct = (
-            context.make_array(kind)(context, builder, value) for kind, value in
-            zip((a, buffer, out), (a_value, buffer_value, out_value)))
-        writer = _ProductWriter(context, builder, dtype, a_struct, out_struct,
-                                builder.gep(buffer_struct.data, [context.cast(
-                                    builder, start_value, start, types.int64)]))
-        writer.write()
-        return context.get_dummy_value()
-
-    return types.void(a, buffer, start, out), codegen
+    return (types.void(a, buffer, start, a_2, buffer_2, start_2, out),
+            _product_codegen(dtype))
 
 
 class _ProductWriter:
     """Writes the LLVM code of one `packed_product` call (see the module docstring)."""
 
-    def __init__(self, context, builder, dtype, a_struct, out_struct, packed):
+    def __init__(self, context, builder, dtype, segments, out_struct):
+        """`segments`: (a struct, pointer to its packed weight) of each term."""
         self.builder = builder
         self.lanes = LANES[dtype]
         self.element = context.get_data_type(getattr(types, dtype))
         self.vector = ir.VectorType(self.element, self.lanes)
-        self.packed = packed
-        self.a_data, self.out_data = a_struct.data, out_struct.data
-        self.rows = builder.extract_value(a_struct.shape, 0)
-        self.contraction = builder.extract_value(a_struct.shape, 1)
+        # (a's data, its contraction, the packed weight) of each term of the sum
+        self.segments = [(a_struct.data, builder.extract_value(a_struct.shape, 1), packed)
+                         for a_struct, packed in segments]
+        self.out_data = out_struct.data
+        self.rows = builder.extract_value(segments[0][0].shape, 0)
         self.columns = builder.extract_value(out_struct.shape, 1)
         self.width = self.constant(BLOCK_COLUMNS[dtype])
         self.tail = cgutils.alloca_once(builder, self.element, size=BLOCK_COLUMNS[dtype])
@@ -197,22 +231,26 @@ class _ProductWriter:
         builder, constant = self.builder, self.constant
         tile_rows, phases = shape
         sums = self.sums[shape]
-        a_rows = [builder.gep(self.a_data, [builder.mul(
-            builder.add(first_row, constant(r)), self.contraction)]) for r in range(tile_rows)]
         for phase_sums in sums:
             for row_sums in phase_sums:
                 for total in row_sums:
                     builder.store(ir.Constant(self.vector, [0.0] * self.lanes), total)
-        block_start = builder.mul(builder.mul(block, self.contraction), self.width)
-        rounds = builder.sdiv(self.contraction, constant(phases))
-        with cgutils.for_range(builder, rounds) as round_loop:
-            first = builder.mul(round_loop.index, constant(phases))
-            for phase in range(phases):
-                self.accumulate(a_rows, block_start, builder.add(first, constant(phase)),
-                                sums[phase])
-        done = builder.mul(rounds, constant(phases))
-        with cgutils.for_range(builder, builder.sub(self.contraction, done)) as rest_loop:
-            self.accumulate(a_rows, block_start, builder.add(done, rest_loop.index), sums[0])
+        for a_data, contraction, packed in self.segments:
+            a_rows = [builder.gep(a_data, [builder.mul(builder.add(first_row, constant(r)),
+                                                       contraction)])
+                      for r in range(tile_rows)]
+            block_start = builder.gep(packed, [builder.mul(builder.mul(block, contraction),
+                                                           self.width)])
+            rounds = builder.sdiv(contraction, constant(phases))
+            with cgutils.for_range(builder, rounds) as round_loop:
+                first = builder.mul(round_loop.index, constant(phases))
+                for phase in range(phases):
+                    self.accumulate(a_rows, block_start, builder.add(first, constant(phase)),
+                                    sums[phase])
+            done = builder.mul(rounds, constant(phases))
+            with cgutils.for_range(builder, builder.sub(contraction, done)) as rest_loop:
+                self.accumulate(a_rows, block_start, builder.add(done, rest_loop.index),
+                                sums[0])
         for r in range(tile_rows):
             totals = []
             for v in range(VECTORS):
@@ -225,10 +263,11 @@ class _ProductWriter:
             self.store(out_row, block, totals)
 
     def accumulate(self, a_rows, block_start, k, sums) -> None:
-        """sums[r][v] += a_rows[r][k] * packed[block, k, v * lanes:(v + 1) * lanes]"""
+        """sums[r][v] += a_rows[r][k] * packed[block, k, v * lanes:(v + 1) * lanes]
+        (`block_start`: the pointer to the block in the packed weight)."""
         builder, lanes = self.builder, self.lanes
-        row = builder.add(block_start, builder.mul(k, self.width))
-        weights = [builder.load(self.vector_at(self.packed, builder.add(
+        row = builder.mul(k, self.width)
+        weights = [builder.load(self.vector_at(block_start, builder.add(
             row, self.constant(v * lanes))), align=ALIGNMENT) for v in range(VECTORS)]
         undefined = ir.Constant(self.vector, None)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)

@@ -50,6 +50,16 @@ from rshop_ir.kernels.cpu.team_launch import (compile_launcher, compile_with_mem
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 
 DEFAULT_CHUNK_STEPS = 256
+# Kernel calls of this many rows and recurrent matmul FLOPs (about a millisecond of
+# work) run the wide-batch variant, whose recurrent products take the step's input
+# projection in (merged_projection.py), once it is compiled in the background: a
+# second kernel compiled for calls too small to repay it would only load the cores.
+# LSTM, T=100, 2 cores, plain -> wide ms (ad-hoc, 11 interleaved rounds;
+# BENCHMARKS.md run 30): (B, I, H) = (8, 32, 64) 0.576 -> 0.522, (16, 128, 256)
+# 6.90 -> 6.49, (32, 128, 256) 13.01 -> 12.56, (128, 128, 256) 52.7 -> 49.7; but
+# (8, 128, 256), two slices of 4 rows, 3.50 -> 3.62.
+MERGED_MIN_ROWS = 8
+MERGED_MIN_FLOPS = 3e7
 _BESIDE = threading.Lock()    # held by the one-thread call asking beside its kernel
 DEFAULT_MAX_CHUNK_BYTES = 16 * 2 ** 20
 # A chunk's projected rows are written by its GEMM and read back a step at a time:
@@ -87,8 +97,8 @@ class CompiledProgram(CompiledProgramBase):
         self._batched_outputs = [has_batch_rows(atom) for atom in self.program.outputs]
         self._fast_call = None
         self._outputs_to_check = _outputs_maybe_inputs(self.program)
-        self._team = None
-        self._team_lock = threading.Lock()    # one thread generates the team kernel
+        self._variants = {}               # "team" / "wide" -> (KernelSource, run, module)
+        self._variant_lock = threading.Lock()   # one thread generates a variant
         self._background = BackgroundCompile()   # compiles beside the calls
         self._team_calls_blas = None      # blas_predicate of the team kernel
         self._team_choice = TeamChoice()   # whether the automatic team pays, per shape
@@ -230,20 +240,22 @@ class CompiledProgram(CompiledProgramBase):
         # Row slices call it with arguments of the same types.
         compile_for(self._run, (batch, steps, self._chunk(batch, chunk_steps), *arrays,
                                 *weights))
+        rows = batch // slices
+        run = self._wide_run(arrays, rows, steps, self._chunk(rows, chunk_steps)) \
+            or self._run
         if slices > 1:
             def run_slice(start, stop):
                 rows = stop - start
                 sliced = [array[start:stop] if has_rows else array
                           for array, has_rows in zip(arrays, self._batched_inputs)]
-                return self._run(rows, steps, self._chunk(rows, chunk_steps), *sliced,
-                                 *weights)
+                return run(rows, steps, self._chunk(rows, chunk_steps), *sliced, *weights)
             with self._blas_scope(0.0, self._calls_blas(batch, steps)):
                 results = run_in_slices(run_slice, batch, slices, self._batched_outputs)
         else:
             chunk = self._chunk(batch, chunk_steps)
             with self._blas_scope(batch * kernel.step_flops_per_row,
                                   self._calls_blas(batch, steps)):
-                results = list(self._run(batch, steps, chunk, *arrays, *weights))
+                results = list(run(batch, steps, chunk, *arrays, *weights))
         return self._finish(results)
 
     @staticmethod
@@ -422,23 +434,57 @@ class CompiledProgram(CompiledProgramBase):
         """(KernelSource, run, its module) of the team variant, generated at the first call asking
         for a team (kernels/cpu/team.py): the branches and barriers it adds cost every
         first compile ~0.5 s, so kernels without a team never carry them."""
-        team = self._team
-        if team is not None:
-            return team
-        with self._team_lock:
-            if self._team is None:
+        team = self._variant("team")
+        if team is None:
+            raise RuntimeError(f"The team kernel of {self.name!r} takes other weight "
+                               f"arguments than its plain kernel: a generator bug.")
+        return team
+
+    def _wide_run(self, arrays: list, rows: int, steps: int, chunk: int):
+        """The wide-batch variant's `run` for kernel calls of `rows` rows, whose recurrent
+        products take their input projection in (merged_projection.py), when it applies
+        and is compiled for these arguments; else None, and it compiles in the
+        background (background_compile.py) while the plain kernel runs the calls."""
+        flops = rows * (steps or self.kernel.fixed_steps) * self.kernel.step_flops_per_row
+        if rows < MERGED_MIN_ROWS or flops < MERGED_MIN_FLOPS \
+                or self._variants.get("wide", ()) is None:
+            return None
+        if not self._background.ready(("wide", _types_key(arrays)), lambda: False,
+                                      lambda: self._compile_wide(arrays, rows, steps, chunk)):
+            return None
+        wide = self._variant("wide")
+        if wide is None:
+            return None
+        compile_for(wide[1], (rows, steps, chunk, *arrays, *self._weight_arguments))
+        return wide[1]
+
+    def _compile_wide(self, arrays: list, rows: int, steps: int, chunk: int) -> None:
+        wide = self._variant("wide")
+        if wide is not None:
+            compile_for_types(wide[1], (rows, steps, chunk, *arrays, *self._weight_arguments))
+
+    def _variant(self, kind: str):
+        """(KernelSource, run, its module) of the "team" or "wide" (wide-batch) variant of
+        the kernel, generated at its first use; None when it would take other weight
+        arguments than the plain kernel, or, wide, merges no product (it would be the
+        plain kernel again)."""
+        if kind in self._variants:
+            return self._variants[kind]
+        with self._variant_lock:
+            if kind not in self._variants:
                 from rshop_ir.kernels.cpu.cache import load_module
                 from rshop_ir.kernels.cpu.codegen import generate
 
-                kernel = generate(self.program, team=True)
-                if kernel.weight_slots != self.kernel.weight_slots:
-                    raise RuntimeError(f"The team kernel of {self.name!r} takes other "
-                                       f"weight arguments than its plain kernel: a "
-                                       f"generator bug.")
-                module = load_module(kernel.source, kernel.globals)
-                self._team_calls_blas = blas_predicate(kernel.blas_guard)
-                self._team = (kernel, getattr(module, kernel.entry), module)
-            return self._team
+                kernel = generate(self.program, team=kind == "team", merged=kind == "wide")
+                if kernel.weight_slots != self.kernel.weight_slots \
+                        or (kind == "wide" and not kernel.merged_products):
+                    self._variants[kind] = None
+                else:
+                    module = load_module(kernel.source, kernel.globals)
+                    if kind == "team":
+                        self._team_calls_blas = blas_predicate(kernel.blas_guard)
+                    self._variants[kind] = (kernel, getattr(module, kernel.entry), module)
+            return self._variants[kind]
 
     def _finish(self, results: list):
         self._ended = time.perf_counter()

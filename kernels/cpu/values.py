@@ -72,3 +72,21 @@ class LastAxisView:
     def array(self) -> str:
         leading = ", ".join([":"] * (self.ndim - 1) + [f"{self.offset}:{self.offset + self.size}"])
         return f"{self.base.array()}[{leading}]"
+
+
+class NegativeZero:
+    """A projected sequence whose step a recurrent product took in (merged_projection.py):
+    every element reads -0.0, so `element + product` is exactly the product's element
+    (LLVM folds the add away). Never read as a whole array."""
+
+    contiguous = False
+    ndim = 2
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+
+    def element(self, indices) -> str:
+        return f"np.{self.dtype}(-0.0)"
+
+    def array(self) -> str:
+        raise RuntimeError("A merged projection was read as an array: a generator bug.")
