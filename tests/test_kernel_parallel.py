@@ -125,6 +125,32 @@ def test_row_slices_see_the_work_of_a_static_time_axis(monkeypatch):
     assert calls == [2], "the call ran as two row slices"
 
 
+@pytest.mark.parametrize("slices", [2, 3])
+def test_row_slices_join_their_outputs_and_raise_a_slice_error(slices):
+    """Each slice places its rows in the joined outputs itself (row_split._Joined);
+    an output without batch rows is taken as one slice returned it; a slice that
+    raised makes the call raise, after every slice ended."""
+    data = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    ended = []
+
+    def run_slice(start, stop):
+        ended.append(start)
+        return [data[start:stop] * 2, np.float64(start) * 0 + 5.0, data[start:stop, :1]]
+    joined = row_split.run_in_slices(run_slice, 7, slices, [True, False, True])
+    np.testing.assert_array_equal(joined[0], data * 2)
+    assert joined[1] == 5.0 and joined[0].dtype == np.float32
+    np.testing.assert_array_equal(joined[2], data[:, :1])
+
+    def failing(start, stop):
+        if start > 0:
+            raise ValueError("slice failed")
+        return run_slice(start, stop)
+    ended.clear()
+    with pytest.raises(ValueError, match="slice failed"):
+        row_split.run_in_slices(failing, 7, slices, [True, False, True])
+    assert ended == [0]
+
+
 def test_row_bounds_cover_the_batch_evenly():
     assert row_split.row_bounds(5, 2) == [(0, 2), (2, 5)] or \
         row_split.row_bounds(5, 2) == [(0, 3), (3, 5)]
