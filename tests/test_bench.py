@@ -283,6 +283,21 @@ def test_tiles_bench_checks_and_prints_every_shape(monkeypatch, capsys):
             tile_rate * itemsize / (2 * rows), rel=0.1, abs=0.05)
 
 
+def test_merged_projection_bench_runs_both_kernels_and_prints_a_row(capsys):
+    """`python -m bench.merged_projection` runs one program on the plain kernel and on
+    the wide-batch variant (it checks that the variant ran) and prints their times,
+    ratio and largest difference per size."""
+    from rshop_ir.bench import merged_projection
+
+    merged_projection.main(["--repeats", "1", "--sizes", "9,3,20,24"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("(9,")]
+    assert len(rows) == 1 and "no wide variant" not in " ".join(rows[0])
+    plain, wide, ratio, difference = (float(value) for value in rows[0][4:8])
+    assert plain > 0 and wide > 0 and ratio == pytest.approx(wide / plain, rel=0.1)   # printed rounded
+    assert difference <= 1e-5
+
+
 def test_output_layer_bench_compares_the_layer_in_and_after_the_loop(capsys):
     """`python -m bench.output_layer` times one program compiled twice: the usual way
     (the output layer after the loop) and without passes/sink_output_projection.py (the
