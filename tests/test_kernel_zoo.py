@@ -59,3 +59,41 @@ def test_packed_zoo_run_is_not_vacuous(monkeypatch):
     tiled = [entry.__name__ for entry in zoo.ZOO
              if "packed_product(" in _compiled_packed_everywhere(entry, monkeypatch)[1].source]
     assert tiled == [entry.__name__ for entry in zoo.ZOO]
+
+
+def _compiled_wide(entry, monkeypatch):
+    """The entry compiled with every recurrent matmul packed and every call on the
+    wide-batch variant where it has one (kernels/cpu/merged_projection.py)."""
+    from rshop_ir.kernels.cpu import background_compile, runtime
+
+    monkeypatch.setattr(runtime, "MERGED_MIN_ROWS", 1)
+    monkeypatch.setattr(runtime, "MERGED_MIN_FLOPS", 0)
+    monkeypatch.setattr(background_compile, "BACKGROUND", False)
+    return _compiled_packed_everywhere(entry, monkeypatch)
+
+
+@pytest.mark.parametrize("entry", zoo.ZOO, ids=[entry.__name__ for entry in zoo.ZOO])
+def test_zoo_entry_on_the_wide_batch_variant_matches_keras(entry, monkeypatch):
+    case, compiled = _compiled_wide(entry, monkeypatch)
+    expected = _as_list(case.reference())
+    got = _as_list(compiled(*case.inputs, **case.kwargs))
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=ATOL_FLOAT32, rtol=0)
+
+
+def test_the_wide_batch_variant_takes_in_the_projections_it_may(monkeypatch):
+    """LSTMs (Keras's and recurrentshop's cells, stacked or state-synced, where the
+    plain kernel asks for the packed weights in another order) and a SimpleRNN (its
+    bias added to the hoisted projection) run on the variant; a GRU (its reset gate
+    multiplies the candidate's recurrent product) and an MGU (one projection for two
+    recurrent products of half its width) keep the plain kernel."""
+    merged = set()
+    for entry in zoo.ZOO:
+        case, compiled = _compiled_wide(entry, monkeypatch)
+        compiled(*case.inputs, **case.kwargs)
+        if compiled._variants.get("wide") is not None:
+            merged.add(entry.__name__)
+    assert {"keras_lstm", "keras_simple_rnn", "stacked_cells", "state_synced_stack",
+            "embedding_lstm_softmax"} <= merged
+    assert not {"keras_gru", "mgu"} & merged

@@ -51,8 +51,8 @@ from rshop_ir.kernels.cpu.team_launch import LAUNCHER_NAMES, launcher_source
 from rshop_ir.kernels.cpu.team_poll import POLLED_LAUNCHER_NAMES, polled_launcher_source
 from rshop_ir.kernels.cpu.team_output import OUTPUT_SLOTS
 from rshop_ir.kernels.cpu.merged_projection import paired_matmul
-from rshop_ir.kernels.cpu.values import (ArrayValue, ChunkRows, LastAxisView, NegativeZero,
-                                         SequenceStep)
+from rshop_ir.kernels.cpu.values import (ArrayValue, ChunkRows, LastAxisView,
+                                         MergedSequence, SequenceStep)
 
 GENERATOR_VERSION = "numba-cpu/28"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
@@ -1504,7 +1504,7 @@ class CpuGenerator:
                 if kind == "direct":
                     function.values[body_var] = SequenceStep(data, "t", body_var.ndim)
                 elif kind == "merged":    # its product holds it (`_merged_matmul`)
-                    function.values[body_var] = NegativeZero(body_var.dtype)
+                    function.values[body_var] = data
                 else:
                     function.values[body_var] = ChunkRows(chunk_buffers[data][1], "row")
             function.direct = {} if mask is not None else self._direct_targets(
@@ -1564,15 +1564,17 @@ class CpuGenerator:
     def _merge_projections(self, function, body_program, projections, sequences) -> tuple:
         """(projections, sequences) of a top-level scan of the wide-batch variant:
         each projection that a recurrent matmul of the step can take in
-        (merged_projection.py; both weights packed by the runtime, no chain after the
-        projection) leaves the chunk's GEMMs, its sequence read as -0.0 and the matmul
-        recorded in `function.merged`."""
+        (merged_projection.py; both weights packed by the runtime; after the GEMM at
+        most additions of weight-like values, a bias) leaves the chunk's GEMMs, its
+        sequence read as -0.0 plus those values and the matmul recorded in
+        `function.merged`."""
         kept, merged_indices = [], {}
         for entry in projections:
-            index, projection, source, _, _ = entry
+            index, projection, source, _, chain_operands = entry
             body_var = next(var for var, kind, data in sequences
                             if kind == "projection" and data == index)
-            eqn = None if projection.chain else paired_matmul(body_program, body_var)
+            addends = _chain_addends(projection)
+            eqn = None if addends is None else paired_matmul(body_program, body_var)
             if eqn is None or not self._merge_applies(function, eqn, projection):
                 kept.append(entry)
                 continue
@@ -1582,8 +1584,12 @@ class CpuGenerator:
                                    f"{dtype_expression(projection.output.dtype)})")
             function.fixed.add(staged)
             function.merged[eqn.outputs[0]] = (projection, source, staged)
-            merged_indices[index] = True
-        sequences = [(var, "merged", data) if kind == "projection" and data in merged_indices
+            merged_indices[index] = MergedSequence(body_var.dtype, [
+                lambda indices, atom=atom, projection=projection, operands=chain_operands:
+                self._chain_operand(atom, projection, operands, indices)
+                for atom in addends])
+        sequences = [(var, "merged", merged_indices[data])
+                     if kind == "projection" and data in merged_indices
                      else (var, kind, data) for var, kind, data in sequences]
         return kept, sequences
 
@@ -2179,12 +2185,13 @@ class CpuGenerator:
                         current = results[0]
                     loop.line(f"{projected}[r, j] = {current}")
 
-    def _chain_operand(self, atom, projection, chain_operands) -> str:
-        """A weight-like operand of a chain eqn at element (r, j) of the projected rows."""
+    def _chain_operand(self, atom, projection, chain_operands, indices=("r", "j")) -> str:
+        """A weight-like operand of a chain eqn at element `indices` (row, column) of
+        the projected rows."""
         if isinstance(atom, Literal):
             return self.ctx.const(atom.value, atom.dtype)
         value_shape = ("R", projection.weight.shape[1])
-        index = lowering.broadcast_index(atom.shape, value_shape, ["r", "j"])
+        index = lowering.broadcast_index(atom.shape, value_shape, list(indices))
         return ArrayValue(chain_operands[atom], atom.ndim).element(index)
 
     def _render_commit(self, function, plan, state_buffers, readout_buffers, mask) -> None:
@@ -2252,6 +2259,21 @@ class CpuGenerator:
                 return None
             width *= dim
         return width
+
+
+def _chain_addends(projection) -> list:
+    """The weight-like operands a projection's chain adds to the GEMM's result (none
+    for no chain), or None when the chain does anything else."""
+    addends = []
+    for eqn in projection.chain:
+        operands = lowering.elementwise_operands(eqn)
+        if eqn.op not in ("add", "bias_add") or len(eqn.inputs) != 2 or len(operands) != 2:
+            return None
+        running = [atom for atom in operands if atom.shape == projection.output.shape]
+        if len(running) != 1:
+            return None
+        addends += [atom for atom in operands if atom is not running[0]]
+    return addends
 
 
 def generate(program: Program, team: bool = False, merged: bool = False) -> KernelSource:

@@ -17,7 +17,11 @@ as their sum, column for column: every use of either, directly or through slices
 the same columns (also inside a fused element-wise region), is an `add` of the two
 partners. `paired_matmul` checks that; the generator then reads the sequence as -0.0
 (`x + (-0.0)` is `x` for every float, NaN and -0.0 included, and LLVM folds it away)
-and the product as the merged sum.
+and the product as the merged sum. A projection followed by additions of weight-like
+values (the bias a SimpleRNN's projection carries) merges too: the sequence then
+reads -0.0 plus those values (codegen's `_chain_addends`, values.MergedSequence).
+The runtime uses the variant for calls of MERGED_MIN_ROWS rows and MERGED_MIN_FLOPS
+(kernels/cpu/runtime.py), passing the weight arguments in the variant's own order.
 """
 
 from __future__ import annotations

@@ -98,6 +98,8 @@ class CompiledProgram(CompiledProgramBase):
         self._fast_call = None
         self._outputs_to_check = _outputs_maybe_inputs(self.program)
         self._variants = {}               # "team" / "wide" -> (KernelSource, run, module)
+        self._slot_orders = {}            # ... -> for each of its weight arguments, the
+                                          # index of the plain kernel's one it takes
         self._variant_lock = threading.Lock()   # one thread generates a variant
         self._background = BackgroundCompile()   # compiles beside the calls
         self._team_calls_blas = None      # blas_predicate of the team kernel
@@ -236,13 +238,12 @@ class CompiledProgram(CompiledProgramBase):
                 return self._finish(results)
             # the weights changed (bound now) or the kernel failed: the usual call below
         self.refresh_weights()
-        weights = self._weight_arguments
         # Row slices call it with arguments of the same types.
         compile_for(self._run, (batch, steps, self._chunk(batch, chunk_steps), *arrays,
-                                *weights))
+                                *self._weight_arguments))
         rows = batch // slices
-        run = self._wide_run(arrays, rows, steps, self._chunk(rows, chunk_steps)) \
-            or self._run
+        run, weights = self._wide_run(arrays, rows, steps, self._chunk(rows, chunk_steps)) \
+            or (self._run, self._weight_arguments)
         if slices > 1:
             def run_slice(start, stop):
                 rows = stop - start
@@ -441,10 +442,11 @@ class CompiledProgram(CompiledProgramBase):
         return team
 
     def _wide_run(self, arrays: list, rows: int, steps: int, chunk: int):
-        """The wide-batch variant's `run` for kernel calls of `rows` rows, whose recurrent
-        products take their input projection in (merged_projection.py), when it applies
-        and is compiled for these arguments; else None, and it compiles in the
-        background (background_compile.py) while the plain kernel runs the calls."""
+        """(`run`, its weight arguments) of the wide-batch variant, whose recurrent
+        products take their input projection in (merged_projection.py), for kernel calls
+        of `rows` rows, when it applies and is compiled for these arguments; else None,
+        and it compiles in the background (background_compile.py) while the plain
+        kernel runs the calls."""
         flops = rows * (steps or self.kernel.fixed_steps) * self.kernel.step_flops_per_row
         if rows < MERGED_MIN_ROWS or flops < MERGED_MIN_FLOPS \
                 or self._variants.get("wide", ()) is None:
@@ -455,19 +457,26 @@ class CompiledProgram(CompiledProgramBase):
         wide = self._variant("wide")
         if wide is None:
             return None
-        compile_for(wide[1], (rows, steps, chunk, *arrays, *self._weight_arguments))
-        return wide[1]
+        weights = self._wide_weights()
+        compile_for(wide[1], (rows, steps, chunk, *arrays, *weights))
+        return wide[1], weights
 
     def _compile_wide(self, arrays: list, rows: int, steps: int, chunk: int) -> None:
         wide = self._variant("wide")
         if wide is not None:
-            compile_for_types(wide[1], (rows, steps, chunk, *arrays, *self._weight_arguments))
+            compile_for_types(wide[1], (rows, steps, chunk, *arrays, *self._wide_weights()))
+
+    def _wide_weights(self) -> list:
+        """The weight arguments in the wide variant's order (its generator may ask for
+        the packed copies in another order than the plain kernel's)."""
+        order = self._slot_orders["wide"]
+        return [self._weight_arguments[index] for index in order]
 
     def _variant(self, kind: str):
         """(KernelSource, run, its module) of the "team" or "wide" (wide-batch) variant of
-        the kernel, generated at its first use; None when it would take other weight
-        arguments than the plain kernel, or, wide, merges no product (it would be the
-        plain kernel again)."""
+        the kernel, generated at its first use; None when it would take weight
+        arguments the plain kernel does not (the team variant: others, or in another
+        order), or, wide, merges no product (it would be the plain kernel again)."""
         if kind in self._variants:
             return self._variants[kind]
         with self._variant_lock:
@@ -476,13 +485,17 @@ class CompiledProgram(CompiledProgramBase):
                 from rshop_ir.kernels.cpu.codegen import generate
 
                 kernel = generate(self.program, team=kind == "team", merged=kind == "wide")
-                if kernel.weight_slots != self.kernel.weight_slots \
+                plain = self.kernel.weight_slots
+                order = [plain.index(slot) if slot in plain else None
+                         for slot in kernel.weight_slots]
+                if None in order or (kind == "team" and kernel.weight_slots != plain) \
                         or (kind == "wide" and not kernel.merged_products):
                     self._variants[kind] = None
                 else:
                     module = load_module(kernel.source, kernel.globals)
                     if kind == "team":
                         self._team_calls_blas = blas_predicate(kernel.blas_guard)
+                    self._slot_orders[kind] = order
                     self._variants[kind] = (kernel, getattr(module, kernel.entry), module)
             return self._variants[kind]
 

@@ -74,19 +74,25 @@ class LastAxisView:
         return f"{self.base.array()}[{leading}]"
 
 
-class NegativeZero:
-    """A projected sequence whose step a recurrent product took in (merged_projection.py):
-    every element reads -0.0, so `element + product` is exactly the product's element
-    (LLVM folds the add away). Never read as a whole array."""
+class MergedSequence:
+    """A projected sequence `x_t W (+ weight-like addends)` whose product a recurrent
+    product took in (merged_projection.py): an element reads -0.0 plus the addends' elements
+    (a bias), so `element + product` is the product plus those addends (LLVM folds the
+    -0.0 away: x + (-0.0) is x for every float). Never read as a whole array.
+
+    addends: functions (indices) -> the expression of an addend's element there."""
 
     contiguous = False
     ndim = 2
 
-    def __init__(self, dtype: str):
-        self.dtype = dtype
+    def __init__(self, dtype: str, addends=()):
+        self.dtype, self.addends = dtype, list(addends)
 
     def element(self, indices) -> str:
-        return f"np.{self.dtype}(-0.0)"
+        expression = f"np.{self.dtype}(-0.0)"
+        for addend in self.addends:
+            expression = f"({expression} + {addend(indices)})"
+        return expression
 
     def array(self) -> str:
         raise RuntimeError("A merged projection was read as an array: a generator bug.")
