@@ -44,7 +44,10 @@ def test_zoo_entry_with_every_recurrent_matmul_packed_matches_keras(entry, monke
     thresholds at 1, every recurrent matmul by a scan constant runs as the packed
     product (kernels/cpu/packed_product.py) at the zoo's batch of 3 (three one-row
     tiles)."""
-    case, compiled = _compiled_packed_everywhere(entry, monkeypatch)
+    _assert_matches_keras(*_compiled_packed_everywhere(entry, monkeypatch))
+
+
+def _assert_matches_keras(case, compiled) -> None:
     expected = _as_list(case.reference())
     got = _as_list(compiled(*case.inputs, **case.kwargs))
     assert len(got) == len(expected)
@@ -74,12 +77,7 @@ def _compiled_wide(entry, monkeypatch):
 
 @pytest.mark.parametrize("entry", zoo.ZOO, ids=[entry.__name__ for entry in zoo.ZOO])
 def test_zoo_entry_on_the_wide_batch_variant_matches_keras(entry, monkeypatch):
-    case, compiled = _compiled_wide(entry, monkeypatch)
-    expected = _as_list(case.reference())
-    got = _as_list(compiled(*case.inputs, **case.kwargs))
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected):
-        np.testing.assert_allclose(a, b, atol=ATOL_FLOAT32, rtol=0)
+    _assert_matches_keras(*_compiled_wide(entry, monkeypatch))
 
 
 def test_the_wide_batch_variant_takes_in_the_projections_it_may(monkeypatch):
