@@ -1,8 +1,8 @@
 """The wide-batch kernel: recurrent products that take the step's input projection in.
 
 `paired_matmul` (kernels/cpu/merged_projection.py) on hand-built step bodies: the sum
-of the projected sequence and a recurrent product, whole or sliced column for column
-(also inside a fused region), qualifies; any other use of either does not. Then the
+of the projected sequence and a recurrent product, whole or sliced column for column,
+either side plus a bias first, qualifies; any other use of either does not. Then the
 generated wide variant (one `packed_pair_product`, no chunk projection) against the
 interpreter for the RNN options, both dtypes, tile remainders, changed weights; a
 program whose step reads the projection otherwise keeps the plain kernel, and a call
@@ -43,10 +43,16 @@ def _halves(builder, k, p, k_first=(0, 4), p_first=(0, 4)):
     return builder.apply("mul", *tanh)
 
 
+def _bias(builder, value):
+    return builder.apply("bias_add", value, builder.input("float32", (8,), name="bias"))
+
+
 @pytest.mark.parametrize("use", [
     lambda b, k, p: b.apply("tanh", b.apply("add", k, p)),
     _halves,
-], ids=["whole", "slices"])
+    lambda b, k, p: b.apply("add", k, _bias(b, p)),
+    lambda b, k, p: b.apply("add", _bias(b, _bias(b, k)), p),
+], ids=["whole", "slices", "product-plus-bias", "sequence-plus-biases"])
 def test_a_sum_column_for_column_pairs_the_product(use):
     body, k, matmul = _body(use)
     assert paired_matmul(body, k) is matmul
@@ -57,9 +63,11 @@ def test_a_sum_column_for_column_pairs_the_product(use):
     lambda b, k, p: b.apply("add", b.apply("add", k, p), k),
     lambda b, k, p: b.apply("add", b.apply("tanh", k), p),
     lambda b, k, p: _halves(b, k, p, k_first=(0, 4), p_first=(4, 8)),
-    lambda b, k, p: b.apply("add", k, p) if False else k,
+    lambda b, k, p: k,
+    lambda b, k, p: b.apply("add", k, b.apply("add", p, k)),
+    lambda b, k, p: b.apply("mul", _bias(b, p), b.apply("add", k, p)),
 ], ids=["product", "sequence-twice", "sequence-transformed", "other-columns",
-        "sequence-out"])
+        "sequence-out", "sequence-in-the-product's-sum", "product-plus-bias-multiplied"])
 def test_other_uses_keep_the_projection_hoisted(use):
     body, k, _ = _body(use)
     assert paired_matmul(body, k) is None

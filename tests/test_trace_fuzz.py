@@ -3,6 +3,7 @@ optimised and interpreted, give Keras's numbers."""
 
 import keras
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from keras import layers, ops
@@ -129,3 +130,60 @@ def test_random_step_graphs_on_a_team_give_one_threads_numbers(instructions, pic
     np.testing.assert_allclose(alone, expected, atol=1e-4, rtol=1e-4)
     np.testing.assert_array_equal(compiled(x, team_size=2), alone)
     assert team_size_for(compiled._team_kernel()[0], 2) == 2   # the team did split
+
+
+_MERGING_STEP = [("dense", "linear", True)]
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(instructions=st.lists(step_instruction, min_size=1, max_size=4),
+       picks=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=6,
+                      max_size=6),
+       seed=st.integers(0, 2 ** 16))
+@example(instructions=_MERGING_STEP, picks=[(0, 0)] * 6, seed=0)
+def test_random_step_graphs_on_the_wide_batch_variant_give_the_keras_numbers(
+        instructions, picks, seed, monkeypatch):
+    """Every call on the wide-batch variant where the graph has one
+    (kernels/cpu/merged_projection.py: a product taking the projection in wherever
+    the step only adds the two): Keras's numbers, whichever way the graph uses its
+    projection. The @example is one that merges (next test)."""
+    compiled, x, expected = _on_the_wide_variant(instructions, picks, seed, monkeypatch)
+    np.testing.assert_allclose(compiled(x, team_size=1), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_wide_batch_fuzz_example_runs_on_the_variant(monkeypatch):
+    """The fuzz above is not vacuous: its @example (output = tanh(x W1 W2 + b + h U),
+    the projection's bias hoisted with it, the product's bias added in the step) has
+    the wide-batch variant and runs on it."""
+    compiled, x, expected = _on_the_wide_variant(_MERGING_STEP, [(0, 0)] * 6, 0,
+                                                 monkeypatch)
+    compiled(x, team_size=1)            # generates and compiles the variant
+    kernel, run, module = compiled._variants["wide"]
+    calls = []
+
+    def counted(*arguments):
+        calls.append(arguments[0])
+        return run(*arguments)
+    counted.overloads = run.overloads
+    compiled._variants["wide"] = (kernel, counted, module)
+    np.testing.assert_allclose(compiled(x, team_size=1), expected, atol=1e-4, rtol=1e-4)
+    assert calls == [9]
+
+
+def _on_the_wide_variant(instructions, picks, seed, monkeypatch):
+    """(compiled, x, Keras's output) for a random step graph whose calls (9 rows) run on
+    the wide-batch variant where it has one."""
+    from rshop_ir.kernels.cpu import background_compile, codegen, runtime
+
+    for name, value in (("PACKED_MIN_COLUMNS", 1), ("PACKED_MIN_CONTRACTION", 1),
+                        ("PACK_MIN_ROW_STEPS", 1)):
+        monkeypatch.setattr(codegen, name, value)
+    monkeypatch.setattr(runtime, "MERGED_MIN_ROWS", 1)
+    monkeypatch.setattr(runtime, "MERGED_MIN_FLOPS", 0)
+    monkeypatch.setattr(background_compile, "BACKGROUND", False)
+    rng = np.random.default_rng(seed)
+    rnn = build_step(instructions, picks)
+    x = rng.standard_normal((9, 5, 4)).astype("float32")
+    return rshop_ir.compile(rnn), x, np.asarray(rnn(x, training=False))

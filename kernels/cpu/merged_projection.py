@@ -15,7 +15,8 @@ a call (BENCHMARKS.md run 30).
 That is exact only where the step uses the projected sequence and the product solely
 as their sum, column for column: every use of either, directly or through slices of
 the same columns (also inside a fused element-wise region), is an `add` of the two
-partners. `paired_matmul` checks that; the generator then reads the sequence as -0.0
+partners, or an add of one of them and another value (a bias) used the same way in
+turn, so that each sum the step computes holds the sequence and the product once. `paired_matmul` checks that; the generator then reads the sequence as -0.0
 (`x + (-0.0)` is `x` for every float, NaN and -0.0 included, and LLVM folds it away)
 and the product as the merged sum. A projection followed by additions of weight-like
 values (the bias a SimpleRNN's projection carries) merges too: the sequence then
@@ -48,20 +49,32 @@ def paired_matmul(body: Program, sequence: Var):
 def _only_added(body: Program, sequence: Var, product: Var) -> bool:
     # var -> (which of the two it views, the (start, stop) columns or None for all)
     views = {sequence: ("sequence", None), product: ("product", None)}
-    for eqn in body.eqns:
+    return _uses_pair(body.eqns, views, body.outputs, slices=True)
+
+
+def _uses_pair(eqns, views: dict, outputs, slices: bool) -> bool:
+    """Whether `eqns` use the views of the sequence and the product (`views`, grown as
+    it goes) only as: a slice of the columns (`slices`: at the body's level), an add
+    of a view and something else (a view again: `sequence + bias` reads as -0.0 +
+    bias, `product + bias` as the merged sum + bias), or an add of two partners; and
+    no output is a view."""
+    for eqn in eqns:
         read = [atom for atom in eqn.inputs if isinstance(atom, Var) and atom in views]
         if not read:
             continue
-        if eqn.op == "slice" and _column_slice(eqn) is not None \
+        if slices and eqn.op == "slice" and _column_slice(eqn) is not None \
                 and views[eqn.inputs[0]][1] is None:
             views[eqn.outputs[0]] = (views[eqn.inputs[0]][0], _column_slice(eqn))
         elif eqn.op == "add" and _partners(views, eqn.inputs):
             continue
-        elif eqn.op == "fused" and _fused_pairs_added(eqn, views):
+        elif eqn.op in ("add", "bias_add") and len(read) == 1 and len(eqn.inputs) == 2 \
+                and eqn.outputs[0].shape == read[0].shape:
+            views[eqn.outputs[0]] = views[read[0]]
+        elif eqn.op == "fused" and _fused_uses_pair(eqn, views):
             continue
         else:
             return False
-    return not any(isinstance(atom, Var) and atom in views for atom in body.outputs)
+    return not any(isinstance(atom, Var) and atom in views for atom in outputs)
 
 
 def _column_slice(eqn):
@@ -85,16 +98,10 @@ def _partners(views: dict, operands) -> bool:
     return kind != other_kind and columns == other_columns
 
 
-def _fused_pairs_added(eqn, views: dict) -> bool:
-    """Whether inside the fused region `eqn` every input viewing the sequence or the
-    product is used only in adds with its partner."""
+def _fused_uses_pair(eqn, views: dict) -> bool:
+    """`_uses_pair` inside the fused region `eqn`, its inputs viewing what the outer
+    values they take view."""
     body = eqn.params["body"]
-    inner = {}
-    for outer, var in zip(eqn.inputs, body.inputs):
-        if isinstance(outer, Var) and outer in views:
-            inner[var] = views[outer]
-    for inner_eqn in body.eqns:
-        read = [atom for atom in inner_eqn.inputs if isinstance(atom, Var) and atom in inner]
-        if read and not (inner_eqn.op == "add" and _partners(inner, inner_eqn.inputs)):
-            return False
-    return not any(isinstance(atom, Var) and atom in inner for atom in body.outputs)
+    inner = {var: views[outer] for outer, var in zip(eqn.inputs, body.inputs)
+             if isinstance(outer, Var) and outer in views}
+    return _uses_pair(body.eqns, inner, body.outputs, slices=False)
