@@ -16,6 +16,10 @@ each fused region as ONE loop nest, then the states, readout and output are comm
 prologue results and the packed copies of the recurrent weights are ARGUMENTS of
 `run` (`KernelSource.weight_slots` says which), never constants of the source, so new
 weights need no recompilation: the runtime packs a weight once per weight version.
+Two variants are generated on demand: the team kernel (`team=True`, kernels/cpu/
+team.py) and the wide-batch kernel (`merged=True`), whose recurrent products take the
+step's input projection in instead of reading it from a chunk GEMM
+(kernels/cpu/merged_projection.py).
 
     kernel = generate(optimized_program)
     print(kernel.source)     # the module text; kernel.globals: objects it reads
