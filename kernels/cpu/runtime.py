@@ -54,10 +54,11 @@ DEFAULT_CHUNK_STEPS = 256
 # work) run the wide-batch variant, whose recurrent products take the step's input
 # projection in (merged_projection.py), once it is compiled in the background: a
 # second kernel compiled for calls too small to repay it would only load the cores.
-# LSTM, T=100, 2 cores, plain -> wide ms (ad-hoc, 11 interleaved rounds;
-# BENCHMARKS.md run 30): (B, I, H) = (8, 32, 64) 0.576 -> 0.522, (16, 128, 256)
-# 6.90 -> 6.49, (32, 128, 256) 13.01 -> 12.56, (128, 128, 256) 52.7 -> 49.7; but
-# (8, 128, 256), two slices of 4 rows, 3.50 -> 3.62.
+# LSTM, 2 cores, plain -> wide ms (`python -m bench.merged_projection`, BENCHMARKS.md
+# run 30): (B, T, I, H) = (16, 100, 128, 256) 7.41 -> 6.74, (32, 100, 128, 256) 14.77
+# -> 13.30, (256, 50, 256, 512) 222.2 -> 210.4; at 4-8 rows a kernel call within the
+# noise: (8, 100, 128, 256), two slices of 4 rows, 0.965 and 1.033 of the plain time
+# in two passes.
 MERGED_MIN_ROWS = 8
 MERGED_MIN_FLOPS = 3e7
 _BESIDE = threading.Lock()    # held by the one-thread call asking beside its kernel
