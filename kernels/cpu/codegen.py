@@ -1599,7 +1599,8 @@ class CpuGenerator:
 
     def _merge_applies(self, function, eqn, projection) -> bool:
         """Whether the packed pair product can compute `eqn` (a @ weight) with the
-        projection taken in: both weights packed by the runtime, one float dtype."""
+        projection taken in: both weights packed by the runtime, one float dtype (only
+        top-level scans are asked: their weights are `run`'s arguments)."""
         a, weight = eqn.inputs
         out = eqn.outputs[0]
         if not isinstance(a, Var) or a.ndim != 2 or weight not in function.weight_constants \
@@ -1608,7 +1609,7 @@ class CpuGenerator:
         if not self._packing_applies(function, weight, a.shape[1], out):
             return False
         in_size, out_size = projection.weight.shape
-        return function.top_level and projection.weight in self.weight_vars \
+        return projection.weight in self.weight_vars \
             and projection.source.ndim == 3 and projection.weight.dtype == out.dtype \
             and projection.source.dtype == out.dtype \
             and isinstance(in_size, int) and in_size >= PACKED_MIN_CONTRACTION \

@@ -178,7 +178,9 @@ def packed_pair_product(typingctx, a, buffer, start, a_2, buffer_2, start_2, out
 
 
 class _ProductWriter:
-    """Writes the LLVM code of one `packed_product` call (see the module docstring)."""
+    """Writes the LLVM code of one `packed_product` or `packed_pair_product` call (see
+    the module docstring): each register tile sums every segment's terms before its
+    one store."""
 
     def __init__(self, context, builder, dtype, segments, out_struct):
         """`segments`: (a struct, pointer to its packed weight) of each term."""
