@@ -2,7 +2,7 @@
 
 Every zoo model (tests/zoo.py) and an option matrix (readout modes, decode, state_sync,
 go_backwards, initial states, return_states/return_sequences, batch 1, several blocks,
-workspace in global memory, masking) is built and run in Keras here, traced, saved with
+workspace in global memory, masking, a convolution before the RNN) is built and run in Keras here, traced, saved with
 its inputs, the Keras outputs and the CPU kernel's outputs; ONE subprocess with
 NUMBA_ENABLE_CUDASIM=1 (tests/cuda_sim_checks.py, Keras blocked) compiles each for CUDA
 and compares (max abs error 1e-4) in both layouts of the scan kernels (blocks owning
@@ -121,6 +121,17 @@ def _masked(rng):
     return zoo.ZooCase("masked_sequences", model, [x])
 
 
+def _convolution(rng):
+    """Conv1D before a GRU: "causal" padding concatenates zeros before the steps, and
+    the stride reshapes and slices them (frontends/keras_trace/conv_rules.py)."""
+    inputs = keras.Input((TIME, FEATURES))
+    hidden = layers.Conv1D(UNITS, 2, strides=2, padding="causal")(inputs)
+    model = keras.Model(inputs, layers.GRU(UNITS, return_sequences=True)(hidden))
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.5
+                       for w in model.get_weights()])
+    return zoo.ZooCase("conv1d_causal_strided", model, [_sequence(rng, batch=3)])
+
+
 def _multi_block(rows_per_block, shared_memory_bytes=None, name="multi_block"):
     def make(rng):
         x = _sequence(rng, batch=5)
@@ -141,6 +152,7 @@ MATRIX = {
     "return_states_last_output": _return_states_gru,
     "batch_one": _batch_one,
     "masked_sequences": _masked,
+    "conv1d_causal_strided": _convolution,
     "one_row_per_block": _multi_block(1, name="one_row_per_block"),
     "partial_last_block": _multi_block(2, name="partial_last_block"),
     "global_workspace": _multi_block(3, shared_memory_bytes=0, name="global_workspace"),

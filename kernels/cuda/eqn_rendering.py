@@ -219,7 +219,7 @@ def _concatenate(writer, eqn) -> None:
             raise UnsupportedError("concatenate of a literal.")
         indices = writer.open_elements(writer.dims(atom), is_batched(atom))
         target = list(indices)
-        target[axis] = f"{indices[axis]} + {start}" if start else indices[axis]
+        target[axis] = f"({indices[axis]} + {start})" if start else indices[axis]
         source = element(writer, atom, indices, atom.shape)
         writer.body.line(f"{stored.element(target)} = {source}")
         writer.close()
