@@ -30,9 +30,9 @@ def _built(layer, features=4):
 
 
 UNSUPPORTED = [
-    ("conv_in_step", lambda: _built(_step_rnn(
-        lambda x, h: layers.Flatten()(layers.Conv1D(3, 2, name="step_conv")(
-            layers.Reshape((4, 1))(x)))[:, :3] + h)), "step_conv"),
+    ("conv2d_in_step", lambda: _built(_step_rnn(
+        lambda x, h: layers.Flatten()(layers.Conv2D(3, 2, name="step_conv")(
+            layers.Reshape((2, 2, 1))(x))) + h)), "step_conv"),
     ("tf_lambda", lambda: _built(_step_rnn(
         lambda x, h: layers.Lambda(lambda v: tf.math.cumsum(v, axis=-1)[:, :3],
                                    output_shape=(3,), name="tf_lambda")(x))), "tf_lambda"),

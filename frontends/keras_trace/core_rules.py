@@ -2,10 +2,12 @@
 Embedding, Masking, reshaping layers, TimeDistributed, Lambda, nested models."""
 
 import keras
+import numpy as np
 from keras import layers
 
 from rshop_ir.frontends.keras_trace.activations import emit_activation, emit_relu
 from rshop_ir.frontends.keras_trace.context import unsupported
+from rshop_ir.frontends.keras_trace.op_rules import emit_batch_norm
 from rshop_ir.frontends.keras_trace.walk import (
     layer_rule,
     retrace_layer_call,
@@ -64,6 +66,18 @@ def trace_relu(context, layer, args, kwargs):
 def trace_leaky_relu(context, layer, args, kwargs):
     return context.apply("leaky_relu", _single(layer, args),
                          negative_slope=float(layer.negative_slope))
+
+
+@layer_rule(layers.PReLU)
+def trace_prelu(context, layer, args, kwargs):
+    """relu(x) - alpha * relu(-x), alpha a param (PReLU's call() negates it eagerly,
+    which a re-trace would capture as a constant)."""
+    if type(layer).call is not layers.PReLU.call:
+        return retrace_layer_call(context, layer, args, kwargs)
+    value = _single(layer, args)
+    negative = context.apply("relu", context.apply("neg", value))
+    return context.apply("sub", context.apply("relu", value), context.apply(
+        "mul", context.param_for(layer.alpha), negative))
 
 
 @layer_rule(layers.Softmax)
@@ -175,6 +189,54 @@ def trace_layer_norm(context, layer, args, kwargs):
     beta = context.param_for(layer.beta) if layer.center else 0.0
     return context.apply("layer_norm", value, gamma, beta, axis=-1,
                          epsilon=float(layer.epsilon))
+
+
+@layer_rule(layers.BatchNormalization)
+def trace_batch_normalization(context, layer, args, kwargs):
+    """BatchNormalization at inference, its moving statistics, scale and offset as
+    params (its call() casts them eagerly, which a re-trace would capture as
+    constants); a subclass with a call() of its own is re-traced."""
+    if type(layer).call is not layers.BatchNormalization.call:
+        return retrace_layer_call(context, layer, args, kwargs)
+    value = _single(layer, args)
+    if _axis(layer.axis, value.ndim) != value.ndim - 1:
+        raise unsupported(layer, "BatchNormalization over an axis other than the last")
+    scale = context.param_for(layer.gamma) if layer.scale else None
+    offset = context.param_for(layer.beta) if layer.center else None
+    return emit_batch_norm(context, value, context.param_for(layer.moving_mean),
+                           context.param_for(layer.moving_variance), offset, scale,
+                           float(layer.epsilon))
+
+
+@layer_rule(layers.Normalization)
+def trace_normalization(context, layer, args, kwargs):
+    """Normalization: (x - mean) / max(sqrt(variance), epsilon), or its inverse, as its
+    eager call computes it. Statistics adapted to data are params (its call() uses
+    copies of them made when adapt() ends, which a re-trace would capture as
+    constants); statistics given to the constructor are constants, as in Keras."""
+    if type(layer).call is not layers.Normalization.call:
+        return retrace_layer_call(context, layer, args, kwargs)
+    value = _single(layer, args)
+    shape = tuple(layer._broadcast_shape)
+    if len(shape) != value.ndim or any(size is None for size in shape[1:]):
+        raise unsupported(layer, f"statistics of shape {shape} over inputs {value.type}")
+    shape = (1,) + shape[1:]
+
+    def statistic(variable, given):
+        if layer.input_mean is not None:
+            array = np.asarray(given, dtype=value.dtype).reshape(shape)
+            return context.apply("constant", value=tuple(array.ravel().tolist()),
+                                 dtype=array.dtype.name, shape=shape)
+        stat = context.apply("reshape", context.param_for(variable), shape=shape)
+        return stat if stat.dtype == value.dtype else context.apply(
+            "cast", stat, dtype=value.dtype)
+    mean = statistic(getattr(layer, "adapt_mean", None), layer.mean)
+    variance = statistic(getattr(layer, "adapt_variance", None), layer.variance)
+    spread = context.apply("maximum", context.apply("sqrt", variance),
+                           float(keras.backend.epsilon()))
+    if layer.invert:
+        return context.apply("add", mean, context.apply("mul", value, spread))
+    return context.apply("div", context.apply("sub", value, mean), spread)
 
 
 @layer_rule(layers.Embedding)

@@ -63,15 +63,20 @@ def trace_general_relu(context, operation, args, kwargs):
 
 @op_rule("BatchNorm")
 def trace_batch_norm(context, operation, args, kwargs):
-    """`ops.batch_normalization` (BatchNormalization at inference) over the last axis,
-    as TensorFlow computes it: x * inv + (offset - mean * inv), inv = rsqrt(variance
-    + epsilon) * scale."""
+    """`ops.batch_normalization` (see `emit_batch_norm`) over the last axis."""
     value, mean, variance, offset, scale = (list(args) + [None] * 5)[:5]
     offset, scale = kwargs.get("offset", offset), kwargs.get("scale", scale)
     if _axis(operation.axis, value.ndim) != value.ndim - 1:
         raise _fail(operation, "batch normalization over an axis other than the last")
-    inverse = context.apply("rsqrt", context.apply("add", variance,
-                                                   float(operation.epsilon)))
+    return emit_batch_norm(context, value, mean, variance, offset, scale,
+                           float(operation.epsilon))
+
+
+def emit_batch_norm(context, value, mean, variance, offset, scale, epsilon):
+    """Batch normalization over the last axis (BatchNormalization at inference) as
+    TensorFlow computes it: x * inv + (offset - mean * inv), inv = rsqrt(variance +
+    epsilon) * scale; `offset` / `scale` None when absent."""
+    inverse = context.apply("rsqrt", context.apply("add", variance, epsilon))
     if scale is not None:
         inverse = context.apply("mul", inverse, scale)
     shift = context.apply("mul", mean, inverse)

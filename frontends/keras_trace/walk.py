@@ -139,6 +139,7 @@ def retrace_layer_call(context, layer, args, kwargs=None):
         traced = trace_functional(context, graph, values)
     except UnsupportedError as error:
         raise unsupported(layer, str(error)) from None
+    _refuse_captured_weights(context, layer)
     outputs, traced_masks = traced[:len(flat_outputs)], iter(traced[len(flat_outputs):])
     for output, mask in zip(outputs, output_masks):
         if mask is not None:
@@ -157,6 +158,24 @@ def _output_masks(layer, symbolic_args, symbolic_kwargs, count):
     first = symbolic_args[0] if symbolic_args else None
     masks = keras.tree.flatten(layer.compute_mask(first, mask))
     return (masks + [None] * count)[:count]
+
+
+def _refuse_captured_weights(context, layer):
+    """Raise `UnsupportedError` when a re-traced layer's floating-point weight did not
+    become a param: its call() computed with it outside the traced graph (say
+    `ops.reshape(self.bias, ...)`, run at once on the variable's value), so the graph
+    holds that value as a constant, and the compiled program would keep it after the
+    weight changed. (A weight the call does not use at all is refused too.)"""
+    if not isinstance(layer, keras.layers.Layer):
+        return
+    for variable in layer.weights:
+        if np.issubdtype(np.dtype(variable.dtype), np.floating) \
+                and not context.has_param(variable):
+            raise unsupported(
+                layer, f"its call() reads the weight {variable.path!r} other than through "
+                       "keras.ops on its inputs (its value would be compiled in as a "
+                       "constant); give the layer a tracing rule or compute with the "
+                       "variable itself")
 
 
 def _ir_argument(context, item):

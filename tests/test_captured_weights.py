@@ -1,0 +1,65 @@
+"""Weights a layer's call() reads outside the traced graph (an eager reshape, cast or
+negation of a variable runs at once, and a re-trace would hold its value as a
+constant): the layers Keras ships get rules taking them as params, and any other
+layer doing so runs in Keras (frontends/keras_trace/walk.py)."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers, ops
+
+from test_conv_and_pad import CHANNELS, STEPS, _assert_compiled_like_keras, _randomize
+
+
+class _EagerShift(layers.Layer):
+    """Adds a weight it reshapes outside the traced graph (at once, on its value)."""
+
+    def build(self, shape):
+        self.shift = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+    def call(self, inputs):
+        return inputs + ops.reshape(self.shift, (1, 1, -1))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: layers.Conv1D(CHANNELS, 2, padding="causal"),
+    lambda: layers.BatchNormalization(),
+    lambda: layers.PReLU(),
+    _EagerShift,
+], ids=["conv1d", "batch_normalization", "prelu", "eager_shift"])
+def test_weights_changed_after_accelerate_give_keras_numbers(make):
+    """Conv1D's bias, BatchNormalization's statistics and PReLU's alpha are params (a
+    re-trace of their calls captured them as constants, and changed weights kept the
+    old numbers); a custom layer doing the same runs in Keras."""
+    inputs = keras.Input((STEPS, CHANNELS))
+    layer = make()
+    model = keras.Model(inputs, layers.LSTM(3)(layer(inputs)))
+    _randomize(model, 8)
+    data = np.random.default_rng(9).standard_normal((2, STEPS, CHANNELS)).astype("float32")
+    refused = [layer.name] if isinstance(layer, _EagerShift) else []
+    fast = _assert_compiled_like_keras(model, data, fallbacks=refused)
+    if refused:
+        assert "compiled in as a constant" in fast.fallbacks[0][1]
+    _randomize(model, 10)
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("options", [{}, {"invert": True}, {"axis": None},
+                                     {"mean": 1.0, "variance": 4.0}],
+                         ids=["adapted", "inverted", "over_all_axes", "given"])
+def test_normalization_compiles_and_follows_a_new_adapt(options):
+    """Adapted statistics are params: after another adapt() the compiled model gives
+    the numbers of the model's eager call (Keras's own `predict` keeps the function
+    it traced before, with the old statistics in it)."""
+    data = np.random.default_rng(11).standard_normal((4, STEPS, 3)).astype("float32") * 3 + 1
+    normalization = layers.Normalization(**options)
+    if "mean" not in options:
+        normalization.adapt(data)
+    inputs = keras.Input((STEPS, 3))
+    model = keras.Model(inputs, layers.GRU(2)(normalization(inputs)))
+    fast = _assert_compiled_like_keras(model, data)
+    if "mean" not in options:
+        normalization.adapt(data * 2 + 5)
+        np.testing.assert_allclose(fast.predict(data), np.asarray(model(data)),
+                                   atol=1e-5, rtol=0)

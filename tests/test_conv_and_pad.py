@@ -1,0 +1,82 @@
+"""Conv1D, `keras.ops.conv` and `keras.ops.pad` compiled under accelerate (lowered to
+slices, fills, concatenations and one matmul: frontends/keras_trace/conv_rules.py)."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers, ops
+
+import rshop_ir
+
+STEPS, CHANNELS = 11, 6
+
+CONVOLUTIONS = {
+    "valid": dict(filters=5, kernel_size=3),
+    "same": dict(filters=5, kernel_size=4, padding="same"),
+    "causal": dict(filters=5, kernel_size=3, padding="causal"),
+    "causal_dilated": dict(filters=4, kernel_size=3, padding="causal", dilation_rate=2),
+    "strided": dict(filters=5, kernel_size=3, strides=2),
+    "strided_same": dict(filters=5, kernel_size=2, strides=3, padding="same"),
+    "one_tap_relu_no_bias": dict(filters=3, kernel_size=1, activation="relu",
+                                 use_bias=False),
+    "grouped": dict(filters=4, kernel_size=3, groups=2, padding="same"),
+    "wider_than_the_steps_same": dict(filters=2, kernel_size=15, padding="same"),
+}
+
+
+def _randomize(model, seed):
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        low = 0.2 if "variance" in weight.path else -0.8
+        weight.assign(rng.uniform(low, 0.8, size=weight.shape).astype(weight.dtype))
+
+
+def _assert_compiled_like_keras(model, data, fallbacks=()):
+    fast = rshop_ir.accelerate(model)
+    assert [name for name, _ in fast.fallbacks] == list(fallbacks)
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)
+    return fast
+
+
+@pytest.mark.parametrize("name", sorted(CONVOLUTIONS))
+def test_conv1d_before_an_rnn_compiles_with_keras_numbers(name):
+    inputs = keras.Input((STEPS, CHANNELS))
+    hidden = layers.Conv1D(**CONVOLUTIONS[name], name="conv")(inputs)
+    model = keras.Model(inputs, layers.GRU(4, return_sequences=True)(hidden))
+    _randomize(model, 1)
+    data = np.random.default_rng(2).standard_normal((3, STEPS, CHANNELS)).astype("float32")
+    _assert_compiled_like_keras(model, data)
+
+
+def test_channels_first_conv1d_and_its_bias():
+    inputs = keras.Input((CHANNELS, STEPS))
+    hidden = layers.Conv1D(5, 3, padding="same", data_format="channels_first",
+                           activation="tanh")(inputs)
+    model = keras.Model(inputs, layers.Dense(2)(hidden))
+    _randomize(model, 3)
+    data = np.random.default_rng(4).standard_normal((2, CHANNELS, STEPS)).astype("float32")
+    _assert_compiled_like_keras(model, data)
+
+
+def test_raw_pad_and_conv_ops_in_a_lambda():
+    """`ops.pad` (a value, several axes) and `ops.conv` called on a kernel variable."""
+    kernel = keras.Variable(np.random.default_rng(5).standard_normal(
+        (2, CHANNELS + 2, 3)).astype("float32"))
+
+    inputs = keras.Input((STEPS, CHANNELS))
+    padded = layers.Lambda(lambda v: ops.pad(v, ((0, 0), (2, 1), (1, 1)),
+                                             constant_values=0.5))(inputs)
+    convolved = layers.Lambda(lambda v: ops.conv(v, kernel, strides=2))(padded)
+    model = keras.Model(inputs, layers.SimpleRNN(3)(convolved))
+    data = np.random.default_rng(6).standard_normal((2, STEPS, CHANNELS)).astype("float32")
+    _assert_compiled_like_keras(model, data)
+
+
+def test_conv1d_over_unknown_steps_runs_in_keras():
+    inputs = keras.Input((None, CHANNELS))
+    hidden = layers.Conv1D(4, 3, padding="causal", name="conv")(inputs)
+    model = keras.Model(inputs, layers.LSTM(3)(hidden))
+    data = np.random.default_rng(7).standard_normal((2, STEPS, CHANNELS)).astype("float32")
+    fast = _assert_compiled_like_keras(model, data, fallbacks=["conv"])
+    assert "unknown number of steps" in fast.fallbacks[0][1]
