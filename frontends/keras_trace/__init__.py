@@ -10,6 +10,7 @@ from rshop_ir.frontends.keras_trace.trace import TraceResult, trace, trace_with_
 
 # Importing the rule modules registers their rules.
 from rshop_ir.frontends.keras_trace import (  # noqa: F401,E402
+    attention_rules,
     cell_rules,
     conv_rules,
     core_rules,

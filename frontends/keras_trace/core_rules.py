@@ -82,12 +82,21 @@ def trace_prelu(context, layer, args, kwargs):
 
 @layer_rule(layers.Softmax)
 def trace_softmax(context, layer, args, kwargs):
-    if kwargs.get("mask") is not None:
-        raise unsupported(layer, "Softmax with a mask")
-    axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
-    if not isinstance(axis, int):
-        raise unsupported(layer, "Softmax over several axes")
-    return context.apply("softmax", _single(layer, args), axis=axis)
+    """Softmax over one axis; with a mask (broadcastable to the inputs) as Keras: the
+    masked-out inputs replaced by -1e9 before, and their outputs by 0 after."""
+    axis = layer.axis
+    if isinstance(axis, (tuple, list)):
+        if len(axis) != 1:
+            raise unsupported(layer, "Softmax over several axes")
+        axis = axis[0]
+    value = _single(layer, args)
+    mask = kwargs.get("mask")
+    if mask is None:
+        return context.apply("softmax", value, axis=int(axis))
+    if mask.dtype != "bool":
+        mask = context.apply("greater", mask, 0.5)
+    kept = context.apply("where", mask, value, -1e9)
+    return context.apply("where", mask, context.apply("softmax", kept, axis=int(axis)), 0.0)
 
 
 @layer_rule(layers.Dropout, layers.SpatialDropout1D, layers.GaussianNoise,

@@ -106,15 +106,23 @@ def _cast_to_input_dtype(context, layer, args, kwargs):
 def retrace_layer_call(context, layer, args, kwargs=None):
     """Trace `layer.call(*args, **kwargs)` by calling it on KerasTensors standing for
     the IR values among `args` and `kwargs` (a `mask=` Keras gave the call included:
-    a masked global pooling or attention layer computes with it)."""
+    a masked global pooling or attention layer computes with it), each argument
+    carrying its mask as Keras's tensors do."""
     kwargs = {name: value for name, value in (kwargs or {}).items() if name != "training"}
+    arguments = [value for value in keras.tree.flatten(args) if isinstance(value, Var)]
+    carried = {id(value): context.mask_of(value) for value in arguments
+               if context.mask_of(value) is not None}
     values = list({id(value): value for value in keras.tree.flatten((args, kwargs))
-                   if isinstance(value, Var)}.values())
+                   + list(carried.values()) if isinstance(value, Var)}.values())
     placeholders = {
         id(value): keras.Input(batch_shape=tuple(None if isinstance(d, str) else d
                                                  for d in value.shape), dtype=value.dtype)
         for value in values
     }
+    # The arguments carry their masks, as Keras's tensors do (MultiHeadAttention reads
+    # its query's mask from the query itself).
+    for key, mask in carried.items():
+        placeholders[key]._keras_mask = placeholders[id(mask)]
 
     def symbolic(item):
         return placeholders.get(id(item), item) if isinstance(item, Var) else item
