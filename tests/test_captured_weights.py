@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
-from test_conv_and_pad import CHANNELS, STEPS, _assert_compiled_like_keras, _randomize
+from test_window_layers import CHANNELS, STEPS, _assert_compiled_like_keras, _randomize
 
 
 class _EagerShift(layers.Layer):

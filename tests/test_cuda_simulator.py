@@ -123,7 +123,7 @@ def _masked(rng):
 
 def _convolution(rng):
     """Conv1D before a GRU: "causal" padding concatenates zeros before the steps, and
-    the stride reshapes and slices them (frontends/keras_trace/conv_rules.py)."""
+    the stride reshapes and slices them (frontends/keras_trace/window_rules.py)."""
     inputs = keras.Input((TIME, FEATURES))
     hidden = layers.Conv1D(UNITS, 2, strides=2, padding="causal")(inputs)
     model = keras.Model(inputs, layers.GRU(UNITS, return_sequences=True)(hidden))

@@ -262,36 +262,6 @@ def trace_filled_like(context, operation, args, kwargs):
                          else "ones_like", value)
 
 
-@op_rule("AveragePool", "MaxPool")
-def trace_pool(context, operation, args, kwargs):
-    """1-D pooling of (batch, steps, features) in windows that neither overlap nor pad
-    (strides equal to the pool size, "valid"): the steps, cut to whole windows, are
-    reshaped into (batch, windows, pool, features) and reduced over the pool axis."""
-    value = args[0]
-    pool, strides = _single_size(operation.pool_size), _single_size(operation.strides)
-    data_format = operation.data_format or "channels_last"
-    if value.ndim != 3 or pool is None or strides not in (None, pool) \
-            or str(operation.padding).lower() != "valid" or data_format != "channels_last":
-        raise _fail(operation, "pooling other than 1-D, channels-last windows that "
-                               "neither overlap nor pad")
-    steps = value.shape[1]
-    if isinstance(steps, str):
-        raise _fail(operation, "pooling over an unknown number of steps")
-    windows = steps // pool
-    if windows * pool != steps:
-        value = context.apply("slice", value, axis=1, start=0, stop=windows * pool)
-    grouped = context.apply("reshape", value, shape=("B", windows, pool, value.shape[2]))
-    reduce = "reduce_mean" if type(operation).__name__ == "AveragePool" else "reduce_max"
-    return context.apply(reduce, grouped, axes=(2,), keepdims=False)
-
-
-def _single_size(size):
-    """An int pool size or stride given as an int or a 1-tuple; None otherwise."""
-    if isinstance(size, (tuple, list)):
-        return int(size[0]) if len(size) == 1 else None
-    return None if size is None else int(size)
-
-
 @op_rule("Clip")
 def trace_clip(context, operation, args, kwargs):
     return context.apply("clip", args[0], min_value=float(operation.x_min),

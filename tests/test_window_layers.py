@@ -1,5 +1,6 @@
-"""Conv1D, `keras.ops.conv` and `keras.ops.pad` compiled under accelerate (lowered to
-slices, fills, concatenations and one matmul: frontends/keras_trace/conv_rules.py)."""
+"""Conv1D, `keras.ops.conv`, `keras.ops.pad` and 1-D pooling compiled under accelerate
+(lowered to slices, fills, concatenations, one matmul or element-wise maxima and sums:
+frontends/keras_trace/window_rules.py)."""
 
 import keras
 import numpy as np
@@ -80,3 +81,34 @@ def test_conv1d_over_unknown_steps_runs_in_keras():
     data = np.random.default_rng(7).standard_normal((2, STEPS, CHANNELS)).astype("float32")
     fast = _assert_compiled_like_keras(model, data, fallbacks=["conv"])
     assert "unknown number of steps" in fast.fallbacks[0][1]
+
+
+POOLINGS = {
+    "overlapping": dict(pool_size=3, strides=1),
+    "strided_same": dict(pool_size=3, strides=2, padding="same"),
+    "same_wider_than_stride": dict(pool_size=4, padding="same"),
+    "same_stride_one": dict(pool_size=2, strides=1, padding="same"),
+    "valid_cut": dict(pool_size=5, strides=3),
+}
+
+
+@pytest.mark.parametrize("pooling", ["max", "average"])
+@pytest.mark.parametrize("name", sorted(POOLINGS))
+def test_pooling_that_overlaps_or_pads_compiles_with_keras_numbers(name, pooling):
+    """"same" average pooling divides by each window's real steps, as TensorFlow."""
+    make = layers.MaxPooling1D if pooling == "max" else layers.AveragePooling1D
+    inputs = keras.Input((STEPS, CHANNELS))
+    model = keras.Model(inputs, layers.GRU(3, return_sequences=True)(
+        make(**POOLINGS[name])(inputs)))
+    _randomize(model, 12)
+    data = np.random.default_rng(13).standard_normal((3, STEPS, CHANNELS)).astype("float32")
+    _assert_compiled_like_keras(model, data)
+
+
+def test_channels_first_pooling():
+    inputs = keras.Input((CHANNELS, STEPS))
+    pooled = layers.AveragePooling1D(3, strides=2, padding="same",
+                                     data_format="channels_first")(inputs)
+    model = keras.Model(inputs, layers.MaxPooling1D(2, data_format="channels_first")(pooled))
+    data = np.random.default_rng(14).standard_normal((2, CHANNELS, STEPS)).astype("float32")
+    _assert_compiled_like_keras(model, data)

@@ -1,6 +1,6 @@
-"""Tracing rules for `keras.ops.pad` and 1-D `keras.ops.conv` (which `layers.Conv1D`
-calls, after an `ops.pad` for "causal" padding): lowered to ops the IR already has,
-so every backend runs them.
+"""Tracing rules for ops over windows of steps: `keras.ops.pad`, 1-D `keras.ops.conv`
+(which `layers.Conv1D` calls, after an `ops.pad` for "causal" padding) and 1-D
+pooling: lowered to ops the IR already has, so every backend runs them.
 
   * pad (constant mode): along each padded axis, the value between two `fill` blocks
     of the pad value (`concatenate`);
@@ -12,14 +12,23 @@ so every backend runs them.
     sum_j x[t * stride + j * dilation] @ kernel[j], as Keras computes it; a grouped
     kernel (fewer channels than the input's) does this per group of channels.
 
+  * pooling in windows that neither overlap nor pad: the steps, cut to whole
+    windows, reshaped into (batch, windows, pool, features) and reduced over the
+    pool axis; other windows (strides, "same" padding): the element-wise maximum or
+    sum of the pool's tap windows. "same" max pooling pads with copies of the first
+    and last step (every window reaching the padding holds that step, so its maximum
+    is the one over its real steps); "same" average pooling pads with zeros and
+    divides by each window's count of real steps, as TensorFlow does.
+
 `layers.Conv1D` has a rule of its own: its call() reshapes the bias eagerly, which a
 re-trace would capture as a constant instead of a param.
 
-Both need the number of steps (and every padded size) known when tracing: the IR has
+All need the number of steps (and every padded size) known when tracing: the IR has
 no size computed from a symbolic one. "same" padding pads as TensorFlow does (the
 odd step of padding at the end).
 """
 
+import numpy as np
 from keras import layers
 
 from rshop_ir.frontends.keras_trace.activations import emit_activation
@@ -67,7 +76,7 @@ def _single(setting, fail, what):
     """An int given as an int or a 1-sequence."""
     if isinstance(setting, (tuple, list)):
         if len(setting) != 1:
-            raise fail(f"a {what} of {setting} for a 1-D convolution")
+            raise fail(f"a {what} of {setting} for a 1-D window")
         setting = setting[0]
     return int(setting)
 
@@ -172,3 +181,84 @@ def _tap_window(context, value, start, out_steps, strides):
                             shape=(value.shape[0], out_steps, strides, channels))
     first = context.apply("slice", grouped, axis=2, start=0, stop=1)
     return context.apply("reshape", first, shape=(value.shape[0], out_steps, channels))
+
+
+@op_rule("AveragePool", "MaxPool")
+def trace_pool(context, operation, args, kwargs):
+    """1-D pooling over (batch, steps, features), or channels first (see the module
+    docstring)."""
+    value = args[0]
+
+    def fail(what):
+        return _fail(operation, what)
+    pool = _single(operation.pool_size, fail, "pool size")
+    strides = pool if operation.strides is None else _single(operation.strides, fail,
+                                                             "stride")
+    padding = str(operation.padding).lower()
+    if value.ndim != 3 or padding not in ("valid", "same"):
+        raise fail(f"pooling other than 1-D (inputs {value.type}, padding {padding!r})")
+    channels_first = operation.data_format == "channels_first"
+    if channels_first:
+        value = context.apply("transpose", value, perm=(0, 2, 1))
+    steps = value.shape[1]
+    if isinstance(steps, str):
+        raise _fail(operation, "pooling over an unknown number of steps")
+    average = type(operation).__name__ == "AveragePool"
+    if padding == "valid" and strides == pool:
+        result = _pool_in_blocks(context, value, pool, average, operation)
+    else:
+        result = _pool_in_taps(context, value, pool, strides, padding, average, operation)
+    if channels_first:
+        result = context.apply("transpose", result, perm=(0, 2, 1))
+    return result
+
+
+def _pool_in_blocks(context, value, pool, average, operation):
+    """Windows that neither overlap nor pad: reshaped and reduced."""
+    windows = value.shape[1] // pool
+    if windows == 0:
+        raise _fail(operation, f"a pool of {pool} over {value.shape[1]} steps")
+    if windows * pool != value.shape[1]:
+        value = context.apply("slice", value, axis=1, start=0, stop=windows * pool)
+    grouped = context.apply("reshape", value, shape=("B", windows, pool, value.shape[2]))
+    return context.apply("reduce_mean" if average else "reduce_max", grouped, axes=(2,),
+                         keepdims=False)
+
+
+def _pool_in_taps(context, value, pool, strides, padding, average, operation):
+    """Any windows: the maximum or mean of the pool's tap windows."""
+    steps = value.shape[1]
+    if padding == "same":
+        out_steps = -(-steps // strides)
+        total = max((out_steps - 1) * strides + pool - steps, 0)
+        before, after = total // 2, total - total // 2
+        if average:
+            value = pad_axis(context, value, 1, before, after)
+        else:   # copies of the edge steps: see the module docstring
+            parts = [context.apply("slice", value, axis=1, start=0, stop=1)] * before \
+                + [value] + [context.apply("slice", value, axis=1, start=steps - 1,
+                                           stop=steps)] * after
+            value = parts[0] if len(parts) == 1 else context.apply(
+                "concatenate", *parts, axis=1)
+    else:
+        if steps < pool:
+            raise _fail(operation, f"a pool of {pool} over {steps} steps")
+        out_steps = (steps - pool) // strides + 1
+        before = 0
+    result = None
+    for tap in range(pool):
+        window = _tap_window(context, value, tap, out_steps, strides)
+        result = window if result is None else context.apply(
+            "add" if average else "maximum", result, window)
+    if not average:
+        return result
+    # the real steps in each window
+    starts = np.arange(out_steps) * strides - before
+    counts = np.minimum(starts + pool, steps) - np.maximum(starts, 0) if padding == "same" \
+        else np.full(out_steps, pool)
+    if np.all(counts == pool):
+        return context.apply("div", result, float(pool))
+    divisor = counts.astype(result.dtype).reshape(1, out_steps, 1)
+    divisor = context.apply("constant", value=tuple(divisor.ravel().tolist()),
+                            dtype=divisor.dtype.name, shape=divisor.shape)
+    return context.apply("div", result, divisor)
