@@ -33,8 +33,10 @@ class WeightLayout:
         if key in self._offsets:
             return self._offsets[key]
         if dtype is not None and dtype != self.dtype:
+            what = (f"a {dtype} constant of shape {tuple(shape)}" if key[0] == "constant"
+                    else f"{key[0]} {key[1]!r} is {dtype}")
             raise UnsupportedError(f"The CUDA generator packs {self.dtype} weights; "
-                                   f"{key[0]} {key[1]!r} is {dtype}.")
+                                   f"{what}.")
         if any(not isinstance(dim, int) for dim in shape):
             raise UnsupportedError(f"A weight of symbolic shape {shape}.")
         offset = self.size
