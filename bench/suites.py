@@ -296,11 +296,29 @@ def stacked_lstm_dense(size, rng):
                      flops=flops, builtin=builtin, peer=peer)
 
 
+def conv_lstm(size, rng):
+    """A convolutional front end before an RNN: Conv1D(I, 5, causal, relu) ->
+    MaxPooling1D(3, stride 1, same) -> LSTM(H) -> Dense(I), at every step (the
+    convolution and the pooling are compiled too: frontends/keras_trace/window_rules.py)."""
+    x = keras.Input((size.time, size.input))
+    hidden = layers.Conv1D(size.input, 5, padding="causal", activation="relu")(x)
+    hidden = layers.MaxPooling1D(3, strides=1, padding="same")(hidden)
+    stack = RecurrentSequential(backend="keras", return_sequences=True)
+    stack.add(LSTMCell(size.hidden))
+    model = keras.Model(x, layers.Dense(size.input)(stack(hidden)), name="conv_lstm")
+    randomize(model, rng)
+    flops = (2 * size.batch * size.time * 5 * size.input * size.input
+             + _recurrent_flops("lstm", size)
+             + 2 * size.batch * size.time * size.hidden * size.input)
+    return BenchCase("models", "conv_lstm", size, model, [_sequence(rng, size)],
+                     flops=flops)
+
+
 SUITES = {
     "standard": [_standard("simple_rnn"), _standard("gru"), _standard("lstm")],
     "custom": [mgu, rwa, layer_norm_lstm, attention_decoder, gated_attention_decoder,
                readout_decoder],
-    "models": [embedding_lstm_softmax, stacked_lstm_dense],
+    "models": [embedding_lstm_softmax, stacked_lstm_dense, conv_lstm],
 }
 ALL_CASES = {build.__name__: (suite, build) for suite, builds in SUITES.items()
              for build in builds}

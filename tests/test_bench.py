@@ -212,6 +212,19 @@ def test_absent_peers_are_skipped_with_a_note(monkeypatch):
     assert any(line.startswith("torch skipped (lstm)") for line in report.notes(rows))
 
 
+def test_conv_lstm_case_runs_compiled_whole_with_the_reference_numbers():
+    """The convolutional front end compiles with the RNN (no part left to Keras) and
+    its rows pass the harness's check against the reference."""
+    import rshop_ir
+
+    case = ALL_CASES["conv_lstm"][1](TINY, np.random.default_rng(2))
+    assert rshop_ir.accelerate(case.model).fallbacks == []
+    rows = run_benchmark([ALL_CASES["conv_lstm"]], [TINY], [REFERENCE, "numba-cpu"], FAST,
+                         show_progress=False)
+    compiled = _rows_by_backend(rows)["numba-cpu"]
+    assert compiled["status"] == "ok" and compiled["max_abs_error"] <= 1e-4
+
+
 def test_peers_and_builtins_are_not_applicable_to_custom_step_models():
     case = ALL_CASES["mgu"][1](TINY, np.random.default_rng(0))
     for backend in (*peers.PEERS, BACKENDS["keras-builtin"]):
