@@ -50,9 +50,11 @@ def test_conv1d_before_an_rnn_compiles_with_keras_numbers(name):
     _assert_compiled_like_keras(model, data)
 
 
-def test_channels_first_conv1d_and_its_bias():
+@pytest.mark.parametrize("padding", ["same", "causal"])
+def test_channels_first_conv1d_and_its_bias(padding):
+    """Channels first, "causal" pads the last axis (the steps)."""
     inputs = keras.Input((CHANNELS, STEPS))
-    hidden = layers.Conv1D(5, 3, padding="same", data_format="channels_first",
+    hidden = layers.Conv1D(5, 3, padding=padding, data_format="channels_first",
                            activation="tanh")(inputs)
     model = keras.Model(inputs, layers.Dense(2)(hidden))
     _randomize(model, 3)

@@ -208,7 +208,10 @@ def trace_batch_normalization(context, layer, args, kwargs):
     if type(layer).call is not layers.BatchNormalization.call:
         return retrace_layer_call(context, layer, args, kwargs)
     value = _single(layer, args)
-    if _axis(layer.axis, value.ndim) != value.ndim - 1:
+    axis = layer.axis
+    if isinstance(axis, (tuple, list)):
+        axis = axis[0] if len(axis) == 1 else None
+    if axis is None or _axis(axis, value.ndim) != value.ndim - 1:
         raise unsupported(layer, "BatchNormalization over an axis other than the last")
     scale = context.param_for(layer.gamma) if layer.scale else None
     offset = context.param_for(layer.beta) if layer.center else None

@@ -100,11 +100,15 @@ def trace_conv1d_layer(context, layer, args, kwargs):
     def fail(what):
         return unsupported(layer, what)
     padding = layer.padding
-    if padding == "causal":
+    if padding == "causal":    # zeros before the steps (the last axis, channels first)
         dilation = _single(layer.dilation_rate, fail, "dilation rate")
-        if isinstance(value.shape[1], str):
+        steps_axis = 2 if layer.data_format == "channels_first" else 1
+        if value.ndim != 3:
+            raise fail("a convolution other than 1-D")
+        if isinstance(value.shape[steps_axis], str):
             raise fail("a convolution over an unknown number of steps")
-        value = pad_axis(context, value, 1, (layer.kernel_size[0] - 1) * dilation, 0)
+        value = pad_axis(context, value, steps_axis, (layer.kernel_size[0] - 1) * dilation,
+                         0)
         padding = "valid"
     bias = context.param_for(layer.bias) if layer.use_bias else None
     result = emit_conv1d(context, value, context.param_for(layer.kernel), layer.strides,
