@@ -7,15 +7,9 @@ import numpy as np
 import pytest
 from keras import layers
 
-import rshop_ir
+from keras_checks import assert_compiled_like_keras, randomize
 
 STEPS, FEATURES = 7, 6
-
-
-def _randomize(model, seed):
-    rng = np.random.default_rng(seed)
-    for weight in model.weights:
-        weight.assign(rng.uniform(-0.7, 0.7, size=weight.shape).astype(weight.dtype))
 
 
 def _self_attention(inputs, **options):
@@ -40,12 +34,9 @@ def test_attention_before_an_rnn_compiles_with_keras_numbers(name):
     inputs = keras.Input((STEPS, FEATURES))
     attended = ATTENTIONS[name](inputs)
     model = keras.Model(inputs, layers.LSTM(3, return_sequences=True)(attended))
-    _randomize(model, 1)
+    randomize(model, 1)
     data = np.random.default_rng(2).standard_normal((3, STEPS, FEATURES)).astype("float32")
-    fast = rshop_ir.accelerate(model)
-    assert fast.fallbacks == []
-    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
-                               atol=1e-5, rtol=0)
+    assert_compiled_like_keras(model, data)
 
 
 def test_attention_with_an_embedding_mask_compiles_with_keras_numbers():
@@ -55,13 +46,10 @@ def test_attention_with_an_embedding_mask_compiles_with_keras_numbers():
     embedded = layers.Embedding(10, FEATURES, mask_zero=True)(ids)
     hidden = layers.LSTM(3, return_sequences=True)(_self_attention(embedded))
     model = keras.Model(ids, layers.GlobalAveragePooling1D()(hidden))
-    _randomize(model, 3)
+    randomize(model, 3)
     data = np.array([[1, 2, 3, 0, 0, 0, 0], [4, 5, 6, 7, 8, 9, 1], [9, 0, 0, 0, 0, 0, 0]],
                     dtype="int32")
-    fast = rshop_ir.accelerate(model)
-    assert fast.fallbacks == []
-    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
-                               atol=1e-5, rtol=0)
+    assert_compiled_like_keras(model, data)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "embedding_mask"])
@@ -79,8 +67,5 @@ def test_attention_scores_and_dropout_take_keras_other_path(masked):
     attention = layers.MultiHeadAttention(2, 4, dropout=0.3, name="attention")
     attended, scores = attention(embedded, embedded, return_attention_scores=True)
     model = keras.Model(inputs, [layers.GRU(3)(attended), scores])
-    _randomize(model, 4)
-    fast = rshop_ir.accelerate(model)
-    assert fast.fallbacks == []
-    for got, expected in zip(fast.predict(data), model.predict(data, verbose=0)):
-        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    randomize(model, 4)
+    assert_compiled_like_keras(model, data)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
-from test_window_layers import CHANNELS, STEPS, _assert_compiled_like_keras, _randomize
+from keras_checks import assert_compiled_like_keras, randomize
+
+STEPS, CHANNELS = 11, 6
 
 
 class _EagerShift(layers.Layer):
@@ -34,13 +36,13 @@ def test_weights_changed_after_accelerate_give_keras_numbers(make):
     inputs = keras.Input((STEPS, CHANNELS))
     layer = make()
     model = keras.Model(inputs, layers.LSTM(3)(layer(inputs)))
-    _randomize(model, 8)
+    randomize(model, 8)
     data = np.random.default_rng(9).standard_normal((2, STEPS, CHANNELS)).astype("float32")
     refused = [layer.name] if isinstance(layer, _EagerShift) else []
-    fast = _assert_compiled_like_keras(model, data, fallbacks=refused)
+    fast = assert_compiled_like_keras(model, data, fallbacks=refused)
     if refused:
         assert "compiled in as a constant" in fast.fallbacks[0][1]
-    _randomize(model, 10)
+    randomize(model, 10)
     np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
                                atol=1e-5, rtol=0)
 
@@ -58,7 +60,7 @@ def test_normalization_compiles_and_follows_a_new_adapt(options):
         normalization.adapt(data)
     inputs = keras.Input((STEPS, 3))
     model = keras.Model(inputs, layers.GRU(2)(normalization(inputs)))
-    fast = _assert_compiled_like_keras(model, data)
+    fast = assert_compiled_like_keras(model, data)
     if "mean" not in options:
         normalization.adapt(data * 2 + 5)
         np.testing.assert_allclose(fast.predict(data), np.asarray(model(data)),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
-import rshop_ir
+from keras_checks import assert_compiled_like_keras, randomize
 
 STEPS, CHANNELS = 11, 6
 
@@ -25,29 +25,14 @@ CONVOLUTIONS = {
 }
 
 
-def _randomize(model, seed):
-    rng = np.random.default_rng(seed)
-    for weight in model.weights:
-        low = 0.2 if "variance" in weight.path else -0.8
-        weight.assign(rng.uniform(low, 0.8, size=weight.shape).astype(weight.dtype))
-
-
-def _assert_compiled_like_keras(model, data, fallbacks=()):
-    fast = rshop_ir.accelerate(model)
-    assert [name for name, _ in fast.fallbacks] == list(fallbacks)
-    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
-                               atol=1e-5, rtol=0)
-    return fast
-
-
 @pytest.mark.parametrize("name", sorted(CONVOLUTIONS))
 def test_conv1d_before_an_rnn_compiles_with_keras_numbers(name):
     inputs = keras.Input((STEPS, CHANNELS))
     hidden = layers.Conv1D(**CONVOLUTIONS[name], name="conv")(inputs)
     model = keras.Model(inputs, layers.GRU(4, return_sequences=True)(hidden))
-    _randomize(model, 1)
+    randomize(model, 1)
     data = np.random.default_rng(2).standard_normal((3, STEPS, CHANNELS)).astype("float32")
-    _assert_compiled_like_keras(model, data)
+    assert_compiled_like_keras(model, data)
 
 
 @pytest.mark.parametrize("padding", ["same", "causal"])
@@ -57,9 +42,9 @@ def test_channels_first_conv1d_and_its_bias(padding):
     hidden = layers.Conv1D(5, 3, padding=padding, data_format="channels_first",
                            activation="tanh")(inputs)
     model = keras.Model(inputs, layers.Dense(2)(hidden))
-    _randomize(model, 3)
+    randomize(model, 3)
     data = np.random.default_rng(4).standard_normal((2, CHANNELS, STEPS)).astype("float32")
-    _assert_compiled_like_keras(model, data)
+    assert_compiled_like_keras(model, data)
 
 
 def test_raw_pad_and_conv_ops_in_a_lambda():
@@ -73,7 +58,7 @@ def test_raw_pad_and_conv_ops_in_a_lambda():
     convolved = layers.Lambda(lambda v: ops.conv(v, kernel, strides=2))(padded)
     model = keras.Model(inputs, layers.SimpleRNN(3)(convolved))
     data = np.random.default_rng(6).standard_normal((2, STEPS, CHANNELS)).astype("float32")
-    _assert_compiled_like_keras(model, data)
+    assert_compiled_like_keras(model, data)
 
 
 def test_conv1d_over_unknown_steps_runs_in_keras():
@@ -81,7 +66,7 @@ def test_conv1d_over_unknown_steps_runs_in_keras():
     hidden = layers.Conv1D(4, 3, padding="causal", name="conv")(inputs)
     model = keras.Model(inputs, layers.LSTM(3)(hidden))
     data = np.random.default_rng(7).standard_normal((2, STEPS, CHANNELS)).astype("float32")
-    fast = _assert_compiled_like_keras(model, data, fallbacks=["conv"])
+    fast = assert_compiled_like_keras(model, data, fallbacks=["conv"])
     assert "unknown number of steps" in fast.fallbacks[0][1]
 
 
@@ -102,9 +87,9 @@ def test_pooling_that_overlaps_or_pads_compiles_with_keras_numbers(name, pooling
     inputs = keras.Input((STEPS, CHANNELS))
     model = keras.Model(inputs, layers.GRU(3, return_sequences=True)(
         make(**POOLINGS[name])(inputs)))
-    _randomize(model, 12)
+    randomize(model, 12)
     data = np.random.default_rng(13).standard_normal((3, STEPS, CHANNELS)).astype("float32")
-    _assert_compiled_like_keras(model, data)
+    assert_compiled_like_keras(model, data)
 
 
 def test_channels_first_pooling():
@@ -113,4 +98,4 @@ def test_channels_first_pooling():
                                      data_format="channels_first")(inputs)
     model = keras.Model(inputs, layers.MaxPooling1D(2, data_format="channels_first")(pooled))
     data = np.random.default_rng(14).standard_normal((2, CHANNELS, STEPS)).astype("float32")
-    _assert_compiled_like_keras(model, data)
+    assert_compiled_like_keras(model, data)
