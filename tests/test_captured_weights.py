@@ -47,6 +47,32 @@ def test_weights_changed_after_accelerate_give_keras_numbers(make):
                                atol=1e-5, rtol=0)
 
 
+class _UnusedWeight(layers.Layer):
+    """Holds a weight its call() never reads, and one it reads the shape of only."""
+
+    def build(self, shape):
+        self.spare = self.add_weight(shape=(3,), initializer="ones")
+        self.width = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+    def call(self, inputs):
+        return inputs * 2.0 + ops.ones(self.width.shape)
+
+
+def test_a_weight_the_call_does_not_read_is_no_reason_to_refuse():
+    """Changing the unread weights changes no constant of the re-traced graph, so the
+    layer compiles (it ran in Keras before); the numbers follow Keras's, and the
+    weights keep their values after the check."""
+    inputs = keras.Input((STEPS, CHANNELS))
+    layer = _UnusedWeight()
+    model = keras.Model(inputs, layers.LSTM(3)(layer(inputs)))
+    randomize(model, 12)
+    kept = [np.array(weight) for weight in layer.get_weights()]
+    data = np.random.default_rng(13).standard_normal((2, STEPS, CHANNELS)).astype("float32")
+    assert_compiled_like_keras(model, data, fallbacks=[])
+    for before, after in zip(kept, layer.get_weights()):
+        np.testing.assert_array_equal(before, after)
+
+
 @pytest.mark.parametrize("options", [{}, {"invert": True}, {"axis": None},
                                      {"mean": 1.0, "variance": 4.0}],
                          ids=["adapted", "inverted", "over_all_axes", "given"])

@@ -130,14 +130,19 @@ def retrace_layer_call(context, layer, args, kwargs=None):
     symbolic_args = keras.tree.map_structure(symbolic, args)
     symbolic_kwargs = keras.tree.map_structure(symbolic, kwargs)
     inputs = [placeholders[id(value)] for value in values]
-    try:
-        if getattr(layer, "_call_has_training_arg", False):
-            symbolic_kwargs["training"] = False
+    if getattr(layer, "_call_has_training_arg", False):
+        symbolic_kwargs["training"] = False
+
+    def build_graph():
         symbolic_outputs = layer.call(*symbolic_args, **symbolic_kwargs)
         flat_outputs = keras.tree.flatten(symbolic_outputs)
         output_masks = _output_masks(layer, symbolic_args, symbolic_kwargs, len(flat_outputs))
         graph = keras.Model(inputs, flat_outputs + [mask for mask in output_masks
                                                     if mask is not None])
+        return symbolic_outputs, flat_outputs, output_masks, graph
+
+    try:
+        symbolic_outputs, flat_outputs, output_masks, graph = build_graph()
     except UnsupportedError:
         raise
     except Exception as error:  # the call used something other than keras.ops
@@ -147,7 +152,7 @@ def retrace_layer_call(context, layer, args, kwargs=None):
         traced = trace_functional(context, graph, values)
     except UnsupportedError as error:
         raise unsupported(layer, str(error)) from None
-    _refuse_captured_weights(context, layer)
+    _refuse_captured_weights(context, layer, graph, lambda: build_graph()[3])
     outputs, traced_masks = traced[:len(flat_outputs)], iter(traced[len(flat_outputs):])
     for output, mask in zip(outputs, output_masks):
         if mask is not None:
@@ -168,22 +173,63 @@ def _output_masks(layer, symbolic_args, symbolic_kwargs, count):
     return (masks + [None] * count)[:count]
 
 
-def _refuse_captured_weights(context, layer):
+def _refuse_captured_weights(context, layer, graph, rebuild_graph):
     """Raise `UnsupportedError` when a re-traced layer's floating-point weight did not
-    become a param: its call() computed with it outside the traced graph (say
-    `ops.reshape(self.bias, ...)`, run at once on the variable's value), so the graph
-    holds that value as a constant, and the compiled program would keep it after the
-    weight changed. (A weight the call does not use at all is refused too.)"""
+    become a param and its value is in the traced `graph`: its call() computed with it
+    outside the graph (say `ops.reshape(self.bias, ...)`, run at once on the variable's
+    value), so the graph holds that value as a constant, and the compiled program would
+    keep it after the weight changed.
+
+    A weight that is not a param may also be one the call never reads (or reads only
+    the shape of). Which of the two is told by changing the weight's value for a
+    moment and tracing the call again (`rebuild_graph()`): the graph's constants stay
+    the same only when they do not hold the value."""
     if not isinstance(layer, keras.layers.Layer):
         return
-    for variable in layer.weights:
-        if np.issubdtype(np.dtype(variable.dtype), np.floating) \
-                and not context.has_param(variable):
+    outside = [variable for variable in layer.weights
+               if np.issubdtype(np.dtype(variable.dtype), np.floating)
+               and not context.has_param(variable)]
+    if not outside:
+        return
+    constants = _graph_constants(graph)
+    for variable in outside:
+        if _constants_follow(variable, constants, rebuild_graph):
             raise unsupported(
                 layer, f"its call() reads the weight {variable.path!r} other than through "
                        "keras.ops on its inputs (its value would be compiled in as a "
                        "constant); give the layer a tracing rule or compute with the "
                        "variable itself")
+
+
+def _constants_follow(variable, constants, rebuild_graph) -> bool:
+    """Whether the constants of the graph `rebuild_graph()` traces change when
+    `variable` holds other values (each v becomes 0.3 - 1.7 v, which changes every
+    value and every sign but that of 0.3 / 2.7); the variable is restored after."""
+    kept = np.array(variable.numpy(), copy=True)
+    try:
+        variable.assign((0.3 - 1.7 * kept).astype(kept.dtype))
+        changed = _graph_constants(rebuild_graph())
+    except Exception:  # noqa: BLE001 - a call that fails on other values reads them
+        return True
+    finally:
+        variable.assign(kept)
+    return len(changed) != len(constants) or not all(
+        np.array_equal(first, second, equal_nan=first.dtype.kind in "fc")
+        for first, second in zip(constants, changed))
+
+
+def _graph_constants(graph):
+    """The concrete arrays and numbers the nodes of a traced functional `graph` are
+    called with, in node order (the values `_ir_argument` turns into constants)."""
+    constants = []
+    for node in compat.functional_nodes(graph):
+        for item in keras.tree.flatten((node.arguments.args, node.arguments.kwargs)):
+            if isinstance(item, (keras.KerasTensor, keras.Variable, Var)):
+                continue
+            if isinstance(item, (bool, int, float)) or (
+                    hasattr(item, "shape") and hasattr(item, "dtype")):
+                constants.append(np.asarray(item))
+    return constants
 
 
 def _ir_argument(context, item):
