@@ -2,7 +2,8 @@
 
 Every zoo model (tests/zoo.py) and an option matrix (readout modes, decode, state_sync,
 go_backwards, initial states, return_states/return_sequences, batch 1, several blocks,
-workspace in global memory, masking, a convolution before the RNN) is built and run in Keras here, traced, saved with
+workspace in global memory, masking, a convolution before the RNN, causal attention,
+a bool constant in a step) is built and run in Keras here, traced, saved with
 its inputs, the Keras outputs and the CPU kernel's outputs; ONE subprocess with
 NUMBA_ENABLE_CUDASIM=1 (tests/cuda_sim_checks.py, Keras blocked) compiles each for CUDA
 and compares (max abs error 1e-4) in both layouts of the scan kernels (blocks owning
@@ -23,11 +24,11 @@ import sys
 import keras
 import numpy as np
 import pytest
-from keras import layers
+from keras import layers, ops
 
 import rshop_ir
 import zoo
-from recurrentshop import GRUCell, LSTMCell, RecurrentSequential
+from recurrentshop import GRUCell, LSTMCell, RecurrentModel, RecurrentSequential
 from rshop_ir.kernels.cuda.device import cuda
 from rshop_ir.kernels.cuda.group_sync import group_barrier
 
@@ -132,6 +133,32 @@ def _convolution(rng):
     return zoo.ZooCase("conv1d_causal_strided", model, [_sequence(rng, batch=3)])
 
 
+def _causal_attention(rng):
+    """Masked steps, a GRU and causal self-attention: the causal mask is a bool
+    constant, packed as 0 and 1 among the float weights (kernels/cuda/weights.py)."""
+    inputs = keras.Input((TIME, FEATURES))
+    hidden = layers.GRU(UNITS, return_sequences=True)(layers.Masking()(inputs))
+    attended = layers.MultiHeadAttention(2, 2)(hidden, hidden, use_causal_mask=True)
+    model = keras.Model(inputs, attended)
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.5
+                       for w in model.get_weights()])
+    x = _sequence(rng, batch=3)
+    x[1, -1:] = 0.0
+    return zoo.ZooCase("causal_attention", model, [x])
+
+
+def _bool_constant_in_step(rng):
+    """A step negating some units, chosen by a bool constant inside the scan."""
+    x_t, h = keras.Input((FEATURES,)), keras.Input((UNITS,))
+    chosen = layers.Lambda(lambda v: ops.where(ops.arange(UNITS) < 2, v, -v))
+    h_new = layers.Activation("tanh")(layers.add(
+        [layers.Dense(UNITS)(x_t), chosen(layers.Dense(UNITS, use_bias=False)(h))]))
+    rnn = RecurrentModel(input=x_t, initial_states=[h], output=h_new, final_states=[h_new],
+                         return_sequences=True)
+    x = _sequence(rng)
+    return zoo.ZooCase("bool_constant_in_step", _randomized(rng, rnn, x), [x])
+
+
 def _multi_block(rows_per_block, shared_memory_bytes=None, name="multi_block"):
     def make(rng):
         x = _sequence(rng, batch=5)
@@ -153,6 +180,8 @@ MATRIX = {
     "batch_one": _batch_one,
     "masked_sequences": _masked,
     "conv1d_causal_strided": _convolution,
+    "causal_attention": _causal_attention,
+    "bool_constant_in_step": _bool_constant_in_step,
     "one_row_per_block": _multi_block(1, name="one_row_per_block"),
     "partial_last_block": _multi_block(2, name="partial_last_block"),
     "global_workspace": _multi_block(3, shared_memory_bytes=0, name="global_workspace"),

@@ -36,7 +36,7 @@ from rshop_ir.kernels.cuda.device import SHARED_MEMORY_BYTES
 from rshop_ir.kernels.cuda.kernel_writer import KernelWriter, is_batched
 from rshop_ir.kernels.cuda.scan_kernel import render_scan
 from rshop_ir.kernels.cuda.values import GLOBAL_ROW, Stored, product
-from rshop_ir.kernels.cuda.weights import WeightLayout
+from rshop_ir.kernels.cuda.weights import WeightLayout, stored_weight
 
 GENERATOR_VERSION = "numba-cuda/3"
 RESERVED = {"np", "math", "cuda", "B", "T", "rt", "weights", "tid", "nthreads", "row0",
@@ -148,7 +148,7 @@ class CudaGenerator:
         kind, name = self._outer(var)
         if kind == "packed":
             offset = self.layout.add(name, var.shape, var.dtype)
-            return Stored("weights", list(var.shape), False, offset=offset)
+            return stored_weight("weights", var.shape, var.dtype, offset)
         argument = writer.array_argument(name, var.dtype)
         writer.launch.append(name)
         return Stored(argument, writer.dims(var), is_batched(var), GLOBAL_ROW)

@@ -46,6 +46,7 @@ from rshop_ir.kernels.cuda import eqn_rendering
 from rshop_ir.kernels.cuda.device import SHARED_MEMORY_BYTES
 from rshop_ir.kernels.cuda.kernel_writer import SPLIT_LANES, KernelWriter, is_batched
 from rshop_ir.kernels.cuda.step_syncs import StepSyncs
+from rshop_ir.kernels.cuda.weights import stored_weight
 from rshop_ir.kernels.cuda.values import (GLOBAL_ROW, LOCAL_ROW, Stored, contiguous_strides,
                                           product, total)
 
@@ -153,9 +154,9 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
     for atom in groups["constants"]:
         kind, key = outer(atom)
         if kind == "packed":
-            packed[key] = (layout.add(key, atom.shape, atom.dtype), atom.shape)
+            packed[key] = (layout.add(key, atom.shape, atom.dtype), atom.shape, atom.dtype)
     shared_weights, shared_offsets, shared_size = [], {}, 0
-    for key, (offset, shape) in sorted(packed.items(), key=lambda item: -_count(item[1][1])):
+    for key, (offset, shape, _) in sorted(packed.items(), key=lambda item: -_count(item[1][1])):
         count = _count(shape)
         if count * itemsize <= budget:
             shared_offsets[key] = shared_size
@@ -181,9 +182,10 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
                 budget -= tiles * per_tile * itemsize
 
     def weight_value(key, shape):
+        dtype = packed[key][2]
         if key in shared_offsets:
-            return Stored("wsh", list(shape), False, offset=shared_offsets[key])
-        return Stored(weights_argument, list(shape), False, offset=packed[key][0])
+            return stored_weight("wsh", shape, dtype, shared_offsets[key])
+        return stored_weight(weights_argument, shape, dtype, packed[key][0])
 
     def allocate(kernel_writer, var):
         if var not in work_keys:
@@ -261,11 +263,10 @@ def render_scan(plan, name: str, names, layout, outer, rows_per_block: int,
         for eqn in body.eqns:
             if eqn.op == "constant":
                 value = np.asarray(eqn.params["value"], dtype=eqn.outputs[0].dtype)
-                offset = layout.add(("constant", id(eqn)), eqn.outputs[0].shape,
-                                    eqn.outputs[0].dtype, value=value)
-                writer.values[eqn.outputs[0]] = Stored(weights_argument,
-                                                       list(eqn.outputs[0].shape), False,
-                                                       offset=offset)
+                out = eqn.outputs[0]
+                offset = layout.add(("constant", id(eqn)), out.shape, out.dtype, value=value)
+                writer.values[out] = stored_weight(weights_argument, out.shape, out.dtype,
+                                                   offset)
                 continue
             syncs.before_eqn(eqn)
             syncs.after_eqn(eqn, eqn_rendering.render_eqn(writer, eqn))

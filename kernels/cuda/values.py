@@ -58,8 +58,9 @@ class Stored:
     """A value in memory (see the module docstring)."""
 
     def __init__(self, buffer: str, dims, batched: bool, row: str = LOCAL_ROW,
-                 offset="0", strides=None, row_stride=None):
+                 offset="0", strides=None, row_stride=None, read=None):
         self.buffer, self.batched, self.row = buffer, batched, row
+        self.read = read                          # a format applied to each element read
         self.dims = list(dims)                    # the dims after B (all dims if unbatched)
         self.strides = list(strides) if strides is not None else contiguous_strides(self.dims)
         self.offset = str(offset)
@@ -82,7 +83,8 @@ class Stored:
         return total(terms)
 
     def element(self, indices) -> str:
-        return f"{self.buffer}[{self.address(indices)}]"
+        element = f"{self.buffer}[{self.address(indices)}]"
+        return self.read.format(element) if self.read else element
 
 
 class Mapped:

@@ -3,6 +3,8 @@
 Kernels take one `weights` argument; each weight's offset is a constant of the
 generated source (weights are never baked in: only where they sit). A slot is a
 program param, an output of the weight prologue, or the value of a `constant` eqn.
+A bool constant (a causal attention mask) is kept as 0 and 1 in the float buffer and
+read back as `weights[i] != 0` (`stored_weight`): exact, and no second buffer.
 `pack(params, prologue)` lays the current values out on the host (the runtime uploads
 the result once per weight version).
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from rshop_ir.errors import UnsupportedError
+from rshop_ir.kernels.cuda.values import Stored
 
 ALIGNMENT = 32          # elements: every slot starts on a 128-byte boundary (float32)
 
@@ -32,7 +35,8 @@ class WeightLayout:
         """The offset of the slot `key` (added on first use)."""
         if key in self._offsets:
             return self._offsets[key]
-        if dtype is not None and dtype != self.dtype:
+        if dtype is not None and dtype != self.dtype \
+                and not (dtype == "bool" and key[0] == "constant"):
             what = (f"a {dtype} constant of shape {tuple(shape)}" if key[0] == "constant"
                     else f"{key[0]} {key[1]!r} is {dtype}")
             raise UnsupportedError(f"The CUDA generator packs {self.dtype} weights; "
@@ -65,3 +69,11 @@ class WeightLayout:
                                 f"{self.dtype}.")
             flat[offset:offset + value.size] = value.reshape(-1)
         return flat
+
+
+def stored_weight(buffer: str, shape, dtype: str, offset) -> Stored:
+    """The in-kernel value of a packed slot of `shape` at `offset` of `buffer` (the
+    weights argument, or the shared-memory copy of a slot), its elements compared
+    with 0 when the slot holds a bool constant."""
+    return Stored(buffer, list(shape), False, offset=offset,
+                  read="({} != 0)" if dtype == "bool" else None)
