@@ -29,7 +29,7 @@ _ROW_WISE_OPS = frozenset({
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "softmax",
     "log_softmax", "concatenate", "slice", "reshape", "expand_dims", "squeeze",
     "repeat", "tile", "transpose", "broadcast_to", "reverse", "gather", "constant",
-    "fill", "where", "cast",
+    "fill", "where", "cast", "cumsum", "cumprod",
 })
 
 
@@ -70,7 +70,7 @@ def _axis_ok(eqn) -> bool:
         return True
     params = eqn.params
     if eqn.op in ("softmax", "log_softmax", "layer_norm", "slice", "reverse", "repeat",
-                  "gather"):
+                  "gather", "cumsum", "cumprod"):
         return normalize_axis(params["axis"], first.ndim) != 0
     if eqn.op == "concatenate":
         rows = [atom for atom in eqn.inputs if has_batch_rows(atom)]

@@ -7,10 +7,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 import rshop_ir
 import zoo
+from keras_checks import assert_compiled_like_keras, randomize
 from recurrentshop import LSTMCell, RecurrentModel
 
 
@@ -279,6 +280,23 @@ def test_a_layer_run_in_keras_gets_its_inputs_masks():
                     dtype="int32")
     np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [6, None], ids=["known_steps", "any_steps"])
+def test_running_sums_over_the_steps_compile(steps):
+    """`ops.cumsum` / `ops.cumprod` along the steps and the features, over bools (a
+    count, int32 as in Keras) and in another dtype, all compiled."""
+    inputs = keras.Input((steps, 4))
+    hidden = layers.GRU(5, return_sequences=True)(
+        layers.Lambda(lambda v: ops.cumsum(v, axis=1))(inputs))
+    outputs = [layers.Lambda(lambda v: ops.cumprod(ops.tanh(v), axis=-1))(hidden),
+               layers.Lambda(lambda v: ops.cumsum(v > 0, axis=1))(hidden),
+               layers.Lambda(lambda v: ops.cumsum(v, axis=-2, dtype="float64"))(hidden)]
+    model = keras.Model(inputs, outputs)
+    randomize(model, 21)
+    data = np.random.default_rng(22).standard_normal((3, 6, 4)).astype("float32")
+    fast = assert_compiled_like_keras(model, data)
+    assert [output.dtype for output in fast.predict(data)] == ["float32", "int32", "float64"]
 
 
 _AROUND_AN_RNN = {

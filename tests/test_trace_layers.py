@@ -84,6 +84,9 @@ CASES = {
     "einsum_and_where": lambda: _step_rnn(
         lambda x, h: ops.where(h > 0.0, ops.einsum("bi,ij->bj", x, ops.ones((4, 3))) * 0.1,
                                ops.tanh(h))),
+    "running_sums_and_products": lambda: _step_rnn(
+        lambda x, h: ops.tanh(ops.cumsum(layers.Dense(3)(x), axis=-1) * 0.3
+                              + ops.cumprod(ops.tanh(h), axis=1))),
     "keras_rnn_custom_cell": lambda: layers.RNN(MinimalKerasCell(3), return_sequences=True),
     "keras_stacked_cells": lambda: layers.RNN([layers.LSTMCell(3), layers.GRUCell(2)],
                                               return_sequences=True),

@@ -2,6 +2,8 @@
 `ops.tanh(x)`, ...). Each rule reads the operation's attributes (axis, dtype, ...) and
 its call arguments, in which Python numbers stay numbers (they become IR literals)."""
 
+import keras
+
 from rshop_ir.errors import UnsupportedError
 from rshop_ir.frontends.keras_trace.activations import emit_relu
 from rshop_ir.frontends.keras_trace.walk import op_rule
@@ -142,6 +144,26 @@ def trace_reduction(context, operation, args, kwargs):
         raise _fail(operation, "a reduction with `initial`")
     return context.apply(_REDUCTIONS[type(operation).__name__], value, axes=axes,
                          keepdims=bool(operation.keepdims))
+
+
+@op_rule("Cumsum", "Cumprod")
+def trace_cumulative(context, operation, args, kwargs):
+    """Running sums and products along one axis, in the dtype Keras computes them in
+    (`dtype=`, else the input's; bools count as int32)."""
+    value = args[0]
+    if operation.axis is None:
+        raise _fail(operation, "a running sum or product over the flattened input (give "
+                               "an axis)")
+    axis = _axis(int(operation.axis), value.ndim)
+    if axis == 0 and value.shape and value.shape[0] == "B":
+        raise _fail(operation, "a running sum or product over the batch axis")
+    dtype = keras.backend.standardize_dtype(operation.dtype or value.dtype)
+    if dtype == "bool":
+        dtype = "int32"
+    if value.dtype != dtype:
+        value = context.apply("cast", value, dtype=dtype)
+    op = "cumsum" if type(operation).__name__ == "Cumsum" else "cumprod"
+    return context.apply(op, value, axis=axis)
 
 
 @op_rule("Any", "All")

@@ -743,6 +743,12 @@ class CpuGenerator:
                               f"- math.log({total})")
                 else:
                     body.line(f"{result}[{row}, {k}] = {result}[{row}, {k}] / {total}")
+        self._define_from_rows(function, out, result, x, axis)
+
+    def _define_from_rows(self, function, out: Var, result: str, x: Var, axis: int) -> None:
+        """Define `out` from `result`, the (rows, x.shape[axis]) buffer an op along
+        `axis` of `x` filled from `_rows_view(function, x, (axis,))`: `axis` back in
+        its place."""
         moved = [d for i, d in enumerate(x.shape) if i != axis] + [x.shape[axis]]
         restored = f"{result}.reshape({self.shape_text(moved)})"
         if axis != x.ndim - 1:
@@ -758,6 +764,27 @@ class CpuGenerator:
 
     def _op_log_softmax(self, function, eqn):
         self._softmax(function, eqn, log=True)
+
+    def _cumulative(self, function, eqn, start: int, operator: str) -> None:
+        """A running sum or product along one axis, in order, as numpy's."""
+        x, out = eqn.inputs[0], eqn.outputs[0]
+        axis = normalize_axis(eqn.params["axis"], x.ndim)
+        rows, reduced, kept = self._rows_view(function, x, (axis,))
+        row, k, total = (function.names.fresh(h) for h in ("r", "k", "running"))
+        body = function.body
+        result = self._row_buffer(function, kept, (x.shape[axis],), out.dtype, "running")
+        with body.block(f"for {row} in range({rows}.shape[0]):"):
+            body.line(f"{total} = {self.ctx.const(start, out.dtype)}")
+            with body.block(f"for {k} in range({reduced}):"):
+                body.line(f"{total} = {total} {operator} {rows}[{row}, {k}]")
+                body.line(f"{result}[{row}, {k}] = {total}")
+        self._define_from_rows(function, out, result, x, axis)
+
+    def _op_cumsum(self, function, eqn):
+        self._cumulative(function, eqn, 0, "+")
+
+    def _op_cumprod(self, function, eqn):
+        self._cumulative(function, eqn, 1, "*")
 
     def _op_layer_norm(self, function, eqn) -> None:
         x, gamma, beta = eqn.inputs

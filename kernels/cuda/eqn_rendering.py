@@ -567,6 +567,24 @@ def _softmax(writer, eqn) -> None:
 
 
 @_private_locals
+def _cumulative(writer, eqn) -> None:
+    """cumsum / cumprod: each thread runs along the axis for its kept indices."""
+    x, out = eqn.inputs[0], eqn.outputs[0]
+    axis = normalize_axis(eqn.params["axis"], x.ndim)
+    stored = writer.allocate(out)
+    full, reduced_dims = _groups(writer, x, (axis,))
+    value = writer.values[x]
+    body = writer.body
+    start, operator = (0, "+") if eqn.op == "cumsum" else (1, "*")
+    body.line(f"total = {CONTEXT.const(start, out.dtype)}")
+    complete = _reduced_loop(writer, full, (axis,), reduced_dims)
+    body.line(f"total = total {operator} {value.element(complete)}")
+    body.line(f"{stored.element(complete)} = total")
+    writer.close()
+    writer.close()
+
+
+@_private_locals
 def _layer_norm(writer, eqn) -> None:
     x, gamma, beta = eqn.inputs
     out = eqn.outputs[0]
@@ -628,7 +646,7 @@ def _gather(writer, eqn) -> None:
 _HANDLERS = {
     "matmul": _matmul, "einsum": _einsum, "concatenate": _concatenate, "fill": _fill,
     "softmax": _softmax, "log_softmax": _softmax, "layer_norm": _layer_norm,
-    "gather": _gather,
+    "gather": _gather, "cumsum": _cumulative, "cumprod": _cumulative,
     **{name: _reduction for name in ("reduce_sum", "reduce_mean", "reduce_max",
                                      "reduce_min", "reduce_prod", "argmax", "argmin")},
 }

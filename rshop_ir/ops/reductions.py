@@ -1,7 +1,9 @@
-"""Reductions over axes (reduce_sum/mean/max/min/prod, argmax/argmin) and softmax.
+"""Reductions over axes (reduce_sum/mean/max/min/prod, argmax/argmin), softmax, and
+the running sums and products along one axis (cumsum, cumprod).
 
 `axes=None` reduces every axis. softmax and log_softmax are computed in the stable
-form (subtracting the max along `axis`).
+form (subtracting the max along `axis`). cumsum and cumprod keep their input's dtype
+(a frontend casts first, as `keras.ops.cumsum(x, dtype=...)` does).
 """
 
 from __future__ import annotations
@@ -49,6 +51,22 @@ def log_softmax_impl(x, axis):
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
+def cumulative_rule(x: TensorType, axis) -> tuple:
+    if x.ndim == 0:
+        raise ValueError(f"A running sum or product needs an axis; got a scalar {x}.")
+    normalize_axis(axis, x.ndim)
+    if x.dtype == "bool":
+        raise ValueError(f"A running sum or product of {x}: cast the bools to a number "
+                         "dtype first.")
+    return (TensorType(x.dtype, x.shape),)
+
+
+def _cumulative(function):
+    def impl(x, axis):
+        return function(x, axis=axis, dtype=x.dtype)
+    return impl
+
+
 def _reduction(function):
     def impl(x, axes, keepdims):
         return function(x, axis=None if axes is None else tuple(np.atleast_1d(axes)),
@@ -70,3 +88,6 @@ register("argmin", arg_rule,
          params={"axis": -1, "keepdims": False}, num_inputs=1)
 register("softmax", softmax_rule, softmax_impl, params={"axis": -1}, num_inputs=1)
 register("log_softmax", softmax_rule, log_softmax_impl, params={"axis": -1}, num_inputs=1)
+register("cumsum", cumulative_rule, _cumulative(np.cumsum), params={"axis": -1}, num_inputs=1)
+register("cumprod", cumulative_rule, _cumulative(np.cumprod), params={"axis": -1},
+         num_inputs=1)

@@ -169,6 +169,28 @@ def test_softmax_and_log_softmax():
     np.testing.assert_allclose(run_op("softmax", big), [[0.5, 0.5]])  # stable form
 
 
+def test_running_sums_and_products():
+    for axis in (0, 1, -1):
+        moved = np.moveaxis(X, axis, -1)
+        sums = np.zeros_like(moved)
+        products = np.zeros_like(moved)
+        for index in np.ndindex(moved.shape[:-1]):
+            total, product = 0.0, 1.0
+            for position, value in enumerate(moved[index]):
+                total, product = total + value, product * value
+                sums[index][position], products[index][position] = total, product
+        np.testing.assert_allclose(run_op("cumsum", X, axis=axis),
+                                   np.moveaxis(sums, -1, axis), rtol=1e-12)
+        np.testing.assert_allclose(run_op("cumprod", X, axis=axis),
+                                   np.moveaxis(products, -1, axis), rtol=1e-12)
+    counts = run_op("cumsum", np.array([[1, 0, 1, 1]], dtype="int32"), axis=1)
+    np.testing.assert_array_equal(counts, [[1, 1, 2, 3]])       # int32 stays int32
+    for bad, match in [(TensorType("bool", (2, 3)), "cast"),
+                       (TensorType("float32", ()), "scalar")]:
+        with pytest.raises(ValueError, match=match):
+            get_op("cumsum").shape_rule(bad, axis=-1)
+
+
 def test_reductions():
     np.testing.assert_allclose(run_op("reduce_sum", X, axes=(1,)),
                                [sum(row) for row in X])
