@@ -9,6 +9,7 @@ import pytest
 from keras import layers, ops
 
 from keras_checks import assert_compiled_like_keras, randomize
+from recurrentshop import RecurrentModel
 
 STEPS, CHANNELS = 11, 6
 
@@ -43,6 +44,66 @@ def test_weights_changed_after_accelerate_give_keras_numbers(make):
     if refused:
         assert "compiled in as a constant" in fast.fallbacks[0][1]
     randomize(model, 10)
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)
+
+
+class _ParamAndCaptured(layers.Layer):
+    """Reads its weight through the graph AND eagerly (the reshape runs at once)."""
+
+    def build(self, shape):
+        self.scale = self.add_weight(shape=(shape[-1],), initializer="ones", name="scale")
+
+    def call(self, inputs):
+        return inputs * self.scale + ops.reshape(self.scale, (1, 1, -1))
+
+
+class _SummingCell(layers.Layer):
+    """A Keras cell reading its recurrent kernel in a matmul and in an eager sum."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = self.state_size = units
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(shape[-1], self.units), name="kernel")
+        self.recurrent = self.add_weight(shape=(self.units, self.units), name="recurrent")
+
+    def call(self, inputs, states):
+        output = ops.tanh(ops.matmul(inputs, self.kernel)
+                          + ops.matmul(states[0], self.recurrent)
+                          + ops.sum(self.recurrent, axis=0))
+        return output, [output]
+
+
+def _step_reading_another_layers_kernel():
+    """A RecurrentModel step whose Lambda sums a Dense layer's kernel eagerly."""
+    x_t, h = keras.Input((CHANNELS,)), keras.Input((3,))
+    dense = layers.Dense(3)
+    total = layers.add([dense(x_t), layers.Dense(3, use_bias=False)(h)])
+    shifted = layers.Lambda(lambda v: v + ops.sum(dense.kernel, axis=0))(total)
+    output = layers.Activation("tanh")(shifted)
+    return RecurrentModel(input=x_t, initial_states=[h], output=output,
+                          final_states=[output], name="stepped")
+
+
+@pytest.mark.parametrize("make, refused, weight", [
+    (_ParamAndCaptured, None, "scale"),
+    (lambda: layers.RNN(_SummingCell(3), name="summing"), "summing", "recurrent"),
+    (_step_reading_another_layers_kernel, "stepped", "dense"),
+], ids=["param_and_captured", "cell_sum_of_its_kernel", "lambda_reads_a_dense_kernel"])
+def test_a_weight_read_eagerly_beside_the_graph_is_never_frozen(make, refused, weight):
+    """A weight that is a param may be read eagerly too, by its own layer or by another
+    (a Lambda); either way the layer runs in Keras and follows new weights."""
+    inputs = keras.Input((STEPS, CHANNELS))
+    layer = make()
+    model = keras.Model(inputs, layer(inputs))
+    randomize(model, 14)
+    data = np.random.default_rng(15).standard_normal((2, STEPS, CHANNELS)).astype("float32")
+    fast = assert_compiled_like_keras(model, data, fallbacks=[refused or layer.name])
+    assert "compiled in as a constant" in fast.fallbacks[0][1]
+    assert weight in fast.fallbacks[0][1]
+    randomize(model, 16)
     np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
                                atol=1e-5, rtol=0)
 

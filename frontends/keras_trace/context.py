@@ -30,10 +30,6 @@ class TraceContext:
         return TraceContext(parent=self)
 
     # ------------------------------------------------------------------- weights
-    def has_param(self, variable):
-        """Whether keras `variable` is a param (or a scan constant) of this program."""
-        return id(variable) in self._vars_for_variables
-
     def param_for(self, variable):
         """The Var holding keras `variable` in this program."""
         key = id(variable)

@@ -141,8 +141,10 @@ def retrace_layer_call(context, layer, args, kwargs=None):
                                                     if mask is not None])
         return symbolic_outputs, flat_outputs, output_masks, graph
 
+    reads = _ReadsRecorder()
     try:
-        symbolic_outputs, flat_outputs, output_masks, graph = build_graph()
+        with reads:
+            symbolic_outputs, flat_outputs, output_masks, graph = build_graph()
     except UnsupportedError:
         raise
     except Exception as error:  # the call used something other than keras.ops
@@ -152,7 +154,7 @@ def retrace_layer_call(context, layer, args, kwargs=None):
         traced = trace_functional(context, graph, values)
     except UnsupportedError as error:
         raise unsupported(layer, str(error)) from None
-    _refuse_captured_weights(context, layer, graph, lambda: build_graph()[3])
+    _refuse_captured_weights(layer, graph, lambda: build_graph()[3], reads.variables)
     outputs, traced_masks = traced[:len(flat_outputs)], iter(traced[len(flat_outputs):])
     for output, mask in zip(outputs, output_masks):
         if mask is not None:
@@ -173,48 +175,66 @@ def _output_masks(layer, symbolic_args, symbolic_kwargs, count):
     return (masks + [None] * count)[:count]
 
 
-def _refuse_captured_weights(context, layer, graph, rebuild_graph):
-    """Raise `UnsupportedError` when a re-traced layer's floating-point weight did not
-    become a param and its value is in the traced `graph`: its call() computed with it
-    outside the graph (say `ops.reshape(self.bias, ...)`, run at once on the variable's
-    value), so the graph holds that value as a constant, and the compiled program would
-    keep it after the weight changed.
+class _ReadsRecorder(keras.StatelessScope):
+    """A stateless scope (no weight changes in it, thread-local) that notes every Keras
+    variable whose value is read in it, each once: `variables`, id -> variable. Keras
+    reads a variable's value through the scope whenever it computes with it."""
 
-    A weight that is not a param may also be one the call never reads (or reads only
-    the shape of). Which of the two is told by changing the weight's value for a
-    moment and tracing the call again (`rebuild_graph()`): the graph's constants stay
-    the same only when they do not hold the value."""
-    if not isinstance(layer, keras.layers.Layer):
-        return
-    outside = [variable for variable in layer.weights
-               if np.issubdtype(np.dtype(variable.dtype), np.floating)
-               and not context.has_param(variable)]
-    if not outside:
-        return
+    def __init__(self, state_mapping=None):
+        super().__init__(state_mapping=state_mapping)
+        self.variables = {}
+
+    def get_current_value(self, variable):
+        self.variables.setdefault(id(variable), variable)
+        return super().get_current_value(variable)
+
+
+def _refuse_captured_weights(layer, graph, rebuild_graph, read):
+    """Raise `UnsupportedError` when the re-traced `graph` of `layer` holds the value of
+    a weight as a constant: its call() computed with the weight outside the graph (say
+    `ops.reshape(self.bias, ...)` or `ops.sum(other_layer.kernel)`, run at once on the
+    variable's value), and the compiled program would keep that value after the weight
+    changed. A weight used through keras.ops on the call's inputs is a graph node
+    argument (a param); that is fine.
+
+    The suspects are the float variables whose value the call read (`read`, id ->
+    variable) and the layer's own float weights. The graph is traced again with every
+    suspect given other values, in a stateless scope (the variables themselves are not
+    touched): its constants stay the same only when they hold none of the values."""
     constants = _graph_constants(graph)
-    for variable in outside:
-        if _constants_follow(variable, constants, rebuild_graph):
-            raise unsupported(
-                layer, f"its call() reads the weight {variable.path!r} other than through "
-                       "keras.ops on its inputs (its value would be compiled in as a "
-                       "constant); give the layer a tracing rule or compute with the "
-                       "variable itself")
+    if not constants:
+        return
+    suspects = dict(read)
+    if isinstance(layer, keras.layers.Layer):
+        suspects.update((id(variable), variable) for variable in layer.weights)
+    suspects = [variable for variable in suspects.values()
+                if np.issubdtype(np.dtype(variable.dtype), np.floating)]
+    if not suspects or not _constants_follow(suspects, constants, rebuild_graph):
+        return
+    named = [variable for variable in suspects
+             if _constants_follow([variable], constants, rebuild_graph)] or suspects
+    paths = ", ".join(repr(variable.path) for variable in named)
+    raise unsupported(
+        layer, f"its call() computes with the weight(s) {paths} other than through keras.ops "
+               "on its inputs (the value would be compiled in as a constant, and a changed "
+               "weight missed); give the layer a tracing rule or compute with the variable "
+               "itself")
 
 
-def _constants_follow(variable, constants, rebuild_graph) -> bool:
+def _constants_follow(variables, constants, rebuild_graph) -> bool:
     """Whether the constants of the graph `rebuild_graph()` traces change when
-    `variable` holds other values (each v becomes 0.3 - 1.7 v, which changes every
-    value and every sign but that of 0.3 / 2.7); the variable is restored after."""
-    kept = np.array(variable.numpy(), copy=True)
+    `variables` hold other values (each v as 0.3 - 1.7 v: every value and every sign
+    changes but that of 0.3 / 2.7)."""
+    mapping = [(variable, (0.3 - 1.7 * np.asarray(variable.numpy()))
+                .astype(np.dtype(variable.dtype))) for variable in variables]
     try:
-        variable.assign((0.3 - 1.7 * kept).astype(kept.dtype))
-        changed = _graph_constants(rebuild_graph())
-    except Exception:  # noqa: BLE001 - a call that fails on other values reads them
+        with _ReadsRecorder(mapping):
+            changed = _graph_constants(rebuild_graph())
+    except Exception:  # noqa: BLE001 - a call failing on other values computes with them
         return True
-    finally:
-        variable.assign(kept)
     return len(changed) != len(constants) or not all(
-        np.array_equal(first, second, equal_nan=first.dtype.kind in "fc")
+        first.shape == second.shape and first.dtype == second.dtype
+        and np.array_equal(first, second, equal_nan=first.dtype.kind in "fc")
         for first, second in zip(constants, changed))
 
 
