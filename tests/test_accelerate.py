@@ -312,6 +312,8 @@ _AROUND_AN_RNN = {
     "average_pooling": lambda: layers.AveragePooling1D(2),
     "max_pooling_cut": lambda: layers.MaxPooling1D(4),    # 6 steps: one window
     "mish": lambda: layers.Activation("mish"),
+    "elu_alpha": lambda: layers.ELU(alpha=0.7),
+    "elu_op_alpha": lambda: layers.Lambda(lambda value: keras.ops.elu(value, alpha=0.3)),
     "flip_time": lambda: layers.Lambda(lambda value: keras.ops.flip(value, axis=1)),
     "attention": lambda: layers.Lambda(lambda value: value),  # replaced in the test
 }
@@ -322,7 +324,7 @@ def test_layers_around_an_rnn_compile_with_keras_numbers(name):
     """Layers common around RNNs, compiled (no fallback) with Keras's numbers:
     BatchNormalization at inference, ReLU with its options and PReLU (through
     `keras.activations.relu`), UpSampling1D (`ops.repeat`), 1-D pooling in windows
-    that neither overlap nor pad, mish, `ops.flip`, and dot-product Attention
+    that neither overlap nor pad, mish, ELU's alpha, `ops.flip`, and dot-product Attention
     (`ops.swapaxes`) with an Embedding's mask."""
     rng = np.random.default_rng(12)
     ids = keras.Input((6,), dtype="int32")

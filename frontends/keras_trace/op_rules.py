@@ -18,7 +18,7 @@ _BINARY = {
 _UNARY = {
     "Negative": "neg", "Absolute": "abs", "Abs": "abs", "Square": "square", "Sqrt": "sqrt",
     "Rsqrt": "rsqrt", "Exp": "exp", "Log": "log", "Log1p": "log1p", "Expm1": "expm1",
-    "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Relu6": "relu6", "Elu": "elu",
+    "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Relu6": "relu6",
     "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign", "Silu": "silu",
     "Swish": "silu", "HardSigmoid": "hard_sigmoid", "HardSilu": "hard_silu",
     "Sign": "sign", "Floor": "floor", "Ceil": "ceil", "Sin": "sin", "Cos": "cos",
@@ -48,6 +48,11 @@ def trace_binary(context, operation, args, kwargs):
 @op_rule(*_UNARY)
 def trace_unary(context, operation, args, kwargs):
     return context.apply(_UNARY[type(operation).__name__], args[0])
+
+
+@op_rule("Elu")
+def trace_elu(context, operation, args, kwargs):
+    return context.apply("elu", args[0], alpha=float(getattr(operation, "alpha", 1.0)))
 
 
 @op_rule("LeakyRelu")
