@@ -114,7 +114,11 @@ _MERGES = {layers.Add: "add", layers.Multiply: "mul", layers.Maximum: "maximum",
             layers.Subtract)
 def trace_merge(context, layer, args, kwargs):
     values = list(args[0])
-    if isinstance(layer, layers.Subtract):
+    masks = [context.mask_of(value) for value in values]
+    if any(mask is not None for mask in masks) and isinstance(
+            layer, (layers.Multiply, layers.Maximum, layers.Minimum)):
+        result = _masked_merge(context, layer, values, masks)
+    elif isinstance(layer, layers.Subtract):
         result = context.apply("sub", values[0], values[1])
     else:
         op = "add" if isinstance(layer, layers.Average) else _MERGES[type(layer)]
@@ -123,9 +127,43 @@ def trace_merge(context, layer, args, kwargs):
             result = context.apply(op, result, value)
         if isinstance(layer, layers.Average):
             result = context.apply("mul", result, 1.0 / len(values))
-    masks = [context.mask_of(value) for value in values]
     if all(mask is not None for mask in masks):   # Keras: the OR of all the masks
         context.set_mask(result, _mask_or(context, masks))
+    return result
+
+
+def _masked_merge(context, layer, values, masks):
+    """Multiply, Maximum and Minimum of inputs of which some carry masks, as Keras
+    merges them: Multiply takes a masked input's masked steps as 1 (and, when every
+    input is masked, gives 0 where all are masked); Maximum and Minimum take them from
+    the merge so far (or give it to the next input), having no neutral value."""
+    expanded = []
+    for value, mask in zip(values, masks):
+        if mask is not None and mask.ndim != value.ndim - 1:
+            raise unsupported(layer, f"a mask of rank {mask.ndim} on an input of rank "
+                                     f"{value.ndim}")
+        expanded.append(None if mask is None else
+                        context.apply("expand_dims", mask, axis=mask.ndim))
+    if isinstance(layer, layers.Multiply):
+        result, either = None, None
+        for value, mask in zip(values, expanded):
+            if mask is not None:
+                value = context.apply("where", mask, value, 1)
+                either = mask if either is None else context.apply("logical_or", either, mask)
+            result = value if result is None else context.apply("mul", result, value)
+        if all(mask is not None for mask in expanded):
+            result = context.apply("where", either, result, 0)
+        return result
+    op = _MERGES[type(layer)]
+    result, kept = values[0], expanded[0]
+    for value, mask in zip(values[1:], expanded[1:]):
+        if mask is not None:
+            value = context.apply("where", mask, value, result)
+        if kept is not None:
+            result = context.apply("where", kept, result, value)
+        kept = None if mask is None or kept is None else context.apply("logical_or", kept,
+                                                                       mask)
+        result = context.apply(op, result, value)
     return result
 
 
