@@ -299,6 +299,44 @@ def test_running_sums_over_the_steps_compile(steps):
     assert [output.dtype for output in fast.predict(data)] == ["float32", "int32", "float64"]
 
 
+def _masked_rnn_given_its_state(kind):
+    """Masking, then an RNN called with its initial state as a second tensor: Keras
+    gives a call of several tensors no mask, so the RNN runs unmasked."""
+    sequence, state = keras.Input((5, 3)), keras.Input((4,))
+    if kind == "keras":
+        rnn = layers.SimpleRNN(4, return_sequences=True)
+    else:
+        x_t, h = keras.Input((3,)), keras.Input((4,))
+        h_new = layers.Dense(4, activation="tanh")(layers.concatenate([x_t, h]))
+        rnn = RecurrentModel(input=x_t, initial_states=[h], output=h_new,
+                             final_states=[h_new], return_sequences=True)
+    return keras.Model([sequence, state],
+                       rnn(layers.Masking()(sequence), initial_state=[state]))
+
+
+def _masked_sequential():
+    """A Sequential passes each layer its input's mask: the LSTM is masked."""
+    return keras.Sequential([keras.Input((5, 3)), layers.Masking(),
+                             layers.LSTM(4, return_sequences=True)])
+
+
+@pytest.mark.parametrize("make", [lambda: _masked_rnn_given_its_state("keras"),
+                                  lambda: _masked_rnn_given_its_state("recurrentshop"),
+                                  _masked_sequential],
+                         ids=["simple_rnn_with_state", "recurrent_model_with_state",
+                              "sequential"])
+def test_an_rnn_is_masked_exactly_when_keras_passes_it_the_mask(make):
+    model = make()
+    randomize(model, 41)
+    rng = np.random.default_rng(42)
+    sequences = rng.standard_normal((2, 5, 3)).astype("float32")
+    sequences[0, 1:3] = 0.0
+    sequences[1, 4] = 0.0
+    data = sequences if len(model.inputs) == 1 else \
+        [sequences, rng.standard_normal((2, 4)).astype("float32")]
+    assert_compiled_like_keras(model, data)
+
+
 @pytest.mark.parametrize("masked", ["all", "first", "second"])
 @pytest.mark.parametrize("merge", [layers.Multiply, layers.Maximum, layers.Minimum])
 def test_merges_of_masked_inputs_replace_the_masked_steps_as_keras(merge, masked):

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 import rshop_ir
 import zoo
@@ -29,7 +29,33 @@ def _built(layer, features=4):
     return layer
 
 
+class _LearnedStartCell(layers.Layer):
+    """A cell whose initial state is a weight (read by get_initial_state)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.state_size = 3
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(shape[-1], 3))
+        self.start = self.add_weight(shape=(3,), initializer="ones")
+
+    def get_initial_state(self, batch_size=None):
+        return [ops.zeros((batch_size, 3)) + self.start]
+
+    def call(self, inputs, states):
+        output = ops.tanh(ops.matmul(inputs, self.kernel) + states[0])
+        return output, [output]
+
+
 UNSUPPORTED = [
+    ("varying_constant_state", lambda: _built(_step_rnn(
+        lambda x, h: layers.Dense(3)(x) + h, name="varying_start",
+        state_initializer=keras.initializers.Constant(np.arange(3.0)))), "varying_start"),
+    ("learned_initial_state", lambda: _built(layers.RNN(_LearnedStartCell(),
+                                                        name="learned_start")),
+     "learned_start"),
+    ("conv_lstm", lambda: _built_conv_lstm(), "conv_lstm_cell"),
     ("conv2d_in_step", lambda: _built(_step_rnn(
         lambda x, h: layers.Flatten()(layers.Conv2D(3, 2, name="step_conv")(
             layers.Reshape((2, 2, 1))(x))) + h)), "step_conv"),
@@ -46,6 +72,12 @@ UNSUPPORTED = [
         lambda x, h: layers.Dot(axes=1, normalize=True, name="cosine")(
             [layers.Dense(3)(x), h]) * h)), "cosine"),
 ]
+
+
+def _built_conv_lstm():
+    layer = layers.ConvLSTM1D(2, 3)
+    layer(np.zeros((2, 4, 6, 3), "float32"))
+    return layer
 
 
 @pytest.mark.parametrize("name,make,layer_name", UNSUPPORTED, ids=[u[0] for u in UNSUPPORTED])

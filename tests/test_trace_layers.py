@@ -29,6 +29,13 @@ class MinimalKerasCell(keras.layers.Layer):
         return output, [output]
 
 
+class _ConstantStartCell(MinimalKerasCell):
+    """Starts from 0.7 everywhere (its get_initial_state), as Keras's RNN asks it."""
+
+    def get_initial_state(self, batch_size=None):
+        return [ops.ones((batch_size, self.units)) * 0.7]
+
+
 def _x(rng, shape=(3, 6, 4)):
     return rng.standard_normal(shape).astype("float32")
 
@@ -88,6 +95,11 @@ CASES = {
         lambda x, h: ops.tanh(ops.cumsum(layers.Dense(3)(x), axis=-1) * 0.3
                               + ops.cumprod(ops.tanh(h), axis=1))),
     "keras_rnn_custom_cell": lambda: layers.RNN(MinimalKerasCell(3), return_sequences=True),
+    "keras_rnn_cell_initial_state": lambda: layers.RNN(_ConstantStartCell(3),
+                                                       return_sequences=True),
+    "one_constant_state_array": lambda: _step_rnn(
+        lambda x, h: ops.tanh(layers.Dense(3)(x) + h),
+        state_initializer=keras.initializers.Constant(np.full(3, 0.4))),
     "keras_stacked_cells": lambda: layers.RNN([layers.LSTMCell(3), layers.GRUCell(2)],
                                               return_sequences=True),
     "sequential_model": _sequential_model,

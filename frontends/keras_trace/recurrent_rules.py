@@ -7,10 +7,12 @@ dropout is the identity.
 """
 
 import keras
+import numpy as np
 
 from recurrentshop.recurrent_model import RecurrentModel
 from rshop_ir.frontends.keras_trace.context import unsupported
-from rshop_ir.frontends.keras_trace.walk import layer_rule, trace_functional, trace_layer_call
+from rshop_ir.frontends.keras_trace.walk import (layer_rule, trace_functional, trace_layer_call,
+                                                 values_read_in)
 
 
 class StepSignature:
@@ -105,6 +107,8 @@ def _initial_values(context, layer, signature, initial_state, initial_readout, f
 
 def state_fill_values(layer):
     """The constant each state starts from; random initializers cannot be compiled."""
+    if not isinstance(layer, RecurrentModel):
+        return keras_cell_fill_values(layer)
     values = []
     for initializer in layer._state_initializers:
         name = type(initializer).__name__
@@ -113,11 +117,47 @@ def state_fill_values(layer):
         elif name == "Ones":
             values.append(1.0)
         elif name == "Constant":
-            values.append(float(initializer.value))
+            values.append(_one_constant(layer, initializer.value,
+                                        "a Constant state_initializer"))
         else:
             raise unsupported(layer, f"state_initializer {name} (only constant initial "
                                      "states can be compiled)")
     return values
+
+
+def keras_cell_fill_values(layer):
+    """The constant each state of a `keras.layers.RNN` starts from: what its cell's
+    `get_initial_state` gives (zeros for Keras's cells; a user's cell may return
+    other constants), computed here once. One that reads a weight (a learned
+    initial state) or differs between units cannot be compiled."""
+    count = len(_keras_state_sizes(layer.cell))
+    make = getattr(layer.cell, "get_initial_state", None)
+    if make is None:
+        return [0.0] * count
+    try:
+        states, read = values_read_in(lambda: make(batch_size=2))
+    except Exception as error:  # noqa: BLE001 - a cell that cannot make them eagerly
+        raise unsupported(layer, f"its cell's get_initial_state failed on its own "
+                                 f"({type(error).__name__}: {error})") from None
+    if read:
+        raise unsupported(layer, "its cell's get_initial_state reads a weight (a learned "
+                                 "initial state); pass initial_state= to compile it")
+    states = keras.tree.flatten(states)
+    if len(states) != count:
+        raise unsupported(layer, f"its cell's get_initial_state gives {len(states)} "
+                                 f"states for {count}")
+    return [_one_constant(layer, state, "the cell's get_initial_state") for state in states]
+
+
+def _one_constant(layer, value, what):
+    """`value` (an array or a number) as the one float all its elements equal."""
+    array = np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
+    if array.size == 0 or not np.all((array == array.flat[0])
+                                     | (np.isnan(array) & np.isnan(array.flat[0]))):
+        raise unsupported(layer, f"{what} gives a state whose elements differ (only one "
+                                 "constant per state can be compiled; pass initial_state= "
+                                 "instead)")
+    return float(array.flat[0])
 
 
 def recurrent_model_signature(layer):
@@ -137,7 +177,7 @@ def trace_recurrent_model(context, layer, args, kwargs, initial_state=None,
     signature = recurrent_model_signature(layer)
     states, readout = _initial_values(context, layer, signature, initial_state,
                                       initial_readout, state_fill_values(layer))
-    mask = None if layer.decode else (kwargs.get("mask") or context.mask_of(x))
+    mask = None if layer.decode else kwargs.get("mask")
 
     def step(body, step_x, step_states, step_readout):
         inputs = [step_x, *step_states] + ([step_readout] if layer.readout else [])
@@ -150,11 +190,16 @@ def trace_recurrent_model(context, layer, args, kwargs, initial_state=None,
 
 
 def _keras_state_sizes(cell):
+    """[(units,)] per state of a Keras cell; `UnsupportedError` for a cell whose states
+    are not vectors of a known size (a convolutional LSTM's: `state_size = -1`)."""
     size = cell.state_size
     sizes = list(size) if isinstance(size, (list, tuple)) else [size]
     flat = []
     for item in sizes:
         flat += list(item) if isinstance(item, (list, tuple)) else [item]
+    if not flat or not all(isinstance(s, (int, np.integer)) and s > 0 for s in flat):
+        raise unsupported(cell, f"its state_size {size!r} is not a size (or list of sizes) "
+                                "of vector states")
     return [(int(s),) for s in flat]
 
 
@@ -170,8 +215,9 @@ def trace_keras_rnn(context, layer, args, kwargs, initial_state=None):
     signature = StepSignature(tuple(x.shape[2:]), state_shapes, (int(output_size),),
                               False, False, None)
     states, _ = _initial_values(context, layer, signature, initial_state, None,
-                                [0.0] * len(state_shapes))
-    mask = kwargs.get("mask") or context.mask_of(x)
+                                keras_cell_fill_values(layer) if initial_state is None
+                                else [0.0] * len(state_shapes))
+    mask = kwargs.get("mask")
     if mask is not None and layer.zero_output_for_mask:
         raise unsupported(layer, "zero_output_for_mask=True")
 
@@ -193,7 +239,7 @@ def trace_bidirectional(context, layer, args, kwargs):
     if kwargs.get("initial_state") is not None:
         raise unsupported(layer, "Bidirectional with an initial_state")
     x = args[0]
-    mask = kwargs.get("mask") or context.mask_of(x)
+    mask = kwargs.get("mask")
     inner_kwargs = {"mask": mask} if mask is not None else {}
     for sub_layer in (layer.forward_layer, layer.backward_layer):
         if getattr(sub_layer, "zero_output_for_mask", False) and mask is not None:

@@ -130,7 +130,7 @@ def _trace_recurrent_layer(layer):
     step_shape, state_shapes, readout_shape, decode = _layer_signature(layer)
     x_shape = ("B", *step_shape) if decode else ("B", "T", *step_shape)
     x = builder.input(context.float_dtype, x_shape, name="x")
-    fills = (state_fill_values(layer) if isinstance(layer, RecurrentModel)
+    fills = (state_fill_values(layer) if isinstance(layer, (RecurrentModel, keras.layers.RNN))
              else [0.0] * len(state_shapes))
     states = [builder.input(context.float_dtype, ("B", *shape), name=f"initial_state/{k}",
                             default=value)

@@ -189,6 +189,14 @@ class _ReadsRecorder(keras.StatelessScope):
         return super().get_current_value(variable)
 
 
+def values_read_in(function):
+    """`function()` and the float Keras variables whose values it read (a list)."""
+    with _ReadsRecorder() as reads:
+        result = function()
+    return result, [variable for variable in reads.variables.values()
+                    if np.issubdtype(np.dtype(variable.dtype), np.floating)]
+
+
 def _refuse_captured_weights(layer, graph, rebuild_graph, read):
     """Raise `UnsupportedError` when the re-traced `graph` of `layer` holds the value of
     a weight as a constant: its call() computed with the weight outside the graph (say
@@ -299,8 +307,9 @@ def trace_functional(context, model, inputs):
 def _trace_sequential_layers(context, model, inputs):
     (value,) = inputs
     for layer in model.layers:
-        outputs = trace_layer_call(context, layer, (value,), {})
-        _propagate_mask(context, layer, (value,), {}, outputs)
+        kwargs = _call_masks(context, layer, (value,), {})
+        outputs = trace_layer_call(context, layer, (value,), kwargs)
+        _propagate_mask(context, layer, (value,), kwargs, outputs)
         value = outputs
     return keras.tree.flatten(value)
 
