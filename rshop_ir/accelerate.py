@@ -9,6 +9,7 @@ frontend and the kernels.
 """
 
 import logging
+import numbers
 
 import numpy as np
 
@@ -189,9 +190,10 @@ class AcceleratedModel:
     # ---------------------------------------------------------------- running
     def __call__(self, x):
         """Runs the model on numpy input(s); returns numpy output(s)."""
+        inputs = self._as_inputs(x)
         if self._whole is not None:
-            return self._whole(*_as_inputs(x))
-        return self._run_parts(_as_inputs(x))
+            return self._whole(*inputs)
+        return self._run_parts(inputs)
 
     def _run_parts(self, inputs):
         import keras
@@ -232,13 +234,15 @@ class AcceleratedModel:
 
     def predict(self, x, batch_size=None, verbose=0):
         """`model.predict` semantics: batches of `batch_size` (32 by default)."""
-        inputs = _as_inputs(x)
+        inputs = self._as_inputs(x)
         total = inputs[0].shape[0]
         if batch_size is None:
             batch_size = 32
-        if not isinstance(batch_size, int) or batch_size <= 0:
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
+                or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer. Received: "
                              f"batch_size={batch_size!r}")
+        batch_size = int(batch_size)
         chunks = []
         for start in range(0, max(total, 1), batch_size):
             chunk = [value[start:start + batch_size] for value in inputs]
@@ -251,7 +255,46 @@ class AcceleratedModel:
         return merged[0] if len(merged) == 1 else merged
 
 
-def _as_inputs(x):
-    if isinstance(x, (list, tuple)):
-        return [np.asarray(value) for value in x]
-    return [np.asarray(x)]
+    def _as_inputs(self, x):
+        """The model's inputs as a list of arrays, in `model.inputs` order, from one
+        array, a list or tuple of them, or a dict keyed by input name (as Keras's
+        `predict` takes them)."""
+        inputs = self.model.inputs
+        if isinstance(x, dict):
+            x = _from_dict(self.model, x)
+        values = list(x) if isinstance(x, (list, tuple)) else [x]
+        if len(values) != len(inputs):
+            raise ValueError(f"Model {self.model.name!r} takes {len(inputs)} input(s); "
+                             f"received {len(values)}. Pass one array per input, in a "
+                             "list or a dict keyed by input name.")
+        arrays = []
+        for value, tensor in zip(values, inputs):
+            if value is None or isinstance(value, (str, bytes)):
+                raise TypeError(f"Input {tensor.name!r} must be an array; received "
+                                f"{type(value).__name__}.")
+            array = np.asarray(value)
+            if array.ndim == 0:
+                raise ValueError(f"Input {tensor.name!r} must be an array with a batch axis "
+                                 f"(shape {tuple(tensor.shape)}); received a scalar "
+                                 f"{value!r}.")
+            arrays.append(array)
+        return arrays
+
+
+def _from_dict(model, x):
+    """`x` (input name -> array) as a list in `model.inputs` order: by the keys of a
+    model built from a dict of inputs, else by the names of its `keras.Input`s."""
+    import keras
+
+    structure = getattr(model, "_inputs_struct", None)
+    if isinstance(structure, dict):
+        names = list(structure)
+        ordered = keras.tree.flatten({name: name for name in names})
+    else:
+        ordered = [tensor.name for tensor in model.inputs]
+    missing = [name for name in ordered if name not in x]
+    unknown = sorted(set(x) - set(ordered))
+    if missing or unknown:
+        raise ValueError(f"Model {model.name!r} takes the inputs {ordered}; received the "
+                         f"keys {sorted(x)} (missing {missing}, unknown {unknown}).")
+    return [x[name] for name in ordered]

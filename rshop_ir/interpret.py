@@ -55,10 +55,16 @@ def gather_inputs(program: Program, positional, named) -> list:
             continue
         if name in program.input_names:
             group = {name: value}
-        elif isinstance(value, (list, tuple)):
-            group = {f"{name}/{index}": item for index, item in enumerate(value)}
         else:
-            group = {f"{name}/0": value}
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+            group = {f"{name}/{index}": item for index, item in enumerate(items)}
+            expected = sum(1 for input_name in program.input_names
+                           if input_name.rpartition("/")[0] == name)
+            if expected and len(items) != expected:
+                raise ValueError(f"{name!r}: the program takes {expected} of them "
+                                 f"({name}/0 .. {name}/{expected - 1}); received "
+                                 f"{len(items)}. Give all {expected}, as Keras requires, "
+                                 f"or none.")
         for key, item in group.items():
             if key not in program.input_names:
                 raise ValueError(f"Unknown input {key!r}. The program's inputs are "

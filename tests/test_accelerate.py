@@ -63,6 +63,33 @@ def test_accelerate_rejects_bad_arguments():
         rshop_ir.accelerate(keras.Model(inputs, model(inputs)), target="tpu")
 
 
+@pytest.mark.parametrize("keyed", [True, False], ids=["dict_model", "named_inputs"])
+def test_inputs_given_as_a_dict_by_name(keyed):
+    """A dict of arrays, as Keras's predict takes it: by the keys of a model built from
+    a dict of inputs, or by the Inputs' names; wrong keys, None and scalars are
+    refused with the names."""
+    sequence, extra = keras.Input((5, 3), name="seq"), keras.Input((4,), name="aux")
+    output = layers.Dense(2)(layers.Concatenate()([layers.GRU(3)(sequence), extra]))
+    model = keras.Model({"seq": sequence, "aux": extra} if keyed else [sequence, extra],
+                        output)
+    randomize(model, 51)
+    rng = np.random.default_rng(52)
+    feed = {"seq": rng.standard_normal((7, 5, 3)).astype("float32"),
+            "aux": rng.standard_normal((7, 4)).astype("float32")}
+    fast = rshop_ir.accelerate(model)
+    expected = model.predict(feed, verbose=0)
+    for got in (fast.predict(feed, batch_size=np.int64(3)), fast(feed)):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"missing \['aux'\]"):
+        fast.predict({"seq": feed["seq"]})
+    with pytest.raises(ValueError, match="takes 2 input"):
+        fast.predict(feed["seq"])
+    with pytest.raises(TypeError, match="must be an array; received NoneType"):
+        fast.predict([None, feed["aux"]])
+    with pytest.raises(ValueError, match="received a scalar"):
+        fast.predict([3.0, feed["aux"]])
+
+
 @pytest.fixture
 def float64_keras():
     """Keras building float64 layers (`set_floatx`, and the dtype policy, which Keras
