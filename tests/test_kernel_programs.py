@@ -395,6 +395,9 @@ def test_bad_inputs_raise_clear_errors():
         compiled(np.full((2, 5, 3), "a"))
     with pytest.raises(ValueError, match="initial_state"):
         compiled(good, initial_state=[np.zeros((3, 4)), np.zeros((2, 4))])
+    for partial in ([np.zeros((2, 4))], np.zeros((2, 4))):   # 1 of the LSTM's 2 states
+        with pytest.raises(ValueError, match="takes 2 of them.*received 1"):
+            compiled(good, initial_state=partial)
     # float64 is cast to float32, ints too; non-contiguous arrays are accepted
     wide = np.random.default_rng(0).standard_normal((2, 10, 3))
     expected = compiled(wide[:, ::2].astype(np.float32))
