@@ -364,6 +364,29 @@ def test_an_rnn_is_masked_exactly_when_keras_passes_it_the_mask(make):
     assert_compiled_like_keras(model, data)
 
 
+_STRIDED = {
+    "every_second_step": (lambda v: v[:, ::2], 7),
+    "every_third_feature": (lambda v: v[:, :, 1::3], None),
+    "steps_reversed": (lambda v: v[:, ::-1], None),
+    "backwards_by_two": (lambda v: v[:, 5:0:-2], 7),
+    "features_backwards_by_two": (lambda v: v[..., ::-2], None),
+    "last_group_cut": (lambda v: v[:, 0:6:3], 7),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_STRIDED))
+def test_strided_and_reversed_slices_compile(name):
+    """`x[:, ::2]`, `x[:, ::-1]`, ... (a known size, or reversing any): slices, a
+    reshape into groups, a reverse."""
+    cut, steps = _STRIDED[name]
+    inputs = keras.Input((steps, 5))
+    model = keras.Model(inputs, layers.GRU(3, return_sequences=True)(
+        layers.Lambda(cut)(inputs)))
+    randomize(model, 61)
+    data = np.random.default_rng(62).standard_normal((3, 7, 5)).astype("float32")
+    assert_compiled_like_keras(model, data)
+
+
 @pytest.mark.parametrize("masked", ["all", "first", "second"])
 @pytest.mark.parametrize("merge", [layers.Multiply, layers.Maximum, layers.Minimum])
 def test_merges_of_masked_inputs_replace_the_masked_steps_as_keras(merge, masked):

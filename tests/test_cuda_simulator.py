@@ -3,7 +3,7 @@
 Every zoo model (tests/zoo.py) and an option matrix (readout modes, decode, state_sync,
 go_backwards, initial states, return_states/return_sequences, batch 1, several blocks,
 workspace in global memory, masking, a convolution before the RNN, causal attention,
-a bool constant in a step, running sums) is built and run in Keras here, traced, saved with
+a bool constant in a step, running sums, strided slices) is built and run in Keras here, traced, saved with
 its inputs, the Keras outputs and the CPU kernel's outputs; ONE subprocess with
 NUMBA_ENABLE_CUDASIM=1 (tests/cuda_sim_checks.py, Keras blocked) compiles each for CUDA
 and compares (max abs error 1e-4) in both layouts of the scan kernels (blocks owning
@@ -170,6 +170,16 @@ def _running_sums(rng):
     return zoo.ZooCase("running_sums", model, [_sequence(rng, batch=3)])
 
 
+def _strided_slices(rng):
+    """Every second step, the features reversed (a reshape into groups, a reverse)."""
+    inputs = keras.Input((TIME, FEATURES))
+    cut = layers.Lambda(lambda v: v[:, 1::2, ::-1])(inputs)
+    model = keras.Model(inputs, layers.GRU(UNITS, return_sequences=True)(cut))
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.5
+                       for w in model.get_weights()])
+    return zoo.ZooCase("strided_slices", model, [_sequence(rng, batch=3)])
+
+
 def _multi_block(rows_per_block, shared_memory_bytes=None, name="multi_block"):
     def make(rng):
         x = _sequence(rng, batch=5)
@@ -194,6 +204,7 @@ MATRIX = {
     "causal_attention": _causal_attention,
     "bool_constant_in_step": _bool_constant_in_step,
     "running_sums": _running_sums,
+    "strided_slices": _strided_slices,
     "one_row_per_block": _multi_block(1, name="one_row_per_block"),
     "partial_last_block": _multi_block(2, name="partial_last_block"),
     "global_workspace": _multi_block(3, shared_memory_bytes=0, name="global_workspace"),

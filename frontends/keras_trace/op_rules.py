@@ -302,9 +302,30 @@ def trace_where(context, operation, args, kwargs):
     return context.apply("where", *args)
 
 
+def _every(context, value, axis, start, count, step):
+    """`count` elements of `value` along `axis` (a known size), from `start`, `step`
+    apart: a slice; for a step > 1, reshaped into (count, step) groups whose first
+    element is kept, the last element on its own when the last group would pass the
+    end."""
+    if step == 1:
+        return context.apply("slice", value, axis=axis, start=start, stop=start + count)
+    whole = count if start + count * step <= value.shape[axis] else count - 1
+    parts = []
+    if whole:
+        span = context.apply("slice", value, axis=axis, start=start, stop=start + whole * step)
+        grouped = context.apply("reshape", span, shape=(
+            *span.shape[:axis], whole, step, *span.shape[axis + 1:]))
+        first = context.apply("slice", grouped, axis=axis + 1, start=0, stop=1)
+        parts.append(context.apply("squeeze", first, axis=(axis + 1,)))
+    if whole < count:
+        last = start + whole * step
+        parts.append(context.apply("slice", value, axis=axis, start=last, stop=last + 1))
+    return parts[0] if len(parts) == 1 else context.apply("concatenate", *parts, axis=axis)
+
+
 @op_rule("GetItem")
 def trace_get_item(context, operation, args, kwargs):
-    """`x[key]` with ints, slices of step 1, `...` and `None`."""
+    """`x[key]` with ints, slices (any step, over a known size), `...` and `None`."""
     value, key = args
     if not isinstance(key, tuple):
         key = (key,)
@@ -330,15 +351,21 @@ def trace_get_item(context, operation, args, kwargs):
             value = context.apply("slice", value, axis=axis, start=start, stop=start + 1)
             squeeze_axes.append(axis)
         elif isinstance(item, slice):
-            if item.step not in (None, 1):
-                raise _fail(operation, "a slice with a step")
-            if item.start is None and item.stop is None:
+            if item.start is None and item.stop is None and item.step in (None, 1, -1):
+                if item.step == -1:          # any size: the axis reversed
+                    value = context.apply("reverse", value, axis=axis)
                 axis += 1
                 continue
             if isinstance(size, str):
                 raise _fail(operation, "slicing a symbolic dim")
-            start, stop, _ = item.indices(size)
-            value = context.apply("slice", value, axis=axis, start=start, stop=stop)
+            start, stop, step = item.indices(size)
+            count = len(range(start, stop, step))
+            if count == 0:
+                raise _fail(operation, "an empty slice")
+            if step < 0:       # the same elements, counted from the reversed axis
+                value = context.apply("reverse", value, axis=axis)
+                start, step = size - 1 - start, -step
+            value = _every(context, value, axis, start, count, step)
         else:
             raise _fail(operation, f"an index of type {type(item).__name__}")
         axis += 1
