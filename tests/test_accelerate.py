@@ -364,6 +364,32 @@ def test_an_rnn_is_masked_exactly_when_keras_passes_it_the_mask(make):
     assert_compiled_like_keras(model, data)
 
 
+_PADDED_IDS = np.array([[3, 5, 2, 0, 0, 0], [1, 0, 4, 2, 0, 0], [7, 7, 7, 7, 7, 7],
+                        [0, 0, 0, 0, 0, 0]], dtype="int32")
+
+
+@pytest.mark.parametrize("return_sequences", [True, False], ids=["sequences", "last"])
+@pytest.mark.parametrize("make", [
+    lambda sequences: layers.Bidirectional(layers.LSTM(4, return_sequences=sequences)),
+    lambda sequences: layers.Bidirectional(layers.GRU(4, return_sequences=sequences),
+                                           merge_mode=None),
+    lambda sequences: layers.SimpleRNN(4, return_sequences=sequences,
+                                       zero_output_for_mask=True),
+    lambda sequences: layers.SimpleRNN(4, return_sequences=sequences, go_backwards=True,
+                                       zero_output_for_mask=True),
+], ids=["bidirectional", "bidirectional_unmerged", "zero_output", "zero_output_backwards"])
+def test_masked_steps_output_zeros_where_keras_zeroes_them(make, return_sequences):
+    """A Bidirectional returning sequences sets `zero_output_for_mask` on its layers:
+    their masked steps output zeros, and the last output is the last processed
+    step's (these ran in Keras before)."""
+    ids = keras.Input((6,), dtype="int32")
+    outputs = make(return_sequences)(layers.Embedding(8, 3, mask_zero=True)(ids))
+    model = keras.Model(ids, [layers.Activation("linear")(one)
+                              for one in keras.tree.flatten(outputs)])
+    randomize(model, 71)
+    assert_compiled_like_keras(model, _PADDED_IDS)
+
+
 _STRIDED = {
     "every_second_step": (lambda v: v[:, ::2], 7),
     "every_third_feature": (lambda v: v[:, :, 1::3], None),

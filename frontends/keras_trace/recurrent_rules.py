@@ -218,8 +218,6 @@ def trace_keras_rnn(context, layer, args, kwargs, initial_state=None):
                                 keras_cell_fill_values(layer) if initial_state is None
                                 else [0.0] * len(state_shapes))
     mask = kwargs.get("mask")
-    if mask is not None and layer.zero_output_for_mask:
-        raise unsupported(layer, "zero_output_for_mask=True")
 
     def step(body, step_x, step_states, _readout):
         output, new_states = trace_layer_call(body, cell, (step_x, step_states), {})
@@ -229,7 +227,24 @@ def trace_keras_rnn(context, layer, args, kwargs, initial_state=None):
 
     output, finals = emit_scan(context, layer, signature, x, step, states, None, mask,
                                layer.go_backwards, layer.return_sequences)
+    if mask is not None and layer.zero_output_for_mask:
+        output = _zero_masked_outputs(context, output, mask, layer.go_backwards,
+                                      layer.return_sequences)
     return _layer_outputs(context, layer, output, finals, mask, layer.return_state)
+
+
+def _zero_masked_outputs(context, output, mask, go_backwards, return_sequences):
+    """`zero_output_for_mask=True` (Bidirectional sets it on its layers when they
+    return sequences): Keras's loop outputs zeros at masked steps instead of the
+    previous output, and the last output is the last processed step's. The outputs
+    come in processing order, reversed time for `go_backwards`."""
+    in_order = context.apply("reverse", mask, axis=1) if go_backwards else mask
+    if return_sequences:
+        kept = context.apply("expand_dims", in_order, axis=2)
+    else:   # the last processed step: first of the order reversed (any length)
+        kept = context.apply("slice", context.apply("reverse", in_order, axis=1),
+                             axis=1, start=0, stop=1)
+    return context.apply("where", kept, output, 0.0)
 
 
 @layer_rule(keras.layers.Bidirectional)
@@ -241,10 +256,6 @@ def trace_bidirectional(context, layer, args, kwargs):
     x = args[0]
     mask = kwargs.get("mask")
     inner_kwargs = {"mask": mask} if mask is not None else {}
-    for sub_layer in (layer.forward_layer, layer.backward_layer):
-        if getattr(sub_layer, "zero_output_for_mask", False) and mask is not None:
-            raise unsupported(layer, "masked Bidirectional with return_sequences "
-                                     "(Keras zeroes masked outputs there)")
     forward = trace_layer_call(context, layer.forward_layer, (x,), dict(inner_kwargs))
     backward = trace_layer_call(context, layer.backward_layer, (x,), dict(inner_kwargs))
     if layer.return_sequences:
@@ -258,8 +269,11 @@ def trace_bidirectional(context, layer, args, kwargs):
         output = context.apply("mul", forward, backward)
     elif mode == "ave":
         output = context.apply("mul", context.apply("add", forward, backward), 0.5)
+    elif mode is None:                  # both directions, unmerged
+        output = [forward, backward]
     else:
         raise unsupported(layer, f"merge_mode={mode!r}")
     if layer.return_sequences and mask is not None:
-        context.set_mask(output, mask)
+        for one in keras.tree.flatten(output):
+            context.set_mask(one, mask)
     return output
