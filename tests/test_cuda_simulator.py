@@ -3,7 +3,8 @@
 Every zoo model (tests/zoo.py) and an option matrix (readout modes, decode, state_sync,
 go_backwards, initial states, return_states/return_sequences, batch 1, several blocks,
 workspace in global memory, masking, a convolution before the RNN, causal attention,
-a bool constant in a step, running sums, strided slices) is built and run in Keras here, traced, saved with
+a bool constant in a step, running sums, strided slices, a
+number of steps unknown at trace time) is built and run in Keras here, traced, saved with
 its inputs, the Keras outputs and the CPU kernel's outputs; ONE subprocess with
 NUMBA_ENABLE_CUDASIM=1 (tests/cuda_sim_checks.py, Keras blocked) compiles each for CUDA
 and compares (max abs error 1e-4) in both layouts of the scan kernels (blocks owning
@@ -180,6 +181,17 @@ def _strided_slices(rng):
     return zoo.ZooCase("strided_slices", model, [_sequence(rng, batch=3)])
 
 
+def _centred_over_unknown_steps(rng):
+    """Steps not known when traced (the kernels index by `3 * T`): each sequence less
+    its mean over steps and features, before a GRU."""
+    inputs = keras.Input((None, FEATURES))
+    centred = layers.Lambda(lambda v: v - ops.mean(v, axis=(1, 2), keepdims=True))(inputs)
+    model = keras.Model(inputs, layers.GRU(UNITS, return_sequences=True)(centred))
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.5
+                       for w in model.get_weights()])
+    return zoo.ZooCase("centred_over_unknown_steps", model, [_sequence(rng, batch=3) + 2])
+
+
 def _multi_block(rows_per_block, shared_memory_bytes=None, name="multi_block"):
     def make(rng):
         x = _sequence(rng, batch=5)
@@ -205,6 +217,7 @@ MATRIX = {
     "bool_constant_in_step": _bool_constant_in_step,
     "running_sums": _running_sums,
     "strided_slices": _strided_slices,
+    "centred_over_unknown_steps": _centred_over_unknown_steps,
     "one_row_per_block": _multi_block(1, name="one_row_per_block"),
     "partial_last_block": _multi_block(2, name="partial_last_block"),
     "global_workspace": _multi_block(3, shared_memory_bytes=0, name="global_workspace"),

@@ -384,6 +384,22 @@ def test_einsums_match_the_interpreter(width, dtype):
     assert np.isnan(got[0][2]).any() and not np.isnan(got[0][:2]).any()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_means_over_several_axes(dtype):
+    """reduce_mean over two axes divides by the product of their sizes (the generated
+    `acc / 6 * 4` multiplied by 4 instead)."""
+    builder = rshop_ir.ProgramBuilder()
+    x = builder.input(dtype, ("B", 6, 4), name="x")
+    mean = builder.apply("reduce_mean", x, axes=(1, 2), keepdims=True)
+    centred = builder.apply("sub", x, mean)
+    variance = builder.apply("reduce_mean", builder.apply("square", centred), axes=(1, 2))
+    program = builder.build([mean, variance])
+    bound = BoundProgram(program, {})
+    data = np.random.default_rng(3).standard_normal((3, 6, 4)).astype(dtype) * 2 + 1
+    got = _check(rshop_ir.compile(bound), bound, [data], dtype)
+    np.testing.assert_allclose(got[1], data.var(axis=(1, 2)), atol=ATOL[dtype], rtol=0)
+
+
 def test_bad_inputs_raise_clear_errors():
     compiled, bound = compiled_example("lstm", "float32")
     good = np.zeros((2, 5, 3), np.float32)

@@ -626,6 +626,8 @@ class CpuGenerator:
             source = f"{source}.transpose({perm!r})"
         name = function.names.fresh("rows")
         reduced = " * ".join(str(x.shape[axis]) for axis in axes) or "1"
+        if len(axes) > 1:       # one term: `total / (6 * 4)`, not `total / 6 * 4`
+            reduced = f"({reduced})"
         kept = [x.shape[axis] for axis in others]
         kept_size = " * ".join(str(d) for d in kept) or "1"
         if source in function.fixed and function.values[x].contiguous:

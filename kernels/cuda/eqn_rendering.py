@@ -391,9 +391,9 @@ def _stage_left(writer, a_value, contraction, staging_name):
     flat = names.fresh("i")
     with body.block(f"for {flat} in range(cuda.threadIdx.x, rows_here * {contraction}, "
                     f"cuda.blockDim.x):"):
-        body.line(f"r = {flat} // {contraction}")     # values address their row as `r`
+        body.line(f"r = {flat} // ({contraction})")     # values address their row as `r`
         body.line(f"{staging_name}[{flat}] = "
-                  f"{a_value.element(['r', f'{flat} - r * {contraction}'])}")
+                  f"{a_value.element(['r', f'{flat} - r * ({contraction})'])}")
     body.line("cuda.syncthreads()")
     return staging_name
 
@@ -524,7 +524,7 @@ def _reduction(writer, eqn) -> None:
         writer.close()
         result = "total"
         if kind == "reduce_mean":
-            result = f"np.{dtype}(total / {product(reduced_dims)})"
+            result = f"np.{dtype}(total / ({product(reduced_dims)}))"
     target = [index for position, index in enumerate(full)
               if position not in axes or keepdims]
     target = ["0" if index is None else index for index in target]
@@ -599,13 +599,13 @@ def _layer_norm(writer, eqn) -> None:
     complete = _reduced_loop(writer, full, axes, reduced_dims)
     body.line(f"mean += {value.element(complete)}")
     writer.close()
-    body.line(f"mean = np.{dtype}(mean / {count})")
+    body.line(f"mean = np.{dtype}(mean / ({count}))")
     body.line(f"variance = {CONTEXT.const(0, dtype)}")
     complete = _reduced_loop(writer, full, axes, reduced_dims)
     body.line(f"centered = {value.element(complete)} - mean")
     body.line("variance += centered * centered")
     writer.close()
-    body.line(f"variance = np.{dtype}(variance / {count})")
+    body.line(f"variance = np.{dtype}(variance / ({count}))")
     epsilon = CONTEXT.const(eqn.params["epsilon"], dtype)
     body.line(f"scale = np.{dtype}(math.sqrt(variance + {epsilon}))")
     complete = _reduced_loop(writer, full, axes, reduced_dims)

@@ -96,9 +96,9 @@ class KernelWriter:
                 self.body.line(f"r = {flat}")
                 inner = "0"
             else:
-                self.body.line(f"r = {flat} // {size}")
+                self.body.line(f"r = {flat} // ({size})")     # size: `3 * T` is one term
                 inner = self.names.fresh("flat")
-                self.body.line(f"{inner} = {flat} - r * {size}")
+                self.body.line(f"{inner} = {flat} - r * ({size})")
             indices.append("r")
         else:
             inner = flat
