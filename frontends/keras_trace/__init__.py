@@ -12,6 +12,7 @@ from rshop_ir.frontends.keras_trace.trace import TraceResult, trace, trace_with_
 from rshop_ir.frontends.keras_trace import (  # noqa: F401,E402
     attention_rules,
     cell_rules,
+    composite_rules,
     window_rules,
     core_rules,
     op_rules,

@@ -13,7 +13,8 @@ _BINARY = {
     "Divide": "div", "Power": "pow", "Maximum": "maximum", "Minimum": "minimum",
     "Greater": "greater", "GreaterEqual": "greater_equal", "Less": "less",
     "LessEqual": "less_equal", "Equal": "equal", "NotEqual": "not_equal",
-    "LogicalAnd": "logical_and", "LogicalOr": "logical_or",
+    "LogicalAnd": "logical_and", "LogicalOr": "logical_or", "Mod": "mod",
+    "FloorDivide": "floor_divide",
 }
 _UNARY = {
     "Negative": "neg", "Absolute": "abs", "Abs": "abs", "Square": "square", "Sqrt": "sqrt",
@@ -134,17 +135,23 @@ def trace_softmax(context, operation, args, kwargs):
     return context.apply(op, args[0], axis=axis)
 
 
-@op_rule(*_REDUCTIONS)
-def trace_reduction(context, operation, args, kwargs):
-    value = args[0]
+def reduction_axes(operation, value):
+    """The axes `operation.axis` names (all for None), refusing the batch axis."""
     axis = operation.axis
     if axis is None:
-        axes = tuple(range(1, value.ndim))
-        if value.ndim and value.shape[0] == "B":
-            raise _fail(operation, "a reduction over the batch axis")
+        axes = tuple(range(value.ndim))
     else:
         axes = tuple(_axis(a, value.ndim) for a in (axis if isinstance(axis, (list, tuple))
                                                      else [axis]))
+    if 0 in axes and value.ndim and value.shape[0] == "B":
+        raise _fail(operation, "a reduction over the batch axis")
+    return axes
+
+
+@op_rule(*_REDUCTIONS)
+def trace_reduction(context, operation, args, kwargs):
+    value = args[0]
+    axes = reduction_axes(operation, value)
     if getattr(operation, "initial", None) is not None:
         raise _fail(operation, "a reduction with `initial`")
     return context.apply(_REDUCTIONS[type(operation).__name__], value, axes=axes,
@@ -214,11 +221,20 @@ def trace_split(context, operation, args, kwargs):
     sections = operation.indices_or_sections
     axis = _axis(operation.axis, value.ndim)
     size = value.shape[axis]
-    if not isinstance(sections, int) or isinstance(size, str) or size % sections:
-        raise _fail(operation, "split into unequal or index-given parts")
-    step = size // sections
-    return [context.apply("slice", value, axis=axis, start=k * step, stop=(k + 1) * step)
-            for k in range(sections)]
+    if isinstance(size, str):
+        raise _fail(operation, "a split of a symbolic dim")
+    if isinstance(sections, int):
+        if size % sections:
+            raise _fail(operation, f"a split of {size} into {sections} unequal parts")
+        points = [k * (size // sections) for k in range(1, sections)]
+    else:       # the indices where the parts start, as numpy's
+        points = [min(max(int(p) + size if int(p) < 0 else int(p), 0), size)
+                  for p in sections]
+    bounds = list(zip([0, *points], [*points, size]))
+    if any(stop <= start for start, stop in bounds):
+        raise _fail(operation, "a split with an empty part")
+    return [context.apply("slice", value, axis=axis, start=start, stop=stop)
+            for start, stop in bounds]
 
 
 @op_rule("Reshape")
