@@ -69,8 +69,10 @@ def _axis_ok(eqn) -> bool:
     if not has_batch_rows(first) and eqn.op not in ("concatenate", "matmul", "einsum"):
         return True
     params = eqn.params
-    if eqn.op in ("softmax", "log_softmax", "layer_norm", "slice", "reverse", "repeat",
-                  "gather", "cumsum", "cumprod"):
+    if eqn.op == "layer_norm":
+        return 0 not in normalize_axes(params["axis"], first.ndim)
+    if eqn.op in ("softmax", "log_softmax", "slice", "reverse", "repeat", "gather",
+                  "cumsum", "cumprod"):
         return normalize_axis(params["axis"], first.ndim) != 0
     if eqn.op == "concatenate":
         rows = [atom for atom in eqn.inputs if has_batch_rows(atom)]

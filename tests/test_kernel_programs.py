@@ -384,16 +384,34 @@ def test_einsums_match_the_interpreter(width, dtype):
     assert np.isnan(got[0][2]).any() and not np.isnan(got[0][:2]).any()
 
 
+_EDGE_UNARY = ("sign", "abs", "floor", "ceil", "round", "neg", "exp", "tanh", "sigmoid",
+               "softplus", "relu", "elu", "selu", "silu", "softsign", "log1p", "expm1")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_means_over_several_axes(dtype):
-    """reduce_mean over two axes divides by the product of their sizes (the generated
-    `acc / 6 * 4` multiplied by 4 instead)."""
+def test_element_wise_ops_at_the_edges_like_numpy(dtype):
+    """inf, -inf, NaN, -0.0 and halves through the unary ops of the fused loops
+    (sign(+-inf) gave NaN: `x - x + 1`)."""
+    builder = rshop_ir.ProgramBuilder()
+    x = builder.input(dtype, ("B", 8), name="x")
+    program = builder.build([builder.apply(op, x) for op in _EDGE_UNARY])
+    bound = BoundProgram(program, {})
+    data = np.array([[np.inf, -np.inf, np.nan, -0.0, 2.5, -3.5, 1e-30, -40.0]], dtype)
+    _check(rshop_ir.compile(bound), bound, [data], dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_means_and_norms_over_several_axes(dtype):
+    """reduce_mean and layer_norm over two axes divide by the product of their sizes
+    (the generated `acc / 6 * 4` multiplied by 4 instead; the row-split check took
+    layer_norm's axes for one axis)."""
     builder = rshop_ir.ProgramBuilder()
     x = builder.input(dtype, ("B", 6, 4), name="x")
     mean = builder.apply("reduce_mean", x, axes=(1, 2), keepdims=True)
     centred = builder.apply("sub", x, mean)
     variance = builder.apply("reduce_mean", builder.apply("square", centred), axes=(1, 2))
-    program = builder.build([mean, variance])
+    normal = builder.apply("layer_norm", x, 1.0, 0.0, axis=(1, 2), epsilon=1e-3)
+    program = builder.build([mean, variance, normal])
     bound = BoundProgram(program, {})
     data = np.random.default_rng(3).standard_normal((3, 6, 4)).astype(dtype) * 2 + 1
     got = _check(rshop_ir.compile(bound), bound, [data], dtype)

@@ -155,13 +155,7 @@ def minimum_any(a, b):
 
 @njit(**_JIT)
 def sign_any(x):
-    if x != x:
-        return x
-    if x > 0:
-        return x - x + 1
-    if x < 0:
-        return x - x - 1
-    return x - x
+    return np.sign(x)      # of x's type; +-1 for +-inf (x - x + 1 gave NaN there)
 
 
 @njit(**_JIT)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from rshop_ir.ir import Program, Var
 from rshop_ir.passes.rewrite import count_uses
+from rshop_ir.shapes import is_symbolic
 
 
 def precompute_weights(program: Program) -> Program:
@@ -32,8 +33,11 @@ def precompute_weights(program: Program) -> Program:
     moved, kept = [], []
     for eqn in program.eqns:
         variables = [atom for atom in eqn.inputs if isinstance(atom, Var)]
+        # the prologue runs without the call's inputs: a result sized by B or T
+        # (broadcast_to(w, ("B", 3))) is left in the program
         if variables and not eqn.nested_programs() and all(
-                var in weight_derived for var in variables):
+                var in weight_derived for var in variables) and not any(
+                is_symbolic(dim) for var in eqn.outputs for dim in var.shape):
             moved.append(eqn)
             weight_derived.update(eqn.outputs)
         else:

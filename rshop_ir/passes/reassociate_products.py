@@ -104,7 +104,10 @@ def _rewrite(eqn, producers, uses, invariant, steps):
     position, memory = found
     if not _pays(producer, memory, weight, steps):
         return None
-    product = make_eqn("matmul", [memory, weight])
+    try:
+        product = make_eqn("matmul", [memory, weight])   # R may be a vector: no matmul
+    except ValueError:
+        return None
     inputs = list(producer.inputs)
     inputs[position] = product.outputs[0]
     try:

@@ -57,7 +57,9 @@ def _double_reshape(match, eqn):
 def _squeeze_expanded(match, eqn):
     inner_axis = match["inner"].params["axis"] % (match["x"].ndim + 1)
     axes = eqn.params["axis"]
-    axes = axes if isinstance(axes, tuple) else (axes,)
+    if axes is None:                  # every size-1 axis: maybe more than the one added
+        return None
+    axes = axes if isinstance(axes, (tuple, list)) else (axes,)
     if tuple(axis % (match["x"].ndim + 1) for axis in axes) == (inner_axis,):
         return match["x"]
     return None

@@ -677,3 +677,48 @@ def test_reassociate_an_attention_read_with_the_memory_first():
     body = after.eqns[0].params["body"]
     einsum = next(eqn for eqn in body.eqns if eqn.op == "einsum")
     assert [atom.shape for atom in einsum.inputs] == [("B", 2, 3), ("B", 2)]
+
+
+def _broadcast_weight():
+    """broadcast_to(w, (B, 3)) depends on the batch: the prologue cannot hold it."""
+    builder = ProgramBuilder()
+    x = builder.input("float32", ("B", 3))
+    weight = builder.param("w", "float32", (3,))
+    return builder.build([builder.apply("add", x, builder.apply(
+        "broadcast_to", weight, shape=("B", 3)))])
+
+
+def _vector_times_matrix_in_a_step():
+    """einsum(p, r) @ W with r a vector constant: R @ W would be no matmul."""
+    body = ProgramBuilder()
+    x_t, h = body.input("float64", ("B", 4)), body.input("float64", ("B", 4))
+    r, w = body.input("float64", (4,)), body.input("float64", (4, 4))
+    outer = body.apply("einsum", body.apply("reduce_sum", x_t, axes=-1), r,
+                       equation="b,e->be")
+    h_new = body.apply("tanh", body.apply("add", body.apply("matmul", outer, w), h))
+    builder = ProgramBuilder()
+    xs, h0 = builder.input("float64", ("B", 9, 4)), builder.input("float64", ("B", 4))
+    constants = [builder.param("r", "float64", (4,)), builder.param("w", "float64", (4, 4))]
+    return builder.build(builder.scan(body.build([h_new, h_new]), sequences=[xs],
+                                      states=[h0], constants=constants))
+
+
+def _squeeze_every_axis():
+    builder = ProgramBuilder()
+    x = builder.input("float32", (1,))
+    return builder.build([builder.apply("squeeze", builder.apply("expand_dims", x, axis=0),
+                                        axis=None)])
+
+
+def test_the_pipeline_keeps_the_numbers_of_programs_it_once_broke():
+    """Each of these made optimize() raise (the prologue sized by B; a vector taken
+    for a matrix; squeeze(axis=None) read as an axis)."""
+    for make in (_broadcast_weight, _vector_times_matrix_in_a_step, _squeeze_every_axis):
+        program = make()
+        inputs = random_inputs(program, seed=3)
+        weights = random_weights(program, seed=3)
+        before, after = (value if isinstance(value, list) else [value] for value in (
+            interpret(program, *inputs, weights=weights),
+            interpret(verify(optimize(program)), *inputs, weights=weights)))
+        for one, other in zip(before, after, strict=True):
+            np.testing.assert_allclose(one, other, rtol=1e-12, atol=1e-12)
