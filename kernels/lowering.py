@@ -255,10 +255,29 @@ def scalar_statements(body: Program, input_exprs, ctx, fresh_name, overrides=Non
         if expression is None:
             expression = scalar_expression(eqn.op, [read(atom) for atom in eqn.inputs],
                                            eqn.params, ctx, eqn.outputs[0].dtype)
+            expression = _in_declared_type(eqn, expression)
         name = fresh_name("e")
         statements.append((name, expression))
         values[eqn.outputs[0]] = name
     return statements, [read(atom) for atom in body.outputs]
+
+
+_ARITHMETIC = frozenset({"add", "sub", "mul", "neg", "abs", "square", "pow", "maximum",
+                         "minimum", "floor_divide", "mod", "sign"})
+
+
+def _in_declared_type(eqn, expression: str) -> str:
+    """`expression` as the eqn's declared integer or bool type, where Numba's scalar
+    arithmetic widens it: int32 * int32 is an int64 in Numba (numpy wraps to int32),
+    and bool + bool an int (numpy: the logical or)."""
+    dtype = eqn.outputs[0].dtype
+    if eqn.op not in _ARITHMETIC:
+        return expression
+    if dtype == "bool":
+        return f"(({expression}) != 0)"
+    if dtype.startswith(("int", "uint")):
+        return f"np.{dtype}({expression})"
+    return expression
 
 
 def elementwise_as_body(eqn) -> Program:

@@ -400,6 +400,20 @@ def test_element_wise_ops_at_the_edges_like_numpy(dtype):
     _check(rshop_ir.compile(bound), bound, [data], dtype)
 
 
+def test_integer_and_bool_arithmetic_keeps_its_declared_type():
+    """int32 * int32 wraps as numpy's int32 (Numba's scalars widen to int64), bool +
+    bool is the logical or and bool * bool the and (Numba's give ints)."""
+    builder = rshop_ir.ProgramBuilder()
+    x, m = builder.input("int32", ("B", 3), name="x"), builder.input("bool", ("B", 3), name="m")
+    outputs = [builder.apply("cast", builder.apply(op, a, a), dtype="float32")
+               for op, a in (("mul", x), ("add", x), ("add", m), ("mul", m))]
+    program = builder.build(outputs)
+    bound = BoundProgram(program, {})
+    data = [np.array([[100000, -70000, 3]], np.int32), np.array([[True, False, True]])]
+    got = _check(rshop_ir.compile(bound), bound, data, "float32")
+    np.testing.assert_array_equal(got[2], [[1.0, 0.0, 1.0]])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_means_and_norms_over_several_axes(dtype):
     """reduce_mean and layer_norm over two axes divide by the product of their sizes
