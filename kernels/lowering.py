@@ -152,6 +152,11 @@ def refuse_half_precision(program: Program) -> None:
 def plan_scan(eqn) -> ScanPlan:
     layout = ScanLayout.from_params(eqn.params)
     body = eqn.params["body"]
+    y = body.outputs[0]
+    if not (isinstance(y, Var) and y.ndim >= 1 and y.shape[0] == "B"):
+        raise UnsupportedError(
+            f"A scan whose step output is {getattr(y, 'type', y)}: the kernels keep the "
+            "outputs per batch row (a first axis 'B').")
     return ScanPlan(eqn, layout, layout.split(eqn.inputs), layout.split(body.inputs))
 
 

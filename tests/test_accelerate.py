@@ -518,3 +518,17 @@ def test_masks_through_merges_and_reshapes_follow_keras(merge):
     data[1][1, 4:] = 0
     np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
                                atol=1e-5, rtol=0)
+
+
+def test_negative_embedding_ids_count_from_the_end_as_keras():
+    """Keras's take adds the table size to a negative id once; beyond the table an id
+    is an error."""
+    ids = keras.Input((4,), dtype="int32")
+    model = keras.Model(ids, layers.GRU(3)(layers.Embedding(6, 2)(ids)))
+    randomize(model, 91)
+    data = np.array([[1, -1, 2, -6], [0, 5, -3, 4]], dtype="int32")
+    fast = assert_compiled_like_keras(model, data)
+    with pytest.raises(IndexError, match="out of range of the table"):
+        fast.predict(np.array([[1, 6, 0, 0]], dtype="int32"))
+    with pytest.raises(IndexError, match="out of range of the table"):
+        fast.predict(np.array([[1, -7, 0, 0]], dtype="int32"))

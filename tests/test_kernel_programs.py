@@ -584,3 +584,23 @@ def test_an_output_that_is_a_filled_default_is_never_handed_out_twice():
     lstm = examples.lstm_program(4, 3, return_sequences=True)
     assert rshop_ir.compile(BoundProgram(lstm, examples.random_weights(lstm)))\
         ._outputs_to_check == []
+
+
+@pytest.mark.parametrize("output", ["scalar", "weight_sized"])
+def test_a_step_output_without_batch_rows_is_refused_by_name(output):
+    """The interpreter runs it; the generators keep outputs per batch row, and said so
+    with a SyntaxError or a reshape error inside Numba before."""
+    body = rshop_ir.ProgramBuilder()
+    x_t, h = body.input("float32", ("B", 3)), body.input("float32", ("B", 4))
+    kernel = body.input("float32", (3, 4))
+    h_new = body.apply("tanh", body.apply("add", body.apply("matmul", x_t, kernel), h))
+    y = (body.apply("reduce_sum", h_new, axes=None) if output == "scalar"
+         else body.apply("tanh", kernel))
+    builder = rshop_ir.ProgramBuilder()
+    x, h0 = builder.input("float32", ("B", "T", 3)), builder.input("float32", ("B", 4))
+    outputs = builder.scan(body.build([y, h_new]), sequences=[x], states=[h0],
+                           constants=[builder.param("kernel", "float32", (3, 4))],
+                           return_sequences=output != "scalar")
+    bound = BoundProgram(builder.build(outputs), {"kernel": np.ones((3, 4), np.float32)})
+    with pytest.raises(rshop_ir.UnsupportedError, match="step output is f32"):
+        rshop_ir.compile(bound)

@@ -609,6 +609,8 @@ class CpuGenerator:
         body.line(f"{result} = new_array(({flat_ids}.size, {width}), {rows}.dtype)")
         with body.block(f"for {index} in range({flat_ids}.size):"):
             body.line(f"{row} = {flat_ids}[{index}]")
+            body.line(f"if {row} < 0:")            # counted from the end, as Keras's take
+            body.line(f"    {row} += {rows}.shape[0]")
             body.line(f"if {row} < 0 or {row} >= {rows}.shape[0]:")
             body.line("    raise IndexError('gather: an index is out of range of the "
                       "table (an embedding id >= input_dim?)')")

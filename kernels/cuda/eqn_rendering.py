@@ -633,6 +633,8 @@ def _gather(writer, eqn) -> None:
     rows = table.shape[0]
     body = writer.body
     body.line(f"row = {writer.values[ids].element(id_index)}")
+    body.line("if row < 0:")                     # counted from the end, as Keras's take
+    body.line(f"    row += {rows}")
     writer.needs_error_flag = True
     with body.block(f"if row < 0 or row >= {rows}:"):
         body.line("error_flag[0] = 1")
