@@ -83,7 +83,9 @@ def _slices_to_sink(eqn, readers, eqns, outputs):
         if is_symbolic(dim):
             return None
         start, stop, _ = slice(reader.params["start"], reader.params["stop"]).indices(dim)
-        cuts.append((position, axis, start, max(stop, start)))
+        if stop <= start:      # an empty slice: nothing to compute per slice
+            return None
+        cuts.append((position, axis, start, stop))
         axes.add(axis)
     if len(axes) != 1:
         return None

@@ -710,10 +710,19 @@ def _squeeze_every_axis():
                                         axis=None)])
 
 
+def _empty_slice_of_a_sum():
+    builder = ProgramBuilder()
+    x, y = builder.input("float32", ("B", 1)), builder.input("float32", ("B", 1))
+    return builder.build([builder.apply("slice", builder.apply("add", x, y), axis=-1,
+                                        start=0, stop=0)])
+
+
 def test_the_pipeline_keeps_the_numbers_of_programs_it_once_broke():
     """Each of these made optimize() raise (the prologue sized by B; a vector taken
-    for a matrix; squeeze(axis=None) read as an axis)."""
-    for make in (_broadcast_weight, _vector_times_matrix_in_a_step, _squeeze_every_axis):
+    for a matrix; squeeze(axis=None) read as an axis; an empty slice sunk into an
+    element-wise op of width 1)."""
+    for make in (_broadcast_weight, _vector_times_matrix_in_a_step, _squeeze_every_axis,
+                 _empty_slice_of_a_sum):
         program = make()
         inputs = random_inputs(program, seed=3)
         weights = random_weights(program, seed=3)
