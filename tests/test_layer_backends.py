@@ -247,3 +247,14 @@ def test_auto_compiles_for_the_cpu_where_cuda_cannot(monkeypatch):
     fast, reference = _pair(lambda b: _step_rnn(b, f"gpu_{b}"), x.shape)
     np.testing.assert_allclose(fast(x), reference(x), atol=1e-5)
     assert asked == ["cuda", "cpu"] and fast.fallback_reason is None
+
+
+def test_a_float64_layer_around_a_float32_step_falls_back_with_the_reason():
+    """The states start float64 and the step returns float32: "auto" runs the layer in
+    Keras (its numbers), where it raised the scan's ValueError before."""
+    fast, reference = _pair(lambda backend: _step_rnn(backend, f"mixed_{backend}",
+                                                      return_sequences=True,
+                                                      dtype="float64"), (2, 5, 3))
+    x = RNG.standard_normal((2, 5, 3))
+    np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(reference(x)), atol=1e-6)
+    assert "float32" in fast.fallback_reason and "float64" in fast.fallback_reason

@@ -62,18 +62,26 @@ def emit_scan(context, layer, signature, x, step_function, initial_states, initi
     if len(new_states) != len(states):
         raise unsupported(layer, f"the step returns {len(new_states)} states for "
                                  f"{len(states)} inputs")
+    for k, (state, new_state) in enumerate(zip(states, new_states)):
+        if getattr(new_state, "dtype", state.dtype) != state.dtype:
+            raise unsupported(layer, f"its step returns state {k} as {new_state.dtype} for a "
+                                     f"{state.dtype} state (the layer computes in "
+                                     f"{dtype}, its step model in another dtype)")
     body_program = body.builder.build([output, *new_states])
-    results = context.builder.scan(
-        body_program,
-        sequences=sequences,
-        states=initial_states,
-        readout=initial_readout if signature.readout else None,
-        constants=body.outer_constants,
-        mask=mask,
-        go_backwards=bool(go_backwards),
-        return_sequences=bool(return_sequences),
-        length=signature.length if signature.decode else None,
-    )
+    try:
+        results = context.builder.scan(
+            body_program,
+            sequences=sequences,
+            states=initial_states,
+            readout=initial_readout if signature.readout else None,
+            constants=body.outer_constants,
+            mask=mask,
+            go_backwards=bool(go_backwards),
+            return_sequences=bool(return_sequences),
+            length=signature.length if signature.decode else None,
+        )
+    except ValueError as error:     # types the scan cannot take: Keras runs the layer
+        raise unsupported(layer, f"its step does not fit a scan ({error})") from None
     return results[0], list(results[1:])
 
 
