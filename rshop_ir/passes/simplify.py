@@ -9,7 +9,7 @@ instead of the repeated copy when broadcasting gives the same result shape (an
 attention step adds its query, repeated over the memory positions, to the keys).
 
 Before:                                   After:
-    c:f32[B,4] = add a 0.0:f32                e:f32[4,B] = transpose a [perm=(1, 0)]
+    c:f32[B,4] = sub a 0.0:f32                e:f32[4,B] = transpose a [perm=(1, 0)]
     d:f32[B,4] = linear c                   in (e)
     e:f32[4,B] = transpose d [perm=(1, 0)]    (plus dead eqns until DCE)
   in (e)
@@ -17,7 +17,9 @@ Before:                                   After:
 
 from __future__ import annotations
 
-from rshop_ir.ir import Eqn, Program, Var
+import math
+
+from rshop_ir.ir import Eqn, Literal, Program, Var
 from rshop_ir.ops import get_op
 from rshop_ir.passes.patterns import Any, Lit, Op
 from rshop_ir.shapes import normalize_axis
@@ -27,6 +29,16 @@ MAX_ROUNDS = 50
 
 
 def _identity(match, eqn):
+    return match["x"]
+
+
+def _plus_zero(match, eqn):
+    """x + 0 is x, except for a float x and the zero +0.0: -0.0 + 0.0 is +0.0 (a sign
+    that 1 / x shows); x + (-0.0) is x for every x."""
+    zero = next(atom for atom in eqn.inputs if isinstance(atom, Literal))
+    if match["x"].dtype in ("float16", "float32", "float64") \
+            and math.copysign(1.0, float(zero.value)) > 0:
+        return None
     return match["x"]
 
 
@@ -70,7 +82,7 @@ def _full_slice(match, eqn):
 
 
 RULES = (
-    (Op("add", Any("x"), Lit(0)), _identity),
+    (Op("add", Any("x"), Lit(0)), _plus_zero),
     (Op("sub", Any("x"), Lit(0)), _identity),
     (Op("mul", Any("x"), Lit(1)), _identity),
     (Op("div", Any("x"), Lit(1)), _identity),

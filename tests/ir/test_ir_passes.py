@@ -37,14 +37,15 @@ def test_simplify_table_to_fixpoint():
     b = ProgramBuilder()
     x = b.input("float32", ("B", 4))
     w = b.param("w", "float32", (4, 4))
-    plain = b.apply("mul", 1.0, b.apply("add", x, 0.0))
+    plain = b.apply("mul", 1.0, b.apply("sub", x, 0.0))
     dropped = b.apply("dropout", b.apply("linear", plain), rate=0.5)
     twice = b.apply("transpose", b.apply("transpose", dropped, perm=(1, 0)), perm=(1, 0))
     cast = b.apply("cast", twice, dtype="float32")
     reshaped = b.apply("reshape", b.apply("reshape", cast, shape=("B", 2, 2)), shape=("B", 4))
     times_zero = b.apply("mul", reshaped, 0.0)                               # NaN: kept
     promoted = b.apply("add", b.apply("cast", x, dtype="int32"), 0.0)        # type: kept
-    program = b.build([b.apply("matmul", times_zero, w), promoted])
+    signed = b.apply("add", x, 0.0)                # -0.0 + 0.0 is +0.0: kept
+    program = b.build([b.apply("matmul", times_zero, w), promoted, signed])
     after = check_pass(simplify, program, """
     { params a:f32[4,4]=w
       inputs b:f32[B,4]
@@ -54,8 +55,9 @@ def test_simplify_table_to_fixpoint():
         e:f32[B,4] = mul b 0.0:f32
         f:i32[B,4] = cast b [dtype='int32']
         g:f64[B,4] = add f 0.0:f32
-        h:f32[B,4] = matmul e a
-      in (h, g) }""")
+        h:f32[B,4] = add b 0.0:f32
+        i:f32[B,4] = matmul e a
+      in (i, g, h) }""")
     nan_input = [np.full((2, 4), np.nan, "float32")]
     result = interpret(after, *nan_input, weights={"w": np.ones((4, 4), "float32")})[0]
     assert np.isnan(result).all()   # x * 0 was not folded to 0
