@@ -20,9 +20,13 @@ import time
 import numpy as np
 from numba import njit, prange
 
+from rshop_ir.kernels.cpu.packed_product import _host_has_avx512
 from rshop_ir.kernels.cpu.vector_width import wide_vectors
 
-CHAINS = 256        # float32 lanes per thread: 16 vectors of 512 bits
+# float32 lanes per thread: 16 vectors of 512 bits with AVX-512's 32 registers; 12 of
+# 256 bits with AVX2's 16 (256 lanes there spill to memory: 60 GFLOP/s on 2 threads of
+# a Zen 3 VM, below the packed product's 87 at S4; 96 lanes: see BENCHMARKS.md run 32)
+CHAINS = 256 if _host_has_avx512() else 96
 ITERATIONS = 2_000_000
 RUNS = 5
 

@@ -9,7 +9,7 @@ line: by the runtime once per weight version (`pack_weight`, for a weight the ke
 takes as an argument), or by the kernel at every call (`packing_source`, for a value
 computed before the scan). Every product then
 walks the blocks; in each, the rows go in tiles of TILE_SHAPES' row counts (8, then
-4, 2 and 1), the block's slice of the weight staying in cache between them. A tile
+4, 2 and 1 with AVX-512; 2 and 1 with AVX2 only), the block's slice of the weight staying in cache between them. A tile
 keeps its sums in rows x VECTORS (x phases) vector registers while it walks the
 contraction: per index, VECTORS aligned vector loads of the weight, one broadcast
 value of `a` per row and rows x VECTORS fused multiply-adds. One row (a matrix-vector
@@ -47,8 +47,28 @@ LANES = {"float32": 16, "float64": 8}
 BLOCK_COLUMNS = {dtype: VECTORS * lanes for dtype, lanes in LANES.items()}
 # (rows, phases) of the tiles, biggest first: a tile of r rows keeps r x VECTORS x
 # phases vector registers of sums; 1 and 2 rows need 2 phases (chains of sums) to
-# hide the add latency, 4 and 8 rows have chains enough.
-TILE_SHAPES = ((8, 1), (4, 1), (2, 2), (1, 2))
+# hide the add latency, 4 and 8 rows have chains enough. That is for the 32 vector
+# registers of AVX-512. With AVX2's 16 (of half the width: a 64-byte vector takes
+# two), a 4- or 8-row tile's sums spill to memory: on a 2-core Zen 3 VM (AVX2 only;
+# `python -m bench.tiles --repeats 3`, one thread, float32 GFLOP/s, these tiles /
+# the AVX2 ones) 8 x 256 x 1024 31.6 / 58.8, 32 x 256 x 1024 31.3 / 61.5,
+# 128 x 512 x 2048 28.4 / 60.2 (np.dot 54-64), the L1-resident 4096 x 64 x 32
+# 28.9 / 76.9; tiles of 3 or 4 rows also spilled (33-45).
+AVX512_TILE_SHAPES = ((8, 1), (4, 1), (2, 2), (1, 2))
+AVX2_TILE_SHAPES = ((2, 1), (1, 2))
+
+
+def _host_has_avx512() -> bool:
+    """Whether LLVM compiles for a CPU with AVX-512 (True when it cannot tell)."""
+    try:
+        from llvmlite import binding
+
+        return bool(binding.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # noqa: BLE001 - an llvmlite without the query: the old default
+        return True
+
+
+TILE_SHAPES = AVX512_TILE_SHAPES if _host_has_avx512() else AVX2_TILE_SHAPES
 ALIGNMENT = 64   # bytes: a vector load that straddles two cache lines costs two
 # A kernel packing a value at every call: worth it from this many rows x steps.
 PACK_MIN_ROW_STEPS = 8
