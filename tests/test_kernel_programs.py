@@ -471,6 +471,21 @@ def test_attributes_and_debug_source(capfd, monkeypatch):
     assert compiled.ir == str(rshop_ir.optimize(program))
 
 
+def test_a_lone_scan_is_written_into_run():
+    """A program that only runs one scan and returns its results gets no separate scan
+    function: the scan's body is `run`'s (compiled once, not twice)."""
+    program = examples.lstm_program(4, 6, return_sequences=True)
+    bound = BoundProgram(program, examples.random_weights(program, seed=3))
+    compiled = rshop_ir.compile(bound)
+    assert re.findall(r"^def (\w+)\(", compiled.source, re.M) == ["run", "launch_polled"]
+    inputs = examples.random_inputs(program, batch=3, steps=7, seed=4)
+    expected = _as_list(rshop_ir.interpret(bound, *inputs))
+    got = _as_list(compiled(*inputs))
+    assert len(got) == len(expected) == 3
+    for value, reference in zip(got, expected):
+        np.testing.assert_allclose(value, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_weights_are_arguments_not_constants():
     compiled, bound = compiled_example("lstm", "float32")
     for value in bound.weights.values():

@@ -27,6 +27,7 @@ step's input projection in instead of reading it from a chunk GEMM
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,7 +59,7 @@ from rshop_ir.kernels.cpu.merged_projection import paired_matmul
 from rshop_ir.kernels.cpu.values import (ArrayValue, ChunkRows, LastAxisView,
                                          MergedSequence, SequenceStep)
 
-GENERATOR_VERSION = "numba-cpu/28"
+GENERATOR_VERSION = "numba-cpu/29"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's
@@ -144,6 +145,17 @@ def blas_guard(guards: list) -> str:
 
 def dtype_expression(dtype: str) -> str:
     return "np.bool_" if dtype == "bool" else f"np.{dtype}"
+
+
+@dataclass
+class _ScanParts:
+    """A scan function as written: its writer (in `CpuGenerator.functions`), its
+    parameter names after B, T and chunk, its docstring line and its body."""
+    writer: SourceWriter
+    parameters: tuple
+    docstring: str
+    body: SourceWriter
+    team_used: bool
 
 
 class CpuScalarContext(ScalarContext):
@@ -260,6 +272,8 @@ class CpuGenerator:
         self._weight_slot_of = {}     # a weight Var of `run` -> its weight slot
         self._packed_arguments = []   # (`run` argument, weight slot) of each packed copy
         self._run_arguments = []      # `run`'s argument names
+        self._scan_parts = {}         # scan function name -> _ScanParts
+        self._top_scan_calls = []     # (scan name, argument names, output names) in `run`
         self.weight_vars = {var for _, var in program.params}
         if program.prologue is not None:
             self.weight_vars |= {var for var in program.prologue.outputs
@@ -370,6 +384,9 @@ class CpuGenerator:
         if self.team_columns:     # the launcher's start and end handshake (team.py)
             function.body.line("team_leave(team_counter)")
         function.body.line(f"return ({', '.join(results)},)")
+        inlined = self._run_as_scan(plan, arguments, results)
+        if inlined is not None:
+            return inlined, weight_slots
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
         with writer.block(f"def run({', '.join(arguments)}):"):
@@ -380,6 +397,44 @@ class CpuGenerator:
                 writer.line("team_poll(team_counter, team_rank, team_size)")
             writer.extend(function.body)
         return writer, weight_slots
+
+    def _run_as_scan(self, plan, arguments, results):
+        """`run` written as its one scan's function, or None.
+
+        When `run` only calls one scan and returns that scan's results as they are (a
+        compiled RNN layer), the scan's body becomes `run`'s: Numba then compiles and
+        optimises the scan once, not once alone and again linked into `run`, which
+        took about a third of an LSTM's first compile (BENCHMARKS run 33). The scan's
+        parameters are bound from `run`'s arguments in one tuple assignment, so a
+        permutation of names cannot overwrite a value before it is read.
+        """
+        if (self.team or self.team_columns or self.team_run_buffers
+                or len(plan.steps) != 1 or len(self._top_scan_calls) != 1):
+            return None
+        scan_name, call_arguments, outputs = self._top_scan_calls[0]
+        parts = self._scan_parts[scan_name]
+        if (parts.team_used or list(results) != list(outputs)
+                or not all(re.fullmatch(r"\w+", name) for name in call_arguments)):
+            return None
+        used = set(re.findall(r"\w+", "\n".join(parts.body.lines)))
+        passed_as_is = {"B", "T", "chunk", *parts.parameters}
+        if any(name in used for name in arguments if name not in passed_as_is):
+            return None     # a name of `run` would be shadowed in the scan's body
+        writer = SourceWriter()
+        writer.line(JIT_DECORATOR)
+        with writer.block(f"def run({', '.join(arguments)}):"):
+            writer.line(parts.docstring)
+            writer.line("wide_vectors()")
+            bound = [(parameter, argument)
+                     for parameter, argument in zip(parts.parameters, call_arguments)
+                     if parameter != argument]
+            if bound:
+                writer.line(f"{', '.join(p for p, _ in bound)}, = "
+                            f"{', '.join(a for _, a in bound)},")
+            writer.extend(parts.body)
+        self.functions.remove(parts.writer)
+        self.scan_functions.remove(scan_name)
+        return writer
 
     def _bind_array(self, function, var: Var, hint: str) -> str:
         name = function.names.fresh(hint)
@@ -1370,6 +1425,8 @@ class CpuGenerator:
             call_arguments += list(TEAM_ARGUMENTS)
         outputs = [function.names.fresh("scan_out") for _ in plan.eqn.outputs]
         function.body.line(f"{', '.join(outputs)}, = {scan_name}({', '.join(call_arguments)})")
+        if top_level:
+            self._top_scan_calls.append((scan_name, call_arguments[3:], outputs))
         self._run_after_scan = self._run_after_scan or top_level
         bound = list(plan.eqn.outputs)
         if plan.epilogue is not None:    # the scan returns the output layer's result
@@ -1582,18 +1639,23 @@ class CpuGenerator:
             with loop.block("if team_size > 1:"):
                 with loop.block("if not team_wait(team_counter, team_size, team_rank):"):
                     loop.line(function.abort_return)
+        body = SourceWriter()
+        body.extend(preamble)
+        body.extend(loop)
+        body.line(f"return ({', '.join(results)},)")
+        docstring = (f'"""scan {plan.layout}; go_backwards={backwards}, '
+                     f'return_sequences={bool(params["return_sequences"])}."""')
         writer = SourceWriter()
         writer.line(JIT_DECORATOR)
         team_arguments = list(TEAM_ARGUMENTS) if function.team_used else []
         signature = ", ".join(["B", "T", "chunk", *argument_names, *team_arguments])
         with writer.block(f"def {scan_name}({signature}):"):
-            writer.line(f'"""scan {plan.layout}; go_backwards={backwards}, '
-                        f'return_sequences={bool(params["return_sequences"])}."""')
+            writer.line(docstring)
             writer.line("wide_vectors()")
-            writer.extend(preamble)
-            writer.extend(loop)
-            writer.line(f"return ({', '.join(results)},)")
+            writer.extend(body)
         self.functions.append(writer)
+        self._scan_parts[scan_name] = _ScanParts(writer, tuple(argument_names),
+                                                 docstring, body, function.team_used)
         return scan_name, outer_arguments, function.team_used
 
     def _merge_projections(self, function, body_program, projections, sequences) -> tuple:
