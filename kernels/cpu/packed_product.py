@@ -40,22 +40,9 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-# Sums of a block: VECTORS registers of LANES[dtype] elements (64-byte vectors; LLVM
-# splits them in two on a 32-byte vector machine).
+# Sums of a block: VECTORS registers of LANES[dtype] elements: the host's vector
+# width, 64 bytes with AVX-512, 32 with AVX2 only (VECTOR_BYTES).
 VECTORS = 2
-LANES = {"float32": 16, "float64": 8}
-BLOCK_COLUMNS = {dtype: VECTORS * lanes for dtype, lanes in LANES.items()}
-# (rows, phases) of the tiles, biggest first: a tile of r rows keeps r x VECTORS x
-# phases vector registers of sums; 1 and 2 rows need 2 phases (chains of sums) to
-# hide the add latency, 4 and 8 rows have chains enough. That is for the 32 vector
-# registers of AVX-512. With AVX2's 16 (of half the width: a 64-byte vector takes
-# two), a 4- or 8-row tile's sums spill to memory: on a 2-core Zen 3 VM (AVX2 only;
-# `python -m bench.tiles --repeats 3`, one thread, float32 GFLOP/s, these tiles /
-# the AVX2 ones) 8 x 256 x 1024 31.6 / 58.8, 32 x 256 x 1024 31.3 / 61.5,
-# 128 x 512 x 2048 28.4 / 60.2 (np.dot 54-64), the L1-resident 4096 x 64 x 32
-# 28.9 / 76.9; tiles of 3 or 4 rows also spilled (33-45).
-AVX512_TILE_SHAPES = ((8, 1), (4, 1), (2, 2), (1, 2))
-AVX2_TILE_SHAPES = ((2, 1), (1, 2))
 
 
 def _host_has_avx512() -> bool:
@@ -68,7 +55,21 @@ def _host_has_avx512() -> bool:
         return True
 
 
-TILE_SHAPES = AVX512_TILE_SHAPES if _host_has_avx512() else AVX2_TILE_SHAPES
+VECTOR_BYTES = 64 if _host_has_avx512() else 32
+LANES = {"float32": VECTOR_BYTES // 4, "float64": VECTOR_BYTES // 8}
+BLOCK_COLUMNS = {dtype: VECTORS * lanes for dtype, lanes in LANES.items()}
+# (rows, phases) of the tiles, biggest first: a tile of r rows keeps r x VECTORS x
+# phases vector registers of sums; 1 and 2 rows need 2 phases (chains of sums) to
+# hide the add latency, bigger tiles have chains enough. AVX-512's 32 registers
+# take 8 rows (16 sums). AVX2's 16 take 6 rows: 12 sums, 2 weight vectors and one
+# broadcast value (the usual 6 x 16 float32 tile). Measured on a 2-core Zen 3 VM
+# (AVX2 only; `python -m bench.tiles --repeats 3`, one thread, float32 GFLOP/s):
+# with 64-byte vectors (LLVM splits each in two) and 32-column blocks, tiles of 3 or
+# more rows spilled (28-45) and the 2-row tile reached 58.8-76.9 (BENCHMARKS run 32);
+# the 32-byte vectors, 16-column blocks and 6-row tiles used now: BENCHMARKS run 33.
+AVX512_TILE_SHAPES = ((8, 1), (4, 1), (2, 2), (1, 2))
+AVX2_TILE_SHAPES = ((6, 1), (4, 1), (2, 2), (1, 2))
+TILE_SHAPES = AVX512_TILE_SHAPES if VECTOR_BYTES == 64 else AVX2_TILE_SHAPES
 ALIGNMENT = 64   # bytes: a vector load that straddles two cache lines costs two
 # A kernel packing a value at every call: worth it from this many rows x steps.
 PACK_MIN_ROW_STEPS = 8
@@ -77,7 +78,7 @@ PACK_MIN_ROW_STEPS = 8
 def row_buffer_size(contraction: int, columns: int, itemsize: int) -> int:
     """Elements of a flat buffer holding a (contraction, columns) weight packed for
     `packed_product`, with room to start it on an ALIGNMENT-byte boundary."""
-    block_columns = 2 * ALIGNMENT // itemsize
+    block_columns = VECTORS * VECTOR_BYTES // itemsize
     blocks = -(-columns // block_columns)
     return blocks * contraction * block_columns + ALIGNMENT // itemsize
 
@@ -95,7 +96,7 @@ def packing_source(weight: str, low: str, count: str, buffer: str, start: str,
     into `buffer` from index `start` in the layout `packed_product` reads: column blocks
     (blocks, contraction, block columns), the last one zero-padded. `index_names`:
     four unused names for the loop variables."""
-    block_columns = 2 * ALIGNMENT // itemsize
+    block_columns = VECTORS * VECTOR_BYTES // itemsize
     block, k, j, row = index_names
     return [
         f"for {block} in range(({count} + {block_columns - 1}) // {block_columns}):",
@@ -115,7 +116,7 @@ def pack_row_weight(weight: np.ndarray, buffer: np.ndarray) -> int:
     `weight` (contraction, columns) into the flat `buffer` (`row_buffer_size`
     elements); returns the start index, on an ALIGNMENT-byte boundary."""
     itemsize = buffer.itemsize
-    block_columns = 2 * ALIGNMENT // itemsize
+    block_columns = VECTORS * VECTOR_BYTES // itemsize
     contraction, columns = weight.shape
     start = ((ALIGNMENT - buffer.ctypes.data % ALIGNMENT) % ALIGNMENT) // itemsize
     blocks = -(-columns // block_columns)
@@ -290,7 +291,7 @@ class _ProductWriter:
         builder, lanes = self.builder, self.lanes
         row = builder.mul(k, self.width)
         weights = [builder.load(self.vector_at(block_start, builder.add(
-            row, self.constant(v * lanes))), align=ALIGNMENT) for v in range(VECTORS)]
+            row, self.constant(v * lanes))), align=VECTOR_BYTES) for v in range(VECTORS)]
         undefined = ir.Constant(self.vector, None)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
         for a_row, row_sums in zip(a_rows, sums):
