@@ -268,6 +268,12 @@ def compile_times():
         # Numba's own cache (the support modules' functions) starts empty too: the
         # first compile after an install.
         env = {**os.environ, "RSHOP_CACHE_DIR": directory, "NUMBA_CACHE_DIR": directory}
+        # Python keeps the modules' bytecode as an installed package has it (an
+        # environment setting PYTHONDONTWRITEBYTECODE would have every process compile
+        # the project's sources again: 0.13 s of a warm start, BENCHMARKS run 33).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([sys.executable, "-c", "import rshop_ir.kernels.cpu, rshop_ir.compile"],
+                       env=env, check=True, timeout=600)           # the bytecode written
         first = _subprocess_value(COMPILE_SCRIPT, env)
         cached = _subprocess_value(COMPILE_SCRIPT, env)
     return first, cached
@@ -288,7 +294,7 @@ def _print_peak_share(row):
     from bench.fma_peak import fma_peak_rate
 
     label, _, times, gflops = row
-    threads = numba.config.NUMBA_NUM_THREADS
+    threads = min(numba.config.NUMBA_NUM_THREADS, os.cpu_count() or 1)
     peak = fma_peak_rate(threads)
     needed = gflops * times["compiled"] * TARGET_SPEEDUP[label] / times["reference"]
     print(f"float32 FMA peak, {threads} threads (bench.fma_peak): {peak:.1f} GFLOP/s; the "

@@ -8,7 +8,8 @@ from bench import fma_peak
 
 def test_the_timed_chains_are_multiply_adds_of_every_lane():
     out = np.empty((2, fma_peak.CHAINS), np.float32)
-    fma_peak._chains(7, out)
+    for thread in range(2):
+        fma_peak._chains(7, out[thread])
     expected = np.arange(fma_peak.CHAINS, dtype=np.float64)
     for _ in range(7):
         expected = expected * np.float32(0.9999999) + np.float32(1e-7)
