@@ -179,6 +179,12 @@ COMPILE_SCRIPT = textwrap.dedent("""
     print("SECONDS", first - (time.perf_counter() - start))
 """)
 
+PEAK_SCRIPT = textwrap.dedent("""
+    import sys
+    from bench.fma_peak import fma_peak_rate
+    print("GFLOPS", fma_peak_rate(int(sys.argv[1])))
+""")
+
 MEMORY_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     import rshop_ir
@@ -258,7 +264,7 @@ def _subprocess_value(script, env, *arguments):
     output = subprocess.run([sys.executable, "-c", script, *arguments], env=env,
                             capture_output=True, text=True, timeout=600)
     for line in output.stdout.splitlines():
-        if line.split()[:1] and line.split()[0] in ("SECONDS", "GROWTH_MB"):
+        if line.split()[:1] and line.split()[0] in ("SECONDS", "GROWTH_MB", "GFLOPS"):
             return float(line.split()[1])
     raise RuntimeError(output.stderr[-2000:])
 
@@ -291,11 +297,11 @@ def _print_peak_share(row):
     all of Numba's threads), and what the S4 target would need of it."""
     import numba
 
-    from bench.fma_peak import fma_peak_rate
-
     label, _, times, gflops = row
     threads = min(numba.config.NUMBA_NUM_THREADS, os.cpu_count() or 1)
-    peak = fma_peak_rate(threads)
+    # in a fresh process: this one's thread pools (OpenBLAS's, ONNX Runtime's) may
+    # still spin on the cores after the timed calls
+    peak = _subprocess_value(PEAK_SCRIPT, dict(os.environ), str(threads))
     needed = gflops * times["compiled"] * TARGET_SPEEDUP[label] / times["reference"]
     print(f"float32 FMA peak, {threads} threads (bench.fma_peak): {peak:.1f} GFLOP/s; the "
           f"kernel at {label} reaches {100 * gflops / peak:.0f}% of it; "
