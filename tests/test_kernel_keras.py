@@ -155,9 +155,9 @@ def test_unchanged_variables_are_not_compared_again(reader, monkeypatch):
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
 def test_tiled_recurrent_matmul_matches_keras(batch):
     """The recurrent matmul runs as the packed product (kernels/cpu/packed_product.py)
-    for every batch. GRU with 257 units: 771 columns (24 whole 32-column blocks and 3
-    columns of overhang) and batches made of every mix of 8-, 4-, 2- and 1-row tiles,
-    compared with Keras."""
+    for every batch. GRU with 257 units: 771 columns (whole blocks of 32 or 16 columns
+    and 3 columns of overhang) and batches made of every mix of the 8- (or 6-), 4-, 2-
+    and 1-row tiles, compared with Keras."""
     units, features = 257, 7
     layer = keras.layers.GRU(units, return_sequences=True, return_state=True)
     rng = np.random.default_rng(batch)

@@ -215,8 +215,8 @@ def test_layer_norm_of_the_input_projection_runs_in_its_chunks():
 def test_team_gives_the_numbers_of_one_thread_exactly(steps, chunk_steps):
     """Each row of the input projection is summed in the same order on a team as on
     one thread (it falls in a tile of the same shape: members compute blocks of whole
-    8-row tiles, kernels/cpu/codegen.py `_team_projections`; 67 steps end in a 2-row
-    and a 1-row tile), and so is the split recurrent product: the outputs are equal bit
+    tiles of the biggest shape, kernels/cpu/codegen.py `_team_projections`; 67 steps
+    end in smaller tiles), and so is the split recurrent product: the outputs are equal bit
     for bit. (A row summed in another order differs by a rounding, which an LSTM with
     big weights grows over the steps far beyond the numeric contract.)"""
     program = examples.lstm_program(40, 48, return_sequences=True)
@@ -235,7 +235,7 @@ def test_team_gives_the_numbers_of_one_thread_exactly(steps, chunk_steps):
 def test_team_computes_the_output_layer_after_each_chunk(steps, chunk_steps):
     """An output layer moved after the loop (passes/sink_output_projection.py): a team's
     step multiplies by the recurrent weight only and exchanges h once; after each
-    chunk's steps the members split the chunk's rows of y in whole 8-row tiles and
+    chunk's steps the members split the chunk's rows of y in whole biggest tiles and
     write their rows of the output layer (a packed product in panels) into rank 0's
     output (kernels/cpu/team_output.py). The outputs equal one thread's bit for bit
     (with 3 members and short chunks some members have no rows), and the
@@ -264,14 +264,15 @@ def test_team_computes_the_output_layer_after_each_chunk(steps, chunk_steps):
 
 @pytest.mark.parametrize("dtype, units, blocks", [("float32", 64, True),
                                                   ("float64", 64, True),
-                                                  ("float32", 48, False)])
+                                                  ("float32", 40, False)])
 def test_team_members_split_the_attention_scores(dtype, units, blocks):
     """Additive attention on a team (codegen's `_one_column_matmul`, team_columns.py):
     each member adds its own columns of the query to the keys, takes their tanh and the
     partial scores of its blocks of columns (block_dot.py), and the members exchange
     those partials instead of the query. One thread sums the same blocks in the same
     order, so the outputs are equal bit for bit, and the interpreter's. A width off the
-    blocks (48 float32 columns) keeps one dot a row and the query gathered whole."""
+    blocks (40 float32 columns; a block has 16 or 32) keeps one dot a row and the query
+    gathered whole."""
     program = examples.attention_decoder_program(features=3, units=units,
                                                  memory_length=5, length=40, dtype=dtype)
     weights = examples.random_weights(program, seed=1, scale=0.1)  # not chaotic
@@ -394,9 +395,9 @@ def test_team_attention_scores_of_a_keras_decoder_match_keras():
 
 def test_team_members_share_the_rows_of_a_product_before_the_scan():
     """The decoder's keys (memory @ K, in `run` before the scan): on a team the members
-    take its rows in 8-row units into a buffer at the end of `team_shared`, then meet
-    (codegen's `_claimed_rows`); one thread computes them whole. Batches 1-4 (16-64
-    rows) claim, 5 (80 rows) takes np.dot on every member. Teams give one thread's
+    take its rows in units of the biggest tile into a buffer at the end of
+    `team_shared`, then meet (codegen's `_claimed_rows`); one thread computes them
+    whole. Batches 1-4 (16-64 rows) claim, 5 (80 rows) takes np.dot on every member. Teams give one thread's
     numbers bit for bit and Keras's, also after the weights changed.
     Both kernels also take tanh(keys + query) factored (factored_activation.py)."""
     from bench import sizes, suites
@@ -535,15 +536,15 @@ def test_team_members_own_columns_of_every_gate(steps, chunk_steps):
 
 
 def test_a_product_off_the_blocks_is_gathered_whole_and_its_gates_still_split():
-    """Gates of 48 units do not start on blocks of 32 columns: the team splits the
-    product's columns and gathers them whole right after it. The gate loop still
+    """Gates of 40 units do not start on blocks (of 16 or 32 columns): the team splits
+    the product's columns and gathers them whole right after it. The gate loop still
     runs over each member's columns, since it reads the cell state, which stays split
     between steps. Same numbers as one thread."""
-    program = examples.lstm_program(40, 48, return_sequences=True)
+    program = examples.lstm_program(40, 40, return_sequences=True)
     weights = examples.random_weights(program, scale=0.5)
     compiled = rshop_ir.compile(BoundProgram(program, weights))
     source = compiled._team_kernel()[0].source
-    assert "packed_start + team_low * 48, team_part)" in source
+    assert "packed_start + team_low * 40, team_part)" in source
     assert "& 0x7FFFFFFF" in source[source.index("= (projected_0[row + ") - 400:]
     x = np.random.default_rng(5).standard_normal((1, 11, 40)).astype(np.float32)
     one = compiled(x, team_size=1)
@@ -567,15 +568,17 @@ def test_packed_weights_follow_weight_changes():
     member reads its blocks of that copy: every change must reach the next call, on a
     team and on one thread, and arrays changed in place behind the compiled object's
     back must not."""
-    program, weights, inputs = _lstm()
+    # 20 units: gates off the blocks (16 or 32 columns), so the members split the
+    # product's columns (`team_low`) rather than each gate's
+    program, weights, inputs = _lstm(units=20)
     compiled = rshop_ir.compile(BoundProgram(program, weights))
-    assert compiled.kernel.team_weight_bytes == 16 * 64 * 4   # the plain kernel knows
+    assert compiled.kernel.team_weight_bytes == 20 * 80 * 4   # the plain kernel knows
     packed_slots = [slot for slot in compiled.kernel.weight_slots if slot[0] == "packed"]
     assert len(packed_slots) == 1
     team_kernel = compiled._team_kernel()[0]
     assert team_kernel.weight_slots == compiled.kernel.weight_slots
-    # a member's blocks: `team_low` columns x 16 contraction rows into the packed copy
-    assert "packed_start + team_low * 16, team_part)" in team_kernel.source
+    # a member's blocks: `team_low` columns x 20 contraction rows into the packed copy
+    assert "packed_start + team_low * 20, team_part)" in team_kernel.source
     assert "row_weight" not in team_kernel.source + compiled.source   # no per-call copy
     for scale in (1.0, 0.5, -1.5):
         changed = {name: scale * value for name, value in weights.items()}

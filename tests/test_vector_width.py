@@ -63,7 +63,10 @@ def test_the_marked_loop_uses_512_bit_registers():
     assert "zmm" in "\n".join(_marked.inspect_asm().values())
 
 
-def test_every_generated_function_is_marked():
+def test_every_generated_function_is_marked(tmp_path, monkeypatch):
+    # a kernel cache of its own: a module loaded from the disk cache has `run` loaded
+    # whole, and the scan function it calls is never compiled alone (no signature)
+    monkeypatch.setenv("RSHOP_CACHE_DIR", str(tmp_path))
     # a decoder: work around its scan, so a scan function and `run`, besides the
     # launcher that only starts `run` (team_poll.py)
     program = examples.decoder_program(3, 5, dtype="float32")

@@ -81,8 +81,11 @@ TEAM_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
 PACKED_DTYPES = tuple(BLOCK_COLUMNS)
 PACKED_MIN_CONTRACTION = BLAS_MIN_CONTRACTION
 PACKED_MIN_COLUMNS = 16
-PROJECTION_PANEL_ROWS = 64   # rows of an input projection's packed product at a time
-# (a multiple of the biggest tile's rows: see `_team_projections`)
+# Rows of an input projection's packed product at a time: about 64, a multiple of the
+# biggest tile's rows (64 with 8-row tiles, 60 with 6-row ones), so that a team's
+# units of whole tiles put each row in a tile of the shape it has on one thread
+# (`_team_projections`).
+PROJECTION_PANEL_ROWS = 64 // TILE_SHAPES[0][0] * TILE_SHAPES[0][0]
 # A product of `run` (outside the scans) by a weight: the packed product up to this many
 # rows (one thread), np.dot (BLAS, maybe threaded) beyond. The attention decoder's keys,
 # (16 x 128) @ (128 x 256) once a call at S2: 16 us of a 0.37 ms call with np.dot; the
@@ -1184,8 +1187,8 @@ class CpuGenerator:
 
     def _claimed_rows(self, function, left: str, buffer: str, start: str,
                       out_name: str, rows: str) -> None:
-        """`out_name = left @ packed` with the rows taken by a team's members in 8-row
-        units (whole tiles: each row's sums are added as on one thread), then a
+        """`out_name = left @ packed` with the rows taken by a team's members in units
+        of the biggest tile (each row's sums are added as on one thread), then a
         barrier: all rows are written. The barrier's result is not needed: after an
         abort, the scan's first exchange returns, and the runtime discards the call."""
         body, names = function.body, function.names
@@ -2156,10 +2159,11 @@ class CpuGenerator:
         rows are read) and after (all rows are written). A member that starts late
         (the one asking whether the weights changed, team_poll.py) takes fewer.
 
-        The units are whole tiles of the packed product (8 rows) when every projection
-        is one, else whole panels (np.dot). A row then falls in a tile of the same
-        shape as on one thread (8-row tiles up to the chunk's last `rows % 8` rows,
-        which the last unit holds), so its sums are added in the same order."""
+        The units are whole tiles of the packed product's biggest shape (8 rows with
+        AVX-512, 6 with AVX2) when every projection is one, else whole panels (np.dot).
+        A row then falls in a tile of the same shape as on one thread (biggest tiles up
+        to the chunk's last rows, which the last unit holds; PROJECTION_PANEL_ROWS is a
+        multiple of the unit), so its sums are added in the same order."""
         loop = function.body
         packed = all(self._packed_projection(function, projection) is not None
                      for _, projection, *_ in projections)
@@ -2175,7 +2179,7 @@ class CpuGenerator:
     @staticmethod
     def _member_rows(function, rows: str, packed: bool) -> tuple:
         """Names of this member's block [low, high) of `rows` rows, defined at the
-        current line: whole 8-row tiles of the packed product (`packed`), else whole
+        current line: whole biggest tiles of the packed product (`packed`), else whole
         panels, as many per member as it takes (the output layer's rows, `_epilogue`;
         8-row blocks share 100 rows 56 / 44 where whole panels shared them 64 / 36)."""
         names, loop = function.names, function.body
@@ -2193,7 +2197,7 @@ class CpuGenerator:
         input projection, else np.dot), then the element-wise chain in place.
 
         On a team (every member holds all of y: y is gathered each step) the members
-        split the chunk's rows as `_team_projections` does, in whole 8-row tiles of the
+        split the chunk's rows as `_team_projections` does, in whole biggest tiles of the
         packed product (whole panels for np.dot), and write them into rank 0's output
         (kernels/cpu/team_output.py): a row falls in a tile of the shape it has on one
         thread, so its sums are added in the same order. A barrier after the last

@@ -7,15 +7,17 @@ FMA rate. Here a weight is packed into blocks of BLOCK_COLUMNS columns, (blocks,
 contraction, BLOCK_COLUMNS), the last block zero-padded, the buffer starting on a cache
 line: by the runtime once per weight version (`pack_weight`, for a weight the kernel
 takes as an argument), or by the kernel at every call (`packing_source`, for a value
-computed before the scan). Every product then
-walks the blocks; in each, the rows go in tiles of TILE_SHAPES' row counts (8, then
-4, 2 and 1 with AVX-512; 2 and 1 with AVX2 only), the block's slice of the weight staying in cache between them. A tile
+computed before the scan). Every product then walks the blocks; in each, the rows go
+in tiles of TILE_SHAPES' row counts (8, then 4, 2 and 1 with AVX-512; 6, 4, 2 and 1
+with AVX2 only), the block's slice of the weight staying in cache between them. A
+block is VECTORS vectors of the host's width wide: 32 float32 columns with AVX-512, 16
+with AVX2. A tile
 keeps its sums in rows x VECTORS (x phases) vector registers while it walks the
 contraction: per index, VECTORS aligned vector loads of the weight, one broadcast
 value of `a` per row and rows x VECTORS fused multiply-adds. One row (a matrix-vector
 product, bound by streaming the weight) reads the weight as one sequential stream.
 
-Measured on one core of the 2-core development machine (`python -m bench.tiles
+Measured on one core of the 2-core Zen 4 VM (AVX-512; `python -m bench.tiles
 --repeats 3`, GFLOP/s, np.dot / packed; float32): (1,64)x(64,256) 21 / 31,
 (1,256)x(256,1024) 28 / 52, 2 rows 42-95 / 104, 4 rows 17 / 141, 8 rows 30 / 167,
 (32,256)x(256,1024) 69 / 165, (128,512)x(512,2048) 104 / 146, (33,100)x(100,300)
