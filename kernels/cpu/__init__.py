@@ -4,11 +4,11 @@
     compiled = build(optimized_bound, original_bound)   # a CompiledProgram
     compiled(x)                                          # numpy in, numpy out
 
-codegen.py writes the module source (one function per scan plus `run`), cache.py
-loads it (in-memory and on-disk caches), runtime.py is the callable, mathlib.py the
-vectorisable scalar math, packed_product.py the register-tiled recurrent matmul over
-a packed weight (a Numba intrinsic). `RSHOP_DEBUG=2` prints the generated source to
-stderr.
+codegen.py writes the module source (one function per scan plus `run`, or `run` alone
+for a lone scan), cache.py loads it (in-memory and on-disk caches), runtime.py is the
+callable, mathlib.py the vectorisable scalar math, packed_product.py the
+register-tiled recurrent matmul over a packed weight (a Numba intrinsic).
+`RSHOP_DEBUG=2` prints the generated source to stderr.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The module holds one `@njit` function per scan (`scan_0`, ...) running the WHOLE time
 loop, and `run`, the program around the scans (embedding gathers, dense layers,
-softmax, ...). Planning (which eqns a scan absorbs, how a body value is stored, the
+softmax, ...). A program that only runs one scan and returns its results (a compiled
+RNN layer) gets the scan's body as `run` itself (`_run_as_scan`). Planning (which eqns a scan absorbs, how a body value is stored, the
 scalar expression of every element-wise op) comes from kernels/lowering.py and
 kernels/scalar_ops.py, shared with other renderers; this file only writes Numba code.
 
@@ -28,6 +29,7 @@ step's input projection in instead of reading it from a chunk GEMM
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -783,29 +785,39 @@ class CpuGenerator:
     def _op_argmin(self, function, eqn):
         self._reduction(function, eqn, "argmin")
 
-    def _softmax(self, function, eqn, log: bool) -> None:
+    @contextmanager
+    def _rows_along_axis(self, function, eqn, hint: str):
+        """For an op of `eqn` along one axis of its first input x (`params["axis"]`):
+        open the loop over x's rows (`_rows_view`) and yield (rows, the axis's size,
+        the row index, the (rows, size) result buffer); after the block, define the
+        output from the buffer, the axis back in its place (`_define_from_rows`)."""
         x, out = eqn.inputs[0], eqn.outputs[0]
         axis = normalize_axis(eqn.params["axis"], x.ndim)
         rows, reduced, kept = self._rows_view(function, x, (axis,))
-        names = function.names
-        row, k, top, total = (names.fresh(h) for h in ("r", "k", "top", "total"))
+        row = function.names.fresh("r")
+        result = self._row_buffer(function, kept, (x.shape[axis],), out.dtype, hint)
+        with function.body.block(f"for {row} in range({rows}.shape[0]):"):
+            yield rows, reduced, row, result
+        self._define_from_rows(function, out, result, x, axis)
+
+    def _softmax(self, function, eqn, log: bool) -> None:
+        dtype = eqn.outputs[0].dtype
+        k, top, total = (function.names.fresh(h) for h in ("k", "top", "total"))
         body = function.body
-        result = self._row_buffer(function, kept, (x.shape[axis],), out.dtype, "softmax")
-        with body.block(f"for {row} in range({rows}.shape[0]):"):
+        with self._rows_along_axis(function, eqn, "softmax") as (rows, reduced, row, result):
             body.line(f"{top} = {rows}[{row}, 0]")
             with body.block(f"for {k} in range(1, {reduced}):"):
                 body.line(f"{top} = maximum_any({top}, {rows}[{row}, {k}])")
-            exponential = self.ctx.call("exp", out.dtype, f"{rows}[{row}, {k}] - {top}")
+            exponential = self.ctx.call("exp", dtype, f"{rows}[{row}, {k}] - {top}")
             with body.block(f"for {k} in range({reduced}):"):
                 body.line(f"{result}[{row}, {k}] = {exponential}")
-            body.line(f"{total} = row_sum({result}, {row}, {self.ctx.const(0, out.dtype)})")
+            body.line(f"{total} = row_sum({result}, {row}, {self.ctx.const(0, dtype)})")
             with body.block(f"for {k} in range({reduced}):"):
                 if log:
                     body.line(f"{result}[{row}, {k}] = {rows}[{row}, {k}] - {top} "
                               f"- math.log({total})")
                 else:
                     body.line(f"{result}[{row}, {k}] = {result}[{row}, {k}] / {total}")
-        self._define_from_rows(function, out, result, x, axis)
 
     def _define_from_rows(self, function, out: Var, result: str, x: Var, axis: int) -> None:
         """Define `out` from `result`, the (rows, x.shape[axis]) buffer an op along
@@ -829,18 +841,13 @@ class CpuGenerator:
 
     def _cumulative(self, function, eqn, start: int, operator: str) -> None:
         """A running sum or product along one axis, in order, as numpy's."""
-        x, out = eqn.inputs[0], eqn.outputs[0]
-        axis = normalize_axis(eqn.params["axis"], x.ndim)
-        rows, reduced, kept = self._rows_view(function, x, (axis,))
-        row, k, total = (function.names.fresh(h) for h in ("r", "k", "running"))
+        k, total = (function.names.fresh(h) for h in ("k", "running"))
         body = function.body
-        result = self._row_buffer(function, kept, (x.shape[axis],), out.dtype, "running")
-        with body.block(f"for {row} in range({rows}.shape[0]):"):
-            body.line(f"{total} = {self.ctx.const(start, out.dtype)}")
+        with self._rows_along_axis(function, eqn, "running") as (rows, reduced, row, result):
+            body.line(f"{total} = {self.ctx.const(start, eqn.outputs[0].dtype)}")
             with body.block(f"for {k} in range({reduced}):"):
                 body.line(f"{total} = {total} {operator} {rows}[{row}, {k}]")
                 body.line(f"{result}[{row}, {k}] = {total}")
-        self._define_from_rows(function, out, result, x, axis)
 
     def _op_cumsum(self, function, eqn):
         self._cumulative(function, eqn, 0, "+")

@@ -478,6 +478,17 @@ def _reduced_loop(writer, full, axes, reduced_dims):
     return complete
 
 
+def _open_rows(writer, eqn, axes):
+    """For an op of `eqn` over `axes` of its first input x: allocate its output and
+    open the loop over x's kept indices (`_groups`; the caller closes it). Returns
+    (the stored output, the indices with the reduced positions None, the reduced
+    dims, x's value)."""
+    x = eqn.inputs[0]
+    stored = writer.allocate(eqn.outputs[0])
+    full, reduced_dims = _groups(writer, x, axes)
+    return stored, full, reduced_dims, writer.values[x]
+
+
 @_private_locals
 def _reduction(writer, eqn) -> None:
     x, out = eqn.inputs[0], eqn.outputs[0]
@@ -487,10 +498,8 @@ def _reduction(writer, eqn) -> None:
     else:
         axes = tuple(sorted(normalize_axes(eqn.params["axes"], x.ndim)))
     keepdims = bool(eqn.params.get("keepdims", False))
-    stored = writer.allocate(out)
-    full, reduced_dims = _groups(writer, x, axes)
+    stored, full, reduced_dims, value = _open_rows(writer, eqn, axes)
     body = writer.body
-    value = writer.values[x]
     dtype = out.dtype
     if kind.startswith("arg"):
         better = ">" if kind == "argmax" else "<"
@@ -540,9 +549,7 @@ def _cast_to(expression: str, source: str, dtype: str) -> str:
 def _softmax(writer, eqn) -> None:
     x, out = eqn.inputs[0], eqn.outputs[0]
     axis = normalize_axis(eqn.params["axis"], x.ndim)
-    stored = writer.allocate(out)
-    full, reduced_dims = _groups(writer, x, (axis,))
-    value = writer.values[x]
+    stored, full, reduced_dims, value = _open_rows(writer, eqn, (axis,))
     body = writer.body
     dtype = out.dtype
     complete = _reduced_loop(writer, full, (axis,), reduced_dims)
@@ -571,9 +578,7 @@ def _cumulative(writer, eqn) -> None:
     """cumsum / cumprod: each thread runs along the axis for its kept indices."""
     x, out = eqn.inputs[0], eqn.outputs[0]
     axis = normalize_axis(eqn.params["axis"], x.ndim)
-    stored = writer.allocate(out)
-    full, reduced_dims = _groups(writer, x, (axis,))
-    value = writer.values[x]
+    stored, full, reduced_dims, value = _open_rows(writer, eqn, (axis,))
     body = writer.body
     start, operator = (0, "+") if eqn.op == "cumsum" else (1, "*")
     body.line(f"total = {CONTEXT.const(start, out.dtype)}")
@@ -589,9 +594,7 @@ def _layer_norm(writer, eqn) -> None:
     x, gamma, beta = eqn.inputs
     out = eqn.outputs[0]
     axes = tuple(sorted(normalize_axes(eqn.params["axis"], x.ndim)))
-    stored = writer.allocate(out)
-    full, reduced_dims = _groups(writer, x, axes)
-    value = writer.values[x]
+    stored, full, reduced_dims, value = _open_rows(writer, eqn, axes)
     body = writer.body
     dtype = out.dtype
     count = product(reduced_dims)
