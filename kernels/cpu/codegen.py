@@ -3,9 +3,10 @@
 The module holds one `@njit` function per scan (`scan_0`, ...) running the WHOLE time
 loop, and `run`, the program around the scans (embedding gathers, dense layers,
 softmax, ...). A program that only runs one scan and returns its results (a compiled
-RNN layer) gets the scan's body as `run` itself (`_run_as_scan`). Planning (which eqns a scan absorbs, how a body value is stored, the
-scalar expression of every element-wise op) comes from kernels/lowering.py and
-kernels/scalar_ops.py, shared with other renderers; this file only writes Numba code.
+RNN layer) gets the scan's body as `run` itself (`_run_as_scan`). Planning (which eqns
+a scan absorbs, how a body value is stored, the scalar expression of every element-wise
+op) comes from kernels/lowering.py and kernels/scalar_ops.py, shared with other
+renderers; this file only writes Numba code.
 
 Inside a scan function, per chunk of up to `chunk` steps: the absorbed input projection
 is ONE GEMM (`np.dot`, BLAS) over the chunk's rows in time-major order (B rows per

@@ -77,10 +77,16 @@ ALIGNMENT = 64   # bytes: a vector load that straddles two cache lines costs two
 PACK_MIN_ROW_STEPS = 8
 
 
+def block_columns_of(itemsize: int) -> int:
+    """Columns in one block of the packed layout for elements of `itemsize` bytes
+    (BLOCK_COLUMNS by dtype name)."""
+    return VECTORS * VECTOR_BYTES // itemsize
+
+
 def row_buffer_size(contraction: int, columns: int, itemsize: int) -> int:
     """Elements of a flat buffer holding a (contraction, columns) weight packed for
     `packed_product`, with room to start it on an ALIGNMENT-byte boundary."""
-    block_columns = VECTORS * VECTOR_BYTES // itemsize
+    block_columns = block_columns_of(itemsize)
     blocks = -(-columns // block_columns)
     return blocks * contraction * block_columns + ALIGNMENT // itemsize
 
@@ -98,7 +104,7 @@ def packing_source(weight: str, low: str, count: str, buffer: str, start: str,
     into `buffer` from index `start` in the layout `packed_product` reads: column blocks
     (blocks, contraction, block columns), the last one zero-padded. `index_names`:
     four unused names for the loop variables."""
-    block_columns = VECTORS * VECTOR_BYTES // itemsize
+    block_columns = block_columns_of(itemsize)
     block, k, j, row = index_names
     return [
         f"for {block} in range(({count} + {block_columns - 1}) // {block_columns}):",
@@ -118,7 +124,7 @@ def pack_row_weight(weight: np.ndarray, buffer: np.ndarray) -> int:
     `weight` (contraction, columns) into the flat `buffer` (`row_buffer_size`
     elements); returns the start index, on an ALIGNMENT-byte boundary."""
     itemsize = buffer.itemsize
-    block_columns = VECTORS * VECTOR_BYTES // itemsize
+    block_columns = block_columns_of(itemsize)
     contraction, columns = weight.shape
     start = ((ALIGNMENT - buffer.ctypes.data % ALIGNMENT) % ALIGNMENT) // itemsize
     blocks = -(-columns // block_columns)
