@@ -69,8 +69,13 @@ BLOCK_COLUMNS = {dtype: VECTORS * lanes for dtype, lanes in LANES.items()}
 # with 64-byte vectors (LLVM splits each in two) and 32-column blocks, tiles of 3 or
 # more rows spilled (28-45) and the 2-row tile reached 58.8-76.9 (BENCHMARKS run 32);
 # the 32-byte vectors, 16-column blocks and 6-row tiles used now: BENCHMARKS run 33.
+# A one-row tile is a matrix-vector product streaming its weight: with AVX2's two FMA
+# pipes of ~5 cycles' latency, 4 phases (8 chains of sums) keep it ahead of the
+# cache where 2 phases (4 chains) left it waiting on its adds. On a 2-core Zen 2 VM
+# (BENCHMARKS run 34, batch-1 calls, fresh processes alternated): MGU, RWA and the
+# attention decoders at S2 3-9% faster, the LSTM at S1 5%; 6 phases gained no more.
 AVX512_TILE_SHAPES = ((8, 1), (4, 1), (2, 2), (1, 2))
-AVX2_TILE_SHAPES = ((6, 1), (4, 1), (2, 2), (1, 2))
+AVX2_TILE_SHAPES = ((6, 1), (4, 1), (2, 2), (1, 4))
 TILE_SHAPES = AVX512_TILE_SHAPES if VECTOR_BYTES == 64 else AVX2_TILE_SHAPES
 ALIGNMENT = 64   # bytes: a vector load that straddles two cache lines costs two
 # A kernel packing a value at every call: worth it from this many rows x steps.
