@@ -61,11 +61,12 @@ VECTOR_BYTES = 64 if _host_has_avx512() else 32
 LANES = {"float32": VECTOR_BYTES // 4, "float64": VECTOR_BYTES // 8}
 BLOCK_COLUMNS = {dtype: VECTORS * lanes for dtype, lanes in LANES.items()}
 # (rows, phases) of the tiles, biggest first: a tile of r rows keeps r x VECTORS x
-# phases vector registers of sums; 1 and 2 rows need 2 phases (chains of sums) to
-# hide the add latency, bigger tiles have chains enough. AVX-512's 32 registers
-# take 8 rows (16 sums). AVX2's 16 take 6 rows: 12 sums, 2 weight vectors and one
-# broadcast value (the usual 6 x 16 float32 tile). Measured on a 2-core Zen 3 VM
-# (AVX2 only; `python -m bench.tiles --repeats 3`, one thread, float32 GFLOP/s):
+# phases vector registers of sums; 1 and 2 rows need more phases (chains of sums) to
+# hide the add latency (the one-row tile 4 on AVX2, below), bigger tiles have chains
+# enough. AVX-512's 32 registers take 8 rows (16 sums). AVX2's 16 take 6 rows: 12
+# sums, 2 weight vectors and one broadcast value (the usual 6 x 16 float32 tile).
+# Measured on a 2-core Zen 3 VM (AVX2 only; `python -m bench.tiles --repeats 3`, one
+# thread, float32 GFLOP/s):
 # with 64-byte vectors (LLVM splits each in two) and 32-column blocks, tiles of 3 or
 # more rows spilled (28-45) and the 2-row tile reached 58.8-76.9 (BENCHMARKS run 32);
 # the 32-byte vectors, 16-column blocks and 6-row tiles used now: BENCHMARKS run 33.
