@@ -46,8 +46,8 @@ def test_exp_f32_follows_numpy_at_the_edges():
 
 
 @pytest.mark.parametrize("name, reference, tolerance", [
-    ("tanh_f32", np.tanh, 4e-7),
-    ("sigmoid_f32", lambda x: 1.0 / (1.0 + np.exp(-x)), 2.3e-7)])
+    ("tanh_f32", np.tanh, 3.5e-7),
+    ("sigmoid_f32", lambda x: 1.0 / (1.0 + np.exp(-x)), 2e-7)])
 def test_tanh_and_sigmoid_f32_are_close_and_keep_nan(name, reference, tolerance):
     values = np.linspace(-20, 20, 400_001, dtype=np.float32)
     got = _apply(getattr(mathlib, name), values).astype(np.float64)
@@ -55,3 +55,16 @@ def test_tanh_and_sigmoid_f32_are_close_and_keep_nan(name, reference, tolerance)
     edges = _apply(getattr(mathlib, name), np.array([np.nan, np.inf, -np.inf], np.float32))
     assert np.isnan(edges[0])
     np.testing.assert_array_equal(edges[1:], reference(np.array([np.inf, -np.inf])))
+
+
+def test_tanh_f32_is_relatively_close_near_zero_and_exactly_one_beyond_the_clamp():
+    tiny = np.float32(10.0) ** np.arange(-30, 0, 0.01).astype(np.float32)
+    for values in (tiny, -tiny):
+        got = _apply(mathlib.tanh_f32, values).astype(np.float64)
+        expected = np.tanh(values.astype(np.float64))
+        assert np.max(np.abs(got - expected) / np.abs(expected)) <= 3e-7
+    beyond = np.array([7.9054, 8.0, 9.5, 1e30], np.float32)
+    np.testing.assert_array_equal(_apply(mathlib.tanh_f32, beyond), np.ones(4, np.float32))
+    np.testing.assert_array_equal(_apply(mathlib.tanh_f32, -beyond), -np.ones(4, np.float32))
+    np.testing.assert_array_equal(_apply(mathlib.sigmoid_f32, np.float32(-2) * beyond),
+                                  np.zeros(4, np.float32))

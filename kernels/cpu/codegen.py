@@ -62,7 +62,7 @@ from rshop_ir.kernels.cpu.merged_projection import paired_matmul
 from rshop_ir.kernels.cpu.values import (ArrayValue, ChunkRows, LastAxisView,
                                          MergedSequence, SequenceStep)
 
-GENERATOR_VERSION = "numba-cpu/30"
+GENERATOR_VERSION = "numba-cpu/31"
 JIT_DECORATOR = '@njit(cache=True, error_model="numpy", nogil=True)'
 BLAS_MIN_BATCH = 8          # measured on 2 cores: np.dot pays at batch >= 8 ...
 BLAS_MIN_CONTRACTION = 16   # ... or a contraction (hidden) size >= 16 (OpenBLAS's

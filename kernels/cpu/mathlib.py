@@ -3,10 +3,13 @@ kernels/scalar_ops.py MATH_FUNCTIONS, one per dtype: `tanh_f32`, `tanh_f64`, ...
 
 float32 tanh/sigmoid use a rational approximation (Eigen's `ptanh_float`: clamp to
 +-7.9053, odd degree-13 / even degree-6 polynomials) that is branch-free, so LLVM
-vectorises the gate loops (libm's tanhf is a scalar call). Measured max error against
-float64 tanh: 3.4e-7 absolute/relative over [-12, 12]; NaN stays NaN (comparisons with
-NaN are false, so the clamp lets it through), +-inf clamp to +-1 exactly. sigmoid(x) =
-0.5 + 0.5 * tanh(x / 2) (absolute error <= 2.3e-7, tests/test_mathlib.py).
+vectorises the gate loops (libm's tanhf is a scalar call). The polynomials are fused
+multiply-adds in Estrin's pairs, a short chain: an LSTM's gate loop of 128 x 512
+units, one thread on the 2-core Zen 2 VM, went 250 -> 219 us from the separately
+rounded Horner form (ad-hoc, in-process). Measured max error against float64 tanh:
+3.2e-7 absolute/relative over [-20, 20]; NaN stays NaN (comparisons with NaN are
+false, so the clamp lets it through), +-1 exactly beyond the clamp and at +-inf.
+sigmoid(x) = 0.5 + 0.5 * tanh(x / 2) (absolute error <= 1.9e-7, tests/test_mathlib.py).
 float32 exp reduces x to r = x - n ln 2 (|r| <= ln 2 / 2), takes a degree-7
 polynomial for exp(r) (the coefficients of Cephes' expf) and scales by 2^n built from
 its bits, again without a branch or a libm call (expf is a scalar call LLVM cannot
@@ -45,19 +48,31 @@ def _f32(value) -> ir.Constant:
 
 def _tanh_f32_code(builder, x):
     """LLVM code of the float32 rational tanh: clamp (a NaN passes, its comparisons are
-    false), then x * p(x^2) / q(x^2), each product and sum rounded to float32 in the
-    order written (no fused multiply-add)."""
-    x = builder.select(builder.fcmp_ordered(">", x, _f32(_TANH_CLAMP)), _f32(_TANH_CLAMP), x)
-    x = builder.select(builder.fcmp_ordered("<", x, _f32(-_TANH_CLAMP)),
-                       _f32(-_TANH_CLAMP), x)
+    false), then x * p(x^2) / q(x^2), the polynomials in fused multiply-adds evaluated
+    in pairs of terms (Estrin's scheme: a chain of 5 dependent operations instead of
+    Horner's 7), and +-1 exactly beyond the clamp."""
+    high = builder.fcmp_ordered(">", x, _f32(_TANH_CLAMP))
+    low = builder.fcmp_ordered("<", x, _f32(-_TANH_CLAMP))
+    x = builder.select(low, _f32(-_TANH_CLAMP), builder.select(high, _f32(_TANH_CLAMP), x))
     x2 = builder.fmul(x, x)
-    p = builder.fadd(builder.fmul(x2, _f32(_A13)), _f32(_A11))
-    for coefficient in (_A9, _A7, _A5, _A3, _A1):
-        p = builder.fadd(builder.fmul(x2, p), _f32(coefficient))
-    q = builder.fadd(builder.fmul(x2, _f32(_B6)), _f32(_B4))
-    for coefficient in (_B2, _B0):
-        q = builder.fadd(builder.fmul(x2, q), _f32(coefficient))
-    return builder.fdiv(builder.fmul(x, p), q)
+    x4 = builder.fmul(x2, x2)
+    x8 = builder.fmul(x4, x4)
+    terms_1_3 = _multiply_add(builder, x2, _f32(_A3), _f32(_A1))
+    terms_5_7 = _multiply_add(builder, x2, _f32(_A7), _f32(_A5))
+    terms_9_13 = _multiply_add(builder, x4, _f32(_A13),
+                               _multiply_add(builder, x2, _f32(_A11), _f32(_A9)))
+    p = _multiply_add(builder, x8, terms_9_13,
+                      _multiply_add(builder, x4, terms_5_7, terms_1_3))
+    q = _multiply_add(builder, x4, _multiply_add(builder, x2, _f32(_B6), _f32(_B4)),
+                      _multiply_add(builder, x2, _f32(_B2), _f32(_B0)))
+    ratio = builder.fdiv(builder.fmul(x, p), q)
+    # the fused ratio at the clamp is 1 - 2.4e-7: +-1 exactly beyond it, as tanh(+-inf)
+    return builder.select(low, _f32(-1.0), builder.select(high, _f32(1.0), ratio))
+
+
+def _multiply_add(builder, a, b, c):
+    """a * b + c, which LLVM may fuse into one multiply-add."""
+    return builder.fadd(builder.fmul(a, b, flags=("contract",)), c, flags=("contract",))
 
 
 # tanh_f32 and sigmoid_f32 are intrinsics, not `@njit` functions: their few
@@ -85,7 +100,7 @@ def sigmoid_f32(typing_context, x):
     def codegen(context, builder, signature, arguments):
         half = _f32(_HALF32)
         tanh = _tanh_f32_code(builder, builder.fmul(half, arguments[0]))
-        return builder.fadd(half, builder.fmul(half, tanh))
+        return _multiply_add(builder, half, tanh, half)
     return types.float32(types.float32), codegen
 
 
