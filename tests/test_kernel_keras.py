@@ -101,6 +101,25 @@ def test_weights_changed_after_compile_give_new_numbers():
     np.testing.assert_allclose(after, np.asarray(layer(x)), atol=ATOL_FLOAT32, rtol=0)
 
 
+def test_layers_alike_but_for_their_names_share_one_kernel_module():
+    """Keras numbers each new layer (`lstm`, `lstm_1`, ...) and the kernel's arguments
+    are named after the weights: the module is still shared, each compiled layer
+    running it with its own weights."""
+    x = _x(time=20)
+    layers = [keras.layers.LSTM(UNITS, return_sequences=True) for _ in range(2)]
+    layers.append(keras.layers.LSTM(UNITS + 1, return_sequences=True))
+    for seed, layer in enumerate(layers):
+        layer(x)
+        _randomize(layer, seed=seed)
+    first, second, other = (rshop_ir.compile(layer) for layer in layers)
+    assert second.module is first.module and other.module is not first.module
+    assert layers[0].name != layers[1].name
+    assert first.kernel.named_arguments != second.kernel.named_arguments
+    assert all(name in second.source for name in second.kernel.named_arguments)
+    for compiled, layer in zip((first, second, other), layers):
+        _assert_matches(compiled, layer, x)
+
+
 @pytest.mark.parametrize("how", ["assign_add", "fit", "fit_xla"])
 def test_weights_changed_by_training_or_assignment_are_seen(how):
     """The compiled layer keeps the arrays of its last read of the Keras variables and

@@ -29,7 +29,7 @@ def build(optimized, original, weight_reader=None, name: str = "program",
     if debug_level() >= 2:
         print(f"--- generated Numba CPU source for {name} ---\n{kernel.source}",
               file=sys.stderr)
-    module = load_module(kernel.source, kernel.globals)
+    module = load_module(kernel.source, kernel.globals, kernel.named_arguments)
     return CompiledProgram(optimized, original, kernel, module, weight_reader=weight_reader,
                            name=name, **options)
 

@@ -10,7 +10,12 @@ without Numba's registry refresh (quick_cache_load.py).
 The key hashes the generator version and the generated source (which is a function of
 the program text, the shapes and the dtypes; batch and time sizes are runtime
 arguments), plus the bytes of any constant arrays the module reads from its globals.
-Weight values never enter it: weights are arguments. It also hashes the source of the
+Weight values never enter it: weights are arguments. Nor do the names of the program's
+inputs and weights: `run`'s arguments are named after them (`w_lstm_cell_1_kernel`,
+readable in the source), and the key hashes the source with those names replaced by
+their positions (`canonical_source`). So two models alike but for their layer names
+(Keras numbers each new layer: `lstm_cell`, `lstm_cell_1`, ...) share one module, in
+memory and on disk, instead of compiling it again. It also hashes the source of the
 modules whose Numba functions and intrinsics the generated code compiles into itself
 (SUPPORT_MODULES): Numba's cache would not notice that one of them changed.
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 
 import numpy as np
 
@@ -52,11 +58,22 @@ def _support_digest() -> bytes:
     return digest.digest()
 
 
-def module_key(source: str, globals_dict: dict) -> str:
+def canonical_source(source: str, named_arguments=()) -> str:
+    """`source` with each of `named_arguments` (identifiers) replaced, as a whole word, by
+    `@` and its position: text for the key only (no identifier contains `@`)."""
+    if not named_arguments:
+        return source
+    positions = {name: f"@{index}" for index, name in enumerate(named_arguments)}
+    pattern = r"\b(" + "|".join(map(re.escape, sorted(positions, key=len, reverse=True))) \
+        + r")\b"
+    return re.sub(pattern, lambda match: positions[match.group(1)], source)
+
+
+def module_key(source: str, globals_dict: dict, named_arguments=()) -> str:
     digest = hashlib.sha256()
     digest.update(GENERATOR_VERSION.encode())
     digest.update(_support_digest())
-    digest.update(source.encode())
+    digest.update(canonical_source(source, named_arguments).encode())
     for name in sorted(globals_dict):
         value = np.ascontiguousarray(globals_dict[name])
         digest.update(name.encode())
@@ -65,9 +82,11 @@ def module_key(source: str, globals_dict: dict) -> str:
     return digest.hexdigest()[:24]
 
 
-def load_module(source: str, globals_dict: dict):
-    """The module for `source` (from memory, or written/imported from the cache dir)."""
-    key = module_key(source, globals_dict)
+def load_module(source: str, globals_dict: dict, named_arguments=()):
+    """The module for `source` (from memory, or written/imported from the cache dir);
+    `named_arguments`: the names `module_key` leaves out (`KernelSource`'s). The
+    module's text may then name them as another program alike did."""
+    key = module_key(source, globals_dict, named_arguments)
     directory = cache_dir()
     cached = _MODULES.get((directory, key))
     if cached is not None:

@@ -139,6 +139,8 @@ class KernelSource:
     team_run_buffers: int = 0    # ... in this many buffers (each 64-byte aligned)
     merged_products: int = 0     # recurrent products taking their input projection in
                                  # (`generate(..., merged=True)`, merged_projection.py)
+    named_arguments: tuple = ()  # `run`'s arguments named after the program's inputs and
+                                 # weights (names a cache key leaves out: cache.py)
 
 
 def blas_guard(guards: list) -> str:
@@ -278,6 +280,7 @@ class CpuGenerator:
         self._weight_slot_of = {}     # a weight Var of `run` -> its weight slot
         self._packed_arguments = []   # (`run` argument, weight slot) of each packed copy
         self._run_arguments = []      # `run`'s argument names
+        self._named_arguments = []    # ... of them, those named after inputs and weights
         self._scan_parts = {}         # scan function name -> _ScanParts
         self._top_scan_calls = []     # (scan name, argument names, output names) in `run`
         self.weight_vars = {var for _, var in program.params}
@@ -346,7 +349,8 @@ class CpuGenerator:
                             self.fixed_steps, self.team_shared_row_bytes,
                             self.team_shared_buffers, self.team_weight_bytes,
                             blas_guard(self.blas_guards), self.team_run_row_bytes,
-                            self.team_run_buffers, self.merged_products)
+                            self.team_run_buffers, self.merged_products,
+                            tuple(self._named_arguments))
 
     def _blas_line(self, body, line: str, guard: str = "True") -> None:
         """Write `line`, a call of BLAS (`np.dot`), and record `guard`: a Python
@@ -363,12 +367,14 @@ class CpuGenerator:
         arguments = ["B", "T", "chunk"]
         for var, name in zip(program.inputs, program.input_names):
             arguments.append(self._bind_array(function, var, f"in_{name}"))
+            self._named_arguments.append(arguments[-1])
         weight_slots = []
         for name, var in program.params:
             if var in read:
                 weight_slots.append(("param", name))
                 self._weight_slot_of[var] = weight_slots[-1]
                 arguments.append(self._bind_array(function, var, f"w_{name}"))
+                self._named_arguments.append(arguments[-1])
         if program.prologue is not None:
             for index, var in enumerate(program.prologue.outputs):
                 if isinstance(var, Var) and var in read:

@@ -493,7 +493,8 @@ class CompiledProgram(CompiledProgramBase):
                         or (kind == "wide" and not kernel.merged_products):
                     self._variants[kind] = None
                 else:
-                    module = load_module(kernel.source, kernel.globals)
+                    module = load_module(kernel.source, kernel.globals,
+                                         kernel.named_arguments)
                     if kind == "team":
                         self._team_calls_blas = blas_predicate(kernel.blas_guard)
                     self._slot_orders[kind] = order
