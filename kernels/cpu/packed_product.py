@@ -59,7 +59,16 @@ def _host_has_avx512() -> bool:
 
 VECTOR_BYTES = 64 if _host_has_avx512() else 32
 LANES = {"float32": VECTOR_BYTES // 4, "float64": VECTOR_BYTES // 8}
-BLOCK_COLUMNS = {dtype: VECTORS * lanes for dtype, lanes in LANES.items()}
+
+
+def block_columns_of(itemsize: int) -> int:
+    """Columns in one block of the packed layout for elements of `itemsize` bytes
+    (BLOCK_COLUMNS by dtype name)."""
+    return VECTORS * VECTOR_BYTES // itemsize
+
+
+BLOCK_COLUMNS = {dtype: block_columns_of(np.dtype(dtype).itemsize) for dtype in LANES}
+
 # (rows, phases) of the tiles, biggest first: a tile of r rows keeps r x VECTORS x
 # phases vector registers of sums; 1 and 2 rows need more phases (chains of sums) to
 # hide the add latency (the one-row tile 4 on AVX2, below), bigger tiles have chains
@@ -81,12 +90,6 @@ TILE_SHAPES = AVX512_TILE_SHAPES if VECTOR_BYTES == 64 else AVX2_TILE_SHAPES
 ALIGNMENT = 64   # bytes: a vector load that straddles two cache lines costs two
 # A kernel packing a value at every call: worth it from this many rows x steps.
 PACK_MIN_ROW_STEPS = 8
-
-
-def block_columns_of(itemsize: int) -> int:
-    """Columns in one block of the packed layout for elements of `itemsize` bytes
-    (BLOCK_COLUMNS by dtype name)."""
-    return VECTORS * VECTOR_BYTES // itemsize
 
 
 def row_buffer_size(contraction: int, columns: int, itemsize: int) -> int:
