@@ -235,11 +235,12 @@ def test_team_gives_the_numbers_of_one_thread_exactly(steps, chunk_steps):
 def test_team_computes_the_output_layer_after_each_chunk(steps, chunk_steps):
     """An output layer moved after the loop (passes/sink_output_projection.py): a team's
     step multiplies by the recurrent weight only and exchanges h once; after each
-    chunk's steps the members split the chunk's rows of y in whole biggest tiles and
-    write their rows of the output layer (a packed product in panels) into rank 0's
-    output (kernels/cpu/team_output.py). The outputs equal one thread's bit for bit
-    (with 3 members and short chunks some members have no rows), and the
-    interpreter's. The automatic team's rule counts the output layer's weight."""
+    chunk's steps the members take units of the chunk's rows of y (whole biggest
+    tiles) from a shared count, the weight question asked there first, and write
+    their rows of the output layer (a packed product) into rank 0's output
+    (kernels/cpu/team_output.py). The outputs equal one thread's bit for bit (with 3
+    members and short chunks some members take no rows), and the interpreter's. The
+    automatic team's rule counts the output layer's weight."""
     program = examples.output_layer_program(40, 64, outputs=48)
     weights = examples.random_weights(program, scale=0.1)   # not chaotic: h' = tanh(.. h U)
     compiled = rshop_ir.compile(BoundProgram(program, weights))
@@ -248,11 +249,15 @@ def test_team_computes_the_output_layer_after_each_chunk(steps, chunk_steps):
     assert "publish_output(team_counter, 4, y_out)" in source
     assert "team_out = output_at(out_address, y_out)" in source
     steps_start = source.index("for step in range(")
-    chunk_end = source.index("for b_out in range(B):", steps_start)
+    chunk_end = source.index("out_steps = chunk_stop - chunk_start", steps_start)
     step_loop = source[steps_start:chunk_end]
     assert step_loop.count("packed_product(") == 1 and step_loop.count("team_await(") == 1
+    epilogue = source[chunk_end:]
     assert re.search(r"packed_product\(y_all\[b_out\]\[panel_\d+:panel_end_\d+\]",
-                     source[chunk_end:])
+                     epilogue)
+    assert epilogue.index("team_poll(team_counter") < epilogue.index("claim_unit(") \
+        < epilogue.index("packed_product(y_all[b_out]")
+    assert source.count("team_poll(team_counter") == 1
     x = np.random.default_rng(steps).standard_normal((1, steps, 40)).astype(np.float32)
     one = compiled(x, team_size=1, chunk_steps=chunk_steps)
     _assert_close(one, interpret(program, x, weights=weights))

@@ -37,6 +37,24 @@ def _keras_lstm():
     return layer, model, x
 
 
+def _keras_decoder():
+    """A step model whose output layer (y = h' @ W) the passes move after the loop: on a
+    team, the member asks in the first chunk's output layer (codegen's
+    `_claimed_epilogue`), not at the kernel's start."""
+    import keras
+    from recurrentshop import RecurrentModel
+
+    x_t, h = keras.Input((8,)), keras.Input((64,))
+    h_new = keras.layers.Dense(64, activation="tanh")(keras.layers.concatenate([x_t, h]))
+    y = keras.layers.Dense(5)(h_new)
+    layer = RecurrentModel(input=x_t, initial_states=[h], output=y, final_states=[h_new],
+                           return_sequences=True, backend="keras")   # Keras's numbers
+    inputs = keras.Input((9, 8))
+    model = keras.Model(inputs, layer(inputs))
+    x = np.random.default_rng(4).standard_normal((1, 9, 8)).astype(np.float32)
+    return layer, model, x
+
+
 def _assert_matches(got, expected):
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=ATOL_FLOAT32, rtol=0)
@@ -63,9 +81,14 @@ def _spy(monkeypatch) -> dict:
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native-members", "python-members"])
-def test_a_team_sees_weight_changes_its_member_found(monkeypatch, native):
-    layer, model, x = _keras_lstm()
+@pytest.mark.parametrize("asked_late", [False, True], ids=["lstm", "output-layer-after-loop"])
+def test_a_team_sees_weight_changes_its_member_found(monkeypatch, native, asked_late):
+    layer, model, x = _keras_decoder() if asked_late else _keras_lstm()
     compiled = rshop_ir.compile(layer, target="cpu")
+    source = compiled._team_kernel()[0].source
+    assert source.count("team_poll(team_counter") == 1
+    run_start = source.index("def run(")
+    assert (source.index("team_poll(team_counter") < run_start) == asked_late
     if not native:
         monkeypatch.setattr(runtime, "native_launch_usable", lambda members: False)
     seen = _spy(monkeypatch)
@@ -88,7 +111,7 @@ def test_a_team_sees_weight_changes_its_member_found(monkeypatch, native):
     np.testing.assert_array_equal(compiled(x, team_size=2), got)
     assert seen == {"caller": 0, "member": [UNCHANGED]}, "the next call is a team's again"
 
-    kernel = layer.cell.kernel
+    kernel = layer.weights[0]
     kernel.assign(kernel.numpy()[:, ::-1].copy())
     _assert_matches(compiled(x, team_size=2), np.asarray(model(x)))
     assert seen["member"][-1] == CHANGED

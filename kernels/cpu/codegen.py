@@ -272,6 +272,7 @@ class CpuGenerator:
         self.fixed_steps = 0         # the longest top-level scan of static length
         self.team_shared_row_bytes = 0
         self.output_slots = 0        # team_output.OUTPUT_SLOTS taken by scans' epilogues
+        self.late_poll = False       # a team's weight question asked in an epilogue
         self.team_shared_buffers = 0
         self.team_weight_bytes = 0
         self.team_run_row_bytes = 0   # `run`'s products shared by a team (_team_run_buffer)
@@ -405,8 +406,9 @@ class CpuGenerator:
             writer.line("wide_vectors()")
             if self.team_columns:
                 writer.line("team_enter(team_counter)")
-                # the last member asks whether the weights changed (team_poll.py)
-                writer.line("team_poll(team_counter, team_rank, team_size)")
+                if not self.late_poll:
+                    # the last member asks whether the weights changed (team_poll.py)
+                    writer.line("team_poll(team_counter, team_rank, team_size)")
             writer.extend(function.body)
         return writer, weight_slots
 
@@ -2190,32 +2192,15 @@ class CpuGenerator:
         with loop.block("if not team_wait(team_counter, team_size, team_rank):"):
             loop.line(function.abort_return)
 
-    @staticmethod
-    def _member_rows(function, rows: str, packed: bool) -> tuple:
-        """Names of this member's block [low, high) of `rows` rows, defined at the
-        current line: whole biggest tiles of the packed product (`packed`), else whole
-        panels, as many per member as it takes (the output layer's rows, `_epilogue`;
-        8-row blocks share 100 rows 56 / 44 where whole panels shared them 64 / 36)."""
-        names, loop = function.names, function.body
-        count, low, high = (names.fresh(h) for h in ("team_rows", "row_low", "row_high"))
-        unit = TILE_SHAPES[0][0] if packed else PROJECTION_PANEL_ROWS
-        loop.line(f"{count} = (({rows} + {unit - 1}) // {unit} + team_size - 1) // team_size "
-                  f"* {unit}")
-        loop.line(f"{low} = {smaller(rows, f'team_rank * {count}')}")
-        loop.line(f"{high} = {smaller(rows, f'{low} + {count}')}")
-        return low, high
-
     def _epilogue(self, function, epilogue, weight, chain_operands) -> None:
         """After a chunk's steps: its rows of y (`y_all`, per batch row) through the output
         layer into the output: one GEMM (a packed product in panels of rows, as the
         input projection, else np.dot), then the element-wise chain in place.
 
         On a team (every member holds all of y: y is gathered each step) the members
-        split the chunk's rows as `_team_projections` does, in whole biggest tiles of the
-        packed product (whole panels for np.dot), and write them into rank 0's output
-        (kernels/cpu/team_output.py): a row falls in a tile of the shape it has on one
-        thread, so its sums are added in the same order. A barrier after the last
-        chunk keeps rank 0 from returning before every row is written."""
+        take the chunk's rows in units (`_claimed_epilogue`) and write them into rank
+        0's output (kernels/cpu/team_output.py). A barrier after the last chunk keeps
+        rank 0 from returning before every row is written."""
         loop, names, preamble = function.body, function.names, function.preamble
         packed = self._packed_projection(function, epilogue)
         if self.team_weight_bytes > function.split_bytes_before:
@@ -2242,9 +2227,62 @@ class CpuGenerator:
                     with preamble.block(f"if {address} == 0:"):
                         preamble.line(function.abort_return)
                     preamble.line(f"{target} = output_at({address}, y_out)")
-            # one member alone (team_size 1) has block [0, rows)
-            low, high = self._member_rows(function, rows, packed is not None)
             function.splits_output = True
+            with loop.block("if team_size > 1:"):
+                self._claimed_epilogue(function, epilogue, packed, weight, chain_operands,
+                                       target, rows)
+            with loop.block("else:"):
+                self._whole_epilogue(function, epilogue, packed, weight, chain_operands,
+                                     target, rows, "0", rows)
+            return
+        self._whole_epilogue(function, epilogue, packed, weight, chain_operands, target,
+                             rows, "0", rows)
+
+    def _claimed_epilogue(self, function, epilogue, packed, weight, chain_operands,
+                          target, rows) -> None:
+        """The chunk's rows of y through the output layer on a team: the members take
+        units of rows (whole biggest tiles of the packed product, whole panels for
+        np.dot; a row then falls in a tile of the shape it has on one thread) of every
+        batch row from a shared count until none is left (team_sync.claim_unit).
+
+        The team's weight question (team_poll.py) is asked here, in the first chunk's,
+        not at `run`'s start: a team's steps go in lockstep, so a question before them
+        delayed every member by its length (~0.075 ms, BENCHMARKS run 35), where here
+        the other members take the asking member's units meanwhile. A change it finds
+        stops the team at its next barrier (the one below or the scan's last) and the
+        runtime runs the call again with the new weights. A barrier ends each chunk's
+        claims but the last's (the scan's own follows), so no member claims the next
+        chunk's units while another still claims this chunk's."""
+        loop, names = function.body, function.names
+        unit = TILE_SHAPES[0][0] if packed is not None else PROJECTION_PANEL_ROWS
+        row_units, b = names.fresh("row_units"), names.fresh("b_out")
+        low, high, rows_out = (names.fresh(h) for h in ("unit_low", "unit_high", "out_rows"))
+        if not self.late_poll:
+            self.late_poll = True
+            with loop.block("if chunk_start == 0:"):
+                loop.line("team_poll(team_counter, team_rank, team_size)")
+        loop.line(f"{row_units} = ({rows} + {unit - 1}) // {unit}")
+
+        def emit(claimed_low, _):
+            loop.line(f"{b} = {claimed_low} // ({unit} * {row_units})")
+            loop.line(f"{low} = {claimed_low} - {b} * {unit} * {row_units}")
+            loop.line(f"{high} = {smaller(rows, f'{low} + {unit}')}")
+            loop.line(f"{rows_out} = {target}[{b}]")
+            self._panel_product(function, packed, weight, f"y_all[{b}]", rows_out, low, high,
+                                out_offset="chunk_start")
+            if epilogue.chain:
+                self._render_chain(function, epilogue, rows_out, chain_operands,
+                                   f"chunk_start + {low}, chunk_start + {high}")
+        self._claim_units(function, f"B * {unit} * {row_units}", unit, emit)
+        with loop.block("if chunk_stop < steps:"):
+            with loop.block("if not team_wait(team_counter, team_size, team_rank):"):
+                loop.line(function.abort_return)
+
+    def _whole_epilogue(self, function, epilogue, packed, weight, chain_operands, target,
+                        rows, low, high) -> None:
+        """Rows [low, high) of the chunk's rows of y, of every batch row, through the
+        output layer into `target`."""
+        loop, names = function.body, function.names
         b, rows_out = names.fresh("b_out"), names.fresh("out_rows")
         with loop.block(f"for {b} in range(B):"):
             loop.line(f"{rows_out} = {target}[{b}]")
