@@ -18,8 +18,8 @@ A kernel whose scan has an output layer after its steps (an epilogue: the
 attention decoders) asks there instead, in the first chunk's, whose rows the
 members also take in units (codegen's `_claimed_epilogue`): a team's steps go in
 lockstep, so a question before them delayed every member by its whole length.
-The attention decoder at S2 on a team of two: 0.645 -> 0.61 ms a call (BENCHMARKS
-run 35). When the weights changed (or reading them failed), the member sets the team's abort
+The attention decoders at S2 on a team of two: 0.643 -> 0.612 and 0.624 -> 0.590 ms
+a call (medians of 4 fresh processes each, alternated; BENCHMARKS run 35). When the weights changed (or reading them failed), the member sets the team's abort
 flag: the members stop at their next barrier and the runtime binds the new weights
 and runs the call again on one thread (runtime.py). The next calls run on the team
 as before.
