@@ -2267,12 +2267,8 @@ class CpuGenerator:
             loop.line(f"{b} = {claimed_low} // ({unit} * {row_units})")
             loop.line(f"{low} = {claimed_low} - {b} * {unit} * {row_units}")
             loop.line(f"{high} = {smaller(rows, f'{low} + {unit}')}")
-            loop.line(f"{rows_out} = {target}[{b}]")
-            self._panel_product(function, packed, weight, f"y_all[{b}]", rows_out, low, high,
-                                out_offset="chunk_start")
-            if epilogue.chain:
-                self._render_chain(function, epilogue, rows_out, chain_operands,
-                                   f"chunk_start + {low}, chunk_start + {high}")
+            self._epilogue_rows(function, epilogue, packed, weight, chain_operands,
+                                target, b, rows_out, low, high)
         self._claim_units(function, f"B * {unit} * {row_units}", unit, emit)
         with loop.block("if chunk_stop < steps:"):
             with loop.block("if not team_wait(team_counter, team_size, team_rank):"):
@@ -2285,12 +2281,19 @@ class CpuGenerator:
         loop, names = function.body, function.names
         b, rows_out = names.fresh("b_out"), names.fresh("out_rows")
         with loop.block(f"for {b} in range(B):"):
-            loop.line(f"{rows_out} = {target}[{b}]")
-            self._panel_product(function, packed, weight, f"y_all[{b}]", rows_out, low, high,
-                                out_offset="chunk_start")
-            if epilogue.chain:
-                self._render_chain(function, epilogue, rows_out, chain_operands,
-                                   f"chunk_start + {low}, chunk_start + {high}")
+            self._epilogue_rows(function, epilogue, packed, weight, chain_operands,
+                                target, b, rows_out, low, high)
+
+    def _epilogue_rows(self, function, epilogue, packed, weight, chain_operands, target,
+                       b, rows_out, low, high) -> None:
+        """Rows [low, high) of the chunk's rows of batch row `b` of y through the output
+        layer into `target[b]` (named `rows_out`)."""
+        function.body.line(f"{rows_out} = {target}[{b}]")
+        self._panel_product(function, packed, weight, f"y_all[{b}]", rows_out, low, high,
+                            out_offset="chunk_start")
+        if epilogue.chain:
+            self._render_chain(function, epilogue, rows_out, chain_operands,
+                               f"chunk_start + {low}, chunk_start + {high}")
 
     def _render_chain(self, function, projection, projected, chain_operands,
                       row_range: str) -> None:
