@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 
 from rshop_ir.errors import UnsupportedError
+from rshop_ir.output_structure import flatten_outputs, nest_outputs, structure_of
 from rshop_ir.targets import compile_for, resolve_target
 
 LOGGER = logging.getLogger("rshop_ir")
@@ -53,6 +54,8 @@ class AcceleratedModel:
         self._requested_target = target
         self.fallbacks = []
         self._parts = []
+        self._structure = structure_of(compat.output_template(model), is_leaf=lambda value:
+                                       not isinstance(value, (list, tuple, dict)))
         try:
             self._whole = self._compile(model)
         except UnsupportedError as error:
@@ -189,10 +192,15 @@ class AcceleratedModel:
 
     # ---------------------------------------------------------------- running
     def __call__(self, x):
-        """Runs the model on numpy input(s); returns numpy output(s)."""
-        inputs = self._as_inputs(x)
+        """Runs the model on numpy input(s); returns numpy output(s), nested as the
+        model's outputs are."""
+        return nest_outputs(self._flat_call(self._as_inputs(x)), self._structure)
+
+    def _flat_call(self, inputs) -> list:
+        """The outputs of a call on the list of input arrays, flat."""
         if self._whole is not None:
-            return self._whole(*inputs)
+            return flatten_outputs(self._whole(*inputs),
+                                   self._whole.program.output_structure)
         return self._run_parts(inputs)
 
     def _run_parts(self, inputs):
@@ -229,8 +237,7 @@ class AcceleratedModel:
                 results = keras.tree.flatten(node.operation(*args, **kwargs))
                 for tensor, result in zip(node.outputs, results):
                     values[id(tensor)] = np.asarray(result)
-        outputs = [values[id(t)] for t in self._graph.outputs]
-        return outputs[0] if len(outputs) == 1 else outputs
+        return [values[id(t)] for t in self._graph.outputs]
 
     def predict(self, x, batch_size=None, verbose=0):
         """`model.predict` semantics: batches of `batch_size` (32 by default)."""
@@ -246,13 +253,12 @@ class AcceleratedModel:
         chunks = []
         for start in range(0, max(total, 1), batch_size):
             chunk = [value[start:start + batch_size] for value in inputs]
-            result = self(chunk if len(chunk) > 1 else chunk[0])
-            chunks.append(result if isinstance(result, list) else [result])
+            chunks.append(self._flat_call(chunk))
             if total == 0:
                 break
         merged = [np.concatenate([chunk[k] for chunk in chunks], axis=0)
                   for k in range(len(chunks[0]))]
-        return merged[0] if len(merged) == 1 else merged
+        return nest_outputs(merged, self._structure)
 
 
     def _as_inputs(self, x):

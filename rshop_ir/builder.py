@@ -80,10 +80,13 @@ class ProgramBuilder:
                          num_states=len(states), num_constants=len(constants),
                          readout=readout is not None, masked=mask is not None, **options)
 
-    def build(self, outputs) -> Program:
+    def build(self, outputs, output_structure=None) -> Program:
+        """The program returning `outputs` (flat), nested by `output_structure`
+        (rshop_ir/output_structure.py) when given."""
         return Program(inputs=self._inputs, params=self._params, eqns=self._eqns,
                        outputs=_as_atoms(outputs), input_names=self._input_names,
-                       input_defaults=self._input_defaults)
+                       input_defaults=self._input_defaults,
+                       output_structure=output_structure)
 
 
 def _as_atoms(values) -> tuple:

@@ -29,6 +29,7 @@ import numpy as np
 
 from rshop_ir.ir import Literal, Program, Var
 from rshop_ir.ops import get_op
+from rshop_ir.output_structure import nest_outputs
 from rshop_ir.shapes import bind_shape, resolve_shape
 
 def interpret(program, *inputs, weights=None, precomputed=None, **named_inputs):
@@ -41,7 +42,7 @@ def interpret(program, *inputs, weights=None, precomputed=None, **named_inputs):
     arrays = gather_inputs(program, inputs, named_inputs)
     param_values = bind_weights(program, weights)
     results = evaluate(program, arrays, param_values, precomputed=precomputed)
-    return results[0] if len(results) == 1 else results
+    return nest_outputs(results, program.output_structure)
 
 
 def gather_inputs(program: Program, positional, named) -> list:

@@ -271,6 +271,9 @@ class Program:
         input_defaults: one entry per input: None (the caller must give it) or a
             scalar the input is filled with when the caller omits it (e.g. zeros for
             an initial state), its symbolic dims sized from the other inputs.
+        output_structure: how the outputs nest in what a call returns (as the traced
+            Keras layer or model returns them; rshop_ir/output_structure.py), or None
+            for the flat form: the one output, or a list of several.
     """
 
     inputs: tuple = ()
@@ -280,6 +283,7 @@ class Program:
     prologue: "Program | None" = None
     input_names: tuple = ()
     input_defaults: tuple = ()
+    output_structure: object = None
 
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -299,6 +303,9 @@ class Program:
             if default is not None and not isinstance(default, (bool, int, float)):
                 raise TypeError(f"An input default is None or a scalar. Received {default!r}.")
         object.__setattr__(self, "input_defaults", defaults)
+        from rshop_ir.output_structure import check_structure
+
+        check_structure(self.output_structure, len(self.outputs))
 
     @property
     def param_names(self) -> tuple:
@@ -313,7 +320,8 @@ class Program:
         those are given too."""
         fields = {"inputs": self.inputs, "params": self.params, "eqns": self.eqns,
                   "outputs": self.outputs, "prologue": self.prologue,
-                  "input_names": self.input_names, "input_defaults": self.input_defaults}
+                  "input_names": self.input_names, "input_defaults": self.input_defaults,
+                  "output_structure": self.output_structure}
         if "inputs" in changes and tuple(changes["inputs"]) != self.inputs:
             fields["input_defaults"] = ()
         fields.update(changes)

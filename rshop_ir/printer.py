@@ -16,6 +16,7 @@ literals print with their dtype (`2.0:f32`); params sorted; programs held in par
 from __future__ import annotations
 
 from rshop_ir.ir import Literal, Program, Var, format_scalar, short_dtype
+from rshop_ir.output_structure import format_structure
 
 INDENT = "  "
 
@@ -82,7 +83,11 @@ def _emit_program(program, namer, lines, eqn_lines, indent):
     lines.append(f"{indent}{INDENT}let")
     for eqn in program.eqns:
         _emit_eqn(eqn, namer, lines, eqn_lines, indent + INDENT * 2)
-    results = ", ".join(namer.atom(atom) for atom in program.outputs)
+    names = [namer.atom(atom) for atom in program.outputs]
+    if program.output_structure is None:
+        results = ", ".join(names)
+    else:
+        results = format_structure(program.output_structure, names)
     lines.append(f"{indent}{INDENT}in ({results}) }}")
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from rshop_ir.bound import BoundProgram
 from rshop_ir.errors import IRFormatError, IRVerificationError
 from rshop_ir.ir import Eqn, Literal, Program, Var
+from rshop_ir.output_structure import decode_structure, encode_structure
 from rshop_ir.verify import verify
 
 FORMAT_NAME = "rshop_ir.program"
@@ -157,6 +158,8 @@ class _Encoder:
             "outputs": [self.define(var) for var in eqn.outputs],
         } for eqn in program.eqns]
         encoded["outputs"] = [self.atom(atom) for atom in program.outputs]
+        if program.output_structure is not None:
+            encoded["output_structure"] = encode_structure(program.output_structure)
         return encoded
 
 
@@ -200,6 +203,9 @@ class _Decoder:
         outputs = [self.atom(atom) for atom in entry["outputs"]]
         defaults = [None if value is None else self.param(value)
                     for value in entry.get("input_defaults", [])]
+        structure = entry.get("output_structure")
         return Program(inputs=inputs, params=params, eqns=eqns, outputs=outputs,
                        prologue=prologue, input_names=entry["input_names"],
-                       input_defaults=defaults)
+                       input_defaults=defaults,
+                       output_structure=None if structure is None
+                       else decode_structure(structure))

@@ -238,7 +238,23 @@ def trace_keras_rnn(context, layer, args, kwargs, initial_state=None):
     if mask is not None and layer.zero_output_for_mask:
         output = _zero_masked_outputs(context, output, mask, layer.go_backwards,
                                       layer.return_sequences)
+    if layer.return_state:
+        finals = _nested_like_keras(layer, finals)
     return _layer_outputs(context, layer, output, finals, mask, layer.return_state)
+
+
+def _nested_like_keras(layer, finals):
+    """The final states nested as `layer(x, return_state=True)` returns them after
+    the output: like the layer's initial states (Keras carries their structure through
+    the loop), so `RNN(StackedRNNCells([LSTMCell, GRUCell]))` gives `[h, c], [h]`
+    where one cell's states are flat."""
+    template = layer.get_initial_state(batch_size=1)
+    if not keras.tree.is_nested(template):
+        template = [template]
+    template = list(template)
+    if len(keras.tree.flatten(template)) != len(finals):
+        return finals
+    return keras.tree.pack_sequence_as(template, list(finals))
 
 
 def _zero_masked_outputs(context, output, mask, go_backwards, return_sequences):

@@ -16,6 +16,7 @@ from rshop_ir.frontends.keras_trace.recurrent_rules import (
 )
 from rshop_ir.frontends.keras_trace.walk import trace_functional, trace_layer_call
 from rshop_ir.ir import HALF_PRECISION
+from rshop_ir.output_structure import structure_of
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ def _trace_model(model):
         inputs.append(context.builder.input(dtype, _symbolic_shape(tensor.shape,
                                                                     f"Input {index}"),
                                             name=name))
-    outputs = trace_functional(context, model, inputs)
-    return context.builder.build(outputs), context.variables_by_name
+    outputs = trace_functional(context, model, inputs, nested=True)
+    return _build_nested(context.builder, outputs), context.variables_by_name
 
 
 def _program_input_dtype(dtype) -> str:
@@ -144,5 +145,11 @@ def _trace_recurrent_layer(layer):
     if getattr(layer, "stateful", False):
         raise unsupported(layer, "stateful layers cannot be compiled yet")
     outputs = trace_layer_call(context, layer, (x,), kwargs)
-    outputs = keras.tree.flatten(outputs)
-    return builder.build(outputs), context.variables_by_name
+    return _build_nested(builder, outputs), context.variables_by_name
+
+
+def _build_nested(builder, outputs):
+    """The program returning `outputs` flat, nested as the Keras call returns them."""
+    structure = structure_of(outputs, is_leaf=lambda value: not isinstance(
+        value, (list, tuple, dict)))
+    return builder.build(keras.tree.flatten(outputs), output_structure=structure)

@@ -279,12 +279,13 @@ def _parameters_for_variables(context, structure):
     return keras.tree.map_structure(lambda item: _ir_argument(context, item), structure)
 
 
-def trace_functional(context, model, inputs):
-    """Trace a functional model called on IR values `inputs` (a list)."""
+def trace_functional(context, model, inputs, nested=False):
+    """Trace a functional model called on IR values `inputs` (a list); its outputs,
+    flat, or as the model nests them if `nested`."""
     if isinstance(model, keras.Sequential):
         functional = compat.sequential_functional(model)
         if functional is None:
-            return _trace_sequential_layers(context, model, inputs)
+            return _trace_sequential_layers(context, model, inputs, nested)
         model = functional
     if len(inputs) != len(model.inputs):
         raise unsupported(
@@ -301,17 +302,17 @@ def trace_functional(context, model, inputs):
         return outputs
 
     outputs = compat.run_functional_graph(model, list(inputs), call)
-    return keras.tree.flatten(outputs)
+    return outputs if nested else keras.tree.flatten(outputs)
 
 
-def _trace_sequential_layers(context, model, inputs):
+def _trace_sequential_layers(context, model, inputs, nested=False):
     (value,) = inputs
     for layer in model.layers:
         kwargs = _call_masks(context, layer, (value,), {})
         outputs = trace_layer_call(context, layer, (value,), kwargs)
         _propagate_mask(context, layer, (value,), kwargs, outputs)
         value = outputs
-    return keras.tree.flatten(value)
+    return value if nested else keras.tree.flatten(value)
 
 
 def _call_masks(context, operation, args, kwargs):

@@ -108,6 +108,14 @@ def sequential_functional(model):
     return getattr(model, "_functional", None)
 
 
+def output_template(model):
+    """A built model's output tensors nested as its calls and `predict` return
+    them, or its flat `outputs` list where Keras does not say."""
+    graph = sequential_functional(model) if hasattr(model, "_functional") else model
+    template = getattr(graph, "_outputs_struct", None)
+    return template if template is not None else list(model.outputs)
+
+
 __all__ = [
     "backend_rnn",
     "built_input_shape",
@@ -115,6 +123,7 @@ __all__ = [
     "functional_nodes",
     "keras_mask",
     "no_automatic_dependency_tracking",
+    "output_template",
     "run_functional_graph",
     "sequential_functional",
     "with_keras_mask",

@@ -48,6 +48,7 @@ from rshop_ir.kernels.cpu.team_poll import (BESIDE_MAX_PAUSE_S, BESIDE_MIN_CALLS
 from rshop_ir.kernels.cpu.team_launch import (compile_launcher, compile_with_member,
                                               native_launch_usable)
 from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
+from rshop_ir.output_structure import nest_outputs
 
 DEFAULT_CHUNK_STEPS = 256
 # Kernel calls of this many rows and recurrent matmul FLOPs (about a millisecond of
@@ -508,7 +509,7 @@ class CompiledProgram(CompiledProgramBase):
                 np.may_share_memory(results[index], default)
                 for index in self._outputs_to_check for default in fast_call[2]):
             self._fast_call = None   # an output is a filled default: never hand it out twice
-        return results[0] if len(results) == 1 else results
+        return nest_outputs(results, self.program.output_structure)
 
     def _chunk(self, batch: int, chunk_steps) -> int:
         """Steps per input-projection chunk for `batch` rows: at most `chunk_steps`

@@ -30,6 +30,7 @@ from rshop_ir.interpret import bind_weights, gather_inputs, run_prologue
 from rshop_ir.kernels.compiled_program_base import CompiledProgramBase
 from rshop_ir.kernels.cuda import device, gemm, group_sync
 from rshop_ir.kernels.cuda.kernel_writer import SPLIT_LANES
+from rshop_ir.output_structure import nest_outputs
 from rshop_ir.shapes import bind_shape, resolve_shape
 
 
@@ -201,7 +202,7 @@ class CompiledCudaProgram(CompiledProgramBase):
             shape = resolve_shape(atom.shape, {"B": batch, "T": steps})
             array = array.reshape(shape) if len(shape) != 1 else array
             shaped.append(array if given_device else device.to_host(array))
-        return shaped[0] if len(shaped) == 1 else shaped
+        return nest_outputs(shaped, program.output_structure)
 
     @staticmethod
     def _checked_input(value, var, name: str, dims: dict):
