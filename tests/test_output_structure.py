@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import rshop_ir
+from recurrentshop import LSTMCell
 from rshop_ir.output_structure import (check_structure, decode_structure,
                                        encode_structure, flatten_outputs, nest_outputs,
                                        structure_of)
@@ -185,3 +186,36 @@ def test_stacked_cells_in_a_sequential_model():
     _randomize(model, seed=7)
     x = _x(batch=2, seed=8)
     _assert_same_nesting(rshop_ir.accelerate(model).predict(x), model.predict(x, verbose=0))
+
+
+# ---- Bidirectional with return_state ----------------------------------------------
+
+BIDIRECTIONAL_LAYERS = {
+    "lstm_concat": lambda: keras.layers.Bidirectional(
+        keras.layers.LSTM(4, return_sequences=True, return_state=True)),
+    "gru_unmerged": lambda: keras.layers.Bidirectional(
+        keras.layers.GRU(3, return_state=True), merge_mode=None),
+    "stacked_sum": lambda: keras.layers.Bidirectional(_stacked_layer(), merge_mode="sum"),
+    "ours_ave": lambda: keras.layers.Bidirectional(
+        LSTMCell(4, input_dim=5).get_layer(return_states=True, backend="keras"),
+        merge_mode="ave"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BIDIRECTIONAL_LAYERS))
+def test_bidirectional_return_state_like_keras(name):
+    """Keras's `(output, *forward states, *backward states)`, both outputs first when
+    unmerged, compiled as one program (no part left to Keras)."""
+    layer = BIDIRECTIONAL_LAYERS[name]()
+    x = _x(seed=9)
+    layer(x)
+    _randomize(layer, seed=10)
+    expected = layer(x, training=False)
+    assert isinstance(expected, tuple)
+    _assert_same_nesting(rshop_ir.compile(layer)(x), expected)
+    inputs = keras.Input((7, 5))
+    model = keras.Model(inputs, layer(inputs))
+    accelerated = rshop_ir.accelerate(model)
+    assert accelerated.fallbacks == []
+    _assert_same_nesting(accelerated.predict(x, batch_size=2),
+                         model.predict(x, batch_size=2, verbose=0))

@@ -273,8 +273,11 @@ def _zero_masked_outputs(context, output, mask, go_backwards, return_sequences):
 
 @layer_rule(keras.layers.Bidirectional)
 def trace_bidirectional(context, layer, args, kwargs):
-    if layer.return_state or layer.stateful:
-        raise unsupported(layer, "Bidirectional with return_state or stateful")
+    """Both directions, merged as Keras merges them; with `return_state`, Keras's
+    `(output, *forward states, *backward states)` (`merge_mode=None`: both outputs
+    first), each direction's states nested as that layer returns them."""
+    if layer.stateful:
+        raise unsupported(layer, "Bidirectional with stateful=True")
     if kwargs.get("initial_state") is not None:
         raise unsupported(layer, "Bidirectional with an initial_state")
     x = args[0]
@@ -282,6 +285,10 @@ def trace_bidirectional(context, layer, args, kwargs):
     inner_kwargs = {"mask": mask} if mask is not None else {}
     forward = trace_layer_call(context, layer.forward_layer, (x,), dict(inner_kwargs))
     backward = trace_layer_call(context, layer.backward_layer, (x,), dict(inner_kwargs))
+    states = ()
+    if layer.return_state:
+        states = tuple(list(forward[1:]) + list(backward[1:]))
+        forward, backward = forward[0], backward[0]
     if layer.return_sequences:
         backward = context.apply("reverse", backward, axis=1)
     mode = layer.merge_mode
@@ -294,10 +301,12 @@ def trace_bidirectional(context, layer, args, kwargs):
     elif mode == "ave":
         output = context.apply("mul", context.apply("add", forward, backward), 0.5)
     elif mode is None:                  # both directions, unmerged
-        output = [forward, backward]
+        output = (forward, backward)
     else:
         raise unsupported(layer, f"merge_mode={mode!r}")
     if layer.return_sequences and mask is not None:
         for one in keras.tree.flatten(output):
             context.set_mask(one, mask)
+    if layer.return_state:
+        return output + states if mode is None else (output,) + states
     return output

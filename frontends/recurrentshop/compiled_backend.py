@@ -86,7 +86,7 @@ class CompiledPath:
 
         outputs = run_kernel(inputs, *extra, *weights)
         shapes = layer.compute_output_shape(tuple(inputs.shape))
-        shapes = shapes if isinstance(shapes, list) else [shapes]
+        shapes = list(shapes) if layer.return_states else [shapes]
         batch = inputs.shape[0]
         for output, shape in zip(outputs, shapes):
             output.set_shape((batch, *shape[1:]))

@@ -260,6 +260,13 @@ class RecurrentModel(keras.layers.Layer):
         """Alias of `return_states`, the name `keras.layers.Bidirectional` reads."""
         return self.return_states
 
+    @property
+    def states(self):
+        """The state variables of a stateful layer, else None (as
+        `keras.layers.RNN.states`; `keras.layers.Bidirectional` reads it when it
+        returns states)."""
+        return self.state_variables
+
     # ------------------------------------------------------------------- building
     def _ensure_step_model(self, input_shape):
         """Hook for subclasses that need the input shape to build the step model."""
@@ -496,8 +503,8 @@ class RecurrentModel(keras.layers.Layer):
             output_shape = (batch_size, num_steps, *self.output_shape_per_step)
         else:
             output_shape = (batch_size, *self.output_shape_per_step)
-        if self.return_states:
-            return [output_shape] + [(batch_size, *shape) for shape in self.state_shapes]
+        if self.return_states:   # a tuple, as keras.layers.RNN's (Bidirectional slices it)
+            return (output_shape, *[(batch_size, *shape) for shape in self.state_shapes])
         return output_shape
 
     def compute_output_spec(self, inputs, initial_state=None, *args, **kwargs):
