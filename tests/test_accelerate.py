@@ -446,6 +446,9 @@ _AROUND_AN_RNN = {
     "elu_alpha": lambda: layers.ELU(alpha=0.7),
     "elu_op_alpha": lambda: layers.Lambda(lambda value: keras.ops.elu(value, alpha=0.3)),
     "flip_time": lambda: layers.Lambda(lambda value: keras.ops.flip(value, axis=1)),
+    "rms_normalization": lambda: layers.RMSNormalization(),
+    "rms_normalization_time_and_features": lambda: layers.RMSNormalization(
+        axis=[1, 2], epsilon=1e-3),
     "attention": lambda: layers.Lambda(lambda value: value),  # replaced in the test
 }
 
@@ -455,8 +458,9 @@ def test_layers_around_an_rnn_compile_with_keras_numbers(name):
     """Layers common around RNNs, compiled (no fallback) with Keras's numbers:
     BatchNormalization at inference, ReLU with its options and PReLU (through
     `keras.activations.relu`), UpSampling1D (`ops.repeat`), 1-D pooling in windows
-    that neither overlap nor pad, mish, ELU's alpha, `ops.flip`, and dot-product Attention
-    (`ops.swapaxes`) with an Embedding's mask."""
+    that neither overlap nor pad, mish, ELU's alpha, `ops.flip`, RMSNormalization
+    (`ops.rms_normalization`) and dot-product Attention (`ops.swapaxes`) with an
+    Embedding's mask."""
     rng = np.random.default_rng(12)
     ids = keras.Input((6,), dtype="int32")
     hidden = layers.Embedding(9, 5, mask_zero=True)(ids)

@@ -26,6 +26,7 @@ step_instruction = st.one_of(
     st.tuples(st.just("scalar"), st.sampled_from(["mul", "add", "div"]),
               st.floats(0.25, 2.0)),
     st.tuples(st.just("layer_norm")),
+    st.tuples(st.just("rms_norm")),
     st.tuples(st.just("concat_dense")),
     st.tuples(st.just("softmax")),
 )
@@ -52,6 +53,8 @@ def build_step(instructions, picks, width=WIDTH):
                 instruction[1]]
         elif kind == "layer_norm":
             value = layers.LayerNormalization()(a)
+        elif kind == "rms_norm":
+            value = layers.RMSNormalization()(a)
         elif kind == "concat_dense":
             value = layers.Dense(width)(layers.concatenate([a, b]))
         else:
@@ -97,6 +100,8 @@ def test_random_step_graphs_match_keras(instructions, picks, seed):
        seed=st.integers(0, 2 ** 16), batch=st.sampled_from([1, 3, 9]))
 @example(instructions=[("layer_norm",), ("unary", 3)],
          picks=[(0, 0), (2, 0), (0, 0), (0, 0), (0, 0), (0, 0)], seed=0, batch=1)
+@example(instructions=[("rms_norm",), ("merge", 1)],
+         picks=[(1, 0), (2, 0), (0, 0), (0, 0), (0, 0), (0, 0)], seed=1, batch=3)
 def test_random_step_graphs_compile_to_the_keras_numbers(instructions, picks, seed, batch):
     """Fewer examples than above: each one generates and compiles a new kernel. The
     @example: a square of the input projection's layer norm, both computed after the

@@ -158,6 +158,20 @@ def trace_reduction(context, operation, args, kwargs):
                          keepdims=bool(operation.keepdims))
 
 
+@op_rule("RMSNorm")
+def trace_rms_norm(context, operation, args, kwargs):
+    """`keras.ops.rms_normalization` (the RMSNormalization layer's call): x *
+    rsqrt(mean(x^2 over the axes) + epsilon), then times `scale`, in Keras's order."""
+    value = args[0]
+    scale = args[1] if len(args) > 1 else kwargs.get("scale")
+    epsilon = operation.epsilon if operation.epsilon is not None else keras.config.epsilon()
+    mean_square = context.apply("reduce_mean", context.apply("square", value),
+                                axes=reduction_axes(operation, value), keepdims=True)
+    inverse_rms = context.apply("rsqrt", context.apply("add", mean_square, float(epsilon)))
+    outputs = context.apply("mul", value, inverse_rms)
+    return outputs if scale is None else context.apply("mul", outputs, scale)
+
+
 @op_rule("Cumsum", "Cumprod")
 def trace_cumulative(context, operation, args, kwargs):
     """Running sums and products along one axis, in the dtype Keras computes them in
