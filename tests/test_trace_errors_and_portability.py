@@ -68,9 +68,6 @@ UNSUPPORTED = [
     ("random_state_initializer", lambda: _built(_step_rnn(
         lambda x, h: layers.Dense(3)(x), name="random_init_rnn",
         state_initializer="random_normal")), "random_init_rnn"),
-    ("normalized_dot", lambda: _built(_step_rnn(
-        lambda x, h: layers.Dot(axes=1, normalize=True, name="cosine")(
-            [layers.Dense(3)(x), h]) * h)), "cosine"),
 ]
 
 
@@ -86,6 +83,21 @@ def test_unsupported_layers_are_named(name, make, layer_name):
     with pytest.raises(rshop_ir.UnsupportedError, match=layer_name):
         rshop_ir.trace(layer)
     assert issubclass(rshop_ir.UnsupportedError, NotImplementedError)
+
+
+def test_normalized_dot_compiles_with_keras_numbers():
+    """`Dot(normalize=True)` (the cosine) inside a step: each input scaled by its
+    inverse L2 norm capped at 1 / epsilon as Keras does, so the zero initial state
+    stays zero instead of becoming NaN."""
+    layer = _built(_step_rnn(lambda x, h: layers.Dense(3, activation="tanh")(x) + layers.Dot(
+        axes=1, normalize=True, name="cosine")([layers.Dense(3)(x), h]) * h,
+        return_sequences=True))
+    x = np.random.default_rng(3).standard_normal((2, 6, 4)).astype("float32")
+    expected = np.asarray(layer(x, training=False))
+    assert np.all(np.isfinite(expected)) and np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(rshop_ir.interpret(rshop_ir.trace(layer), x), expected,
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(rshop_ir.compile(layer)(x), expected, atol=1e-4, rtol=0)
 
 
 def test_stateful_layer_is_unsupported_and_named():

@@ -198,14 +198,26 @@ def _mask_or(context, masks):
 _LETTERS = "cdefghijklmnopqrstuvwxyz"
 
 
+def _l2_normalized(context, value, axis):
+    """`keras.ops.normalize(value, axis)` as Keras computes it: value times the
+    inverse L2 norm along `axis`, capped at 1 / epsilon (a zero vector stays zero)."""
+    square_sum = context.apply("reduce_sum", context.apply("square", value), axes=(axis,),
+                               keepdims=True)
+    inverse_norm = context.apply("minimum", context.apply("rsqrt", square_sum),
+                                 1.0 / keras.config.epsilon())
+    return context.apply("mul", value, inverse_norm)
+
+
 @layer_rule(layers.Dot)
 def trace_dot(context, layer, args, kwargs):
-    """`Dot` is Keras's batch_dot: contract one axis of each input, keep the batch."""
-    if layer.normalize:
-        raise unsupported(layer, "Dot(normalize=True)")
+    """`Dot` is Keras's batch_dot: contract one axis of each input, keep the batch;
+    with `normalize`, each input L2-normalised along its axis first (the cosine)."""
     first, second = args[0]
     axes = layer.axes if isinstance(layer.axes, (list, tuple)) else (layer.axes, layer.axes)
     axes = (_axis(axes[0], first.ndim), _axis(axes[1], second.ndim))
+    if layer.normalize:
+        first = _l2_normalized(context, first, axes[0])
+        second = _l2_normalized(context, second, axes[1])
     letters = iter(_LETTERS)
     first_labels = ["b"] + [next(letters) for _ in range(first.ndim - 1)]
     second_labels = ["b"] + [next(letters) for _ in range(second.ndim - 1)]
