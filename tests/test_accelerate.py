@@ -450,7 +450,12 @@ _AROUND_AN_RNN = {
     "rms_normalization_time_and_features": lambda: layers.RMSNormalization(
         axis=[1, 2], epsilon=1e-3),
     "attention": lambda: layers.Lambda(lambda value: value),  # replaced in the test
+    "attention_concat": lambda: layers.Lambda(lambda value: value),  # the same
+    "attention_concat_scaled": lambda: layers.Lambda(lambda value: value),  # the same
 }
+_ATTENTION_OPTIONS = {"attention": {"use_scale": True},
+                      "attention_concat": {"score_mode": "concat"},
+                      "attention_concat_scaled": {"score_mode": "concat", "use_scale": True}}
 
 
 @pytest.mark.parametrize("name", sorted(_AROUND_AN_RNN))
@@ -459,14 +464,14 @@ def test_layers_around_an_rnn_compile_with_keras_numbers(name):
     BatchNormalization at inference, ReLU with its options and PReLU (through
     `keras.activations.relu`), UpSampling1D (`ops.repeat`), 1-D pooling in windows
     that neither overlap nor pad, mish, ELU's alpha, `ops.flip`, RMSNormalization
-    (`ops.rms_normalization`) and dot-product Attention (`ops.swapaxes`) with an
-    Embedding's mask."""
+    (`ops.rms_normalization`), and Attention with dot-product (`ops.swapaxes`) and
+    additive scores, with an Embedding's mask."""
     rng = np.random.default_rng(12)
     ids = keras.Input((6,), dtype="int32")
     hidden = layers.Embedding(9, 5, mask_zero=True)(ids)
     hidden = layers.GRU(5, return_sequences=True)(hidden)
-    if name == "attention":
-        hidden = layers.Attention(use_scale=True)([hidden, hidden])
+    if name in _ATTENTION_OPTIONS:
+        hidden = layers.Attention(**_ATTENTION_OPTIONS[name])([hidden, hidden])
     else:
         hidden = _AROUND_AN_RNN[name]()(hidden)
     model = keras.Model(ids, layers.Dense(3)(layers.LSTM(4, return_sequences=True)(hidden)))
