@@ -434,6 +434,7 @@ _AROUND_AN_RNN = {
     "batch_normalization": lambda: layers.BatchNormalization(),
     "batch_normalization_plain": lambda: layers.BatchNormalization(center=False,
                                                                    scale=False),
+    "batch_normalization_time_axis": lambda: layers.BatchNormalization(axis=1),
     "relu_max_value_threshold": lambda: layers.ReLU(max_value=0.8, threshold=0.1),
     "relu_slope_max_value": lambda: layers.ReLU(max_value=6.0, negative_slope=0.1),
     "relu_all_options": lambda: layers.ReLU(max_value=0.5, negative_slope=0.2,
@@ -461,11 +462,11 @@ _ATTENTION_OPTIONS = {"attention": {"use_scale": True},
 @pytest.mark.parametrize("name", sorted(_AROUND_AN_RNN))
 def test_layers_around_an_rnn_compile_with_keras_numbers(name):
     """Layers common around RNNs, compiled (no fallback) with Keras's numbers:
-    BatchNormalization at inference, ReLU with its options and PReLU (through
-    `keras.activations.relu`), UpSampling1D (`ops.repeat`), 1-D pooling in windows
-    that neither overlap nor pad, mish, ELU's alpha, `ops.flip`, RMSNormalization
-    (`ops.rms_normalization`), and Attention with dot-product (`ops.swapaxes`) and
-    additive scores, with an Embedding's mask."""
+    BatchNormalization at inference (over the features or the steps), ReLU with its
+    options and PReLU (through `keras.activations.relu`), UpSampling1D
+    (`ops.repeat`), 1-D pooling in windows that neither overlap nor pad, mish, ELU's
+    alpha, `ops.flip`, RMSNormalization (`ops.rms_normalization`), and Attention with
+    dot-product (`ops.swapaxes`) and additive scores, with an Embedding's mask."""
     rng = np.random.default_rng(12)
     ids = keras.Input((6,), dtype="int32")
     hidden = layers.Embedding(9, 5, mask_zero=True)(ids)

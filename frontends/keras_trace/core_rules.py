@@ -261,12 +261,25 @@ def trace_batch_normalization(context, layer, args, kwargs):
     axis = layer.axis
     if isinstance(axis, (tuple, list)):
         axis = axis[0] if len(axis) == 1 else None
-    if axis is None or _axis(axis, value.ndim) != value.ndim - 1:
-        raise unsupported(layer, "BatchNormalization over an axis other than the last")
-    scale = context.param_for(layer.gamma) if layer.scale else None
-    offset = context.param_for(layer.beta) if layer.center else None
-    return emit_batch_norm(context, value, context.param_for(layer.moving_mean),
-                           context.param_for(layer.moving_variance), offset, scale,
+    position = None if axis is None else _axis(axis, value.ndim)
+    if position is None or position == 0:
+        raise unsupported(layer, "BatchNormalization over several axes or the batch axis")
+    if position != value.ndim - 1 and isinstance(value.shape[position], str):
+        raise unsupported(layer, "BatchNormalization over an axis of unknown size")
+
+    def param(variable):
+        """The statistic or weight, shaped to broadcast along `axis` (Keras reshapes
+        it so for another axis than the last)."""
+        weight = context.param_for(variable)
+        if position == value.ndim - 1:
+            return weight
+        return context.apply("reshape", weight, shape=tuple(
+            value.shape[position] if index == position else 1
+            for index in range(1, value.ndim)))
+    scale = param(layer.gamma) if layer.scale else None
+    offset = param(layer.beta) if layer.center else None
+    return emit_batch_norm(context, value, param(layer.moving_mean),
+                           param(layer.moving_variance), offset, scale,
                            float(layer.epsilon))
 
 
