@@ -435,6 +435,8 @@ _AROUND_AN_RNN = {
     "batch_normalization_plain": lambda: layers.BatchNormalization(center=False,
                                                                    scale=False),
     "batch_normalization_time_axis": lambda: layers.BatchNormalization(axis=1),
+    "layer_normalization_steps_and_features": lambda: layers.LayerNormalization(
+        axis=[1, 2]),
     "relu_max_value_threshold": lambda: layers.ReLU(max_value=0.8, threshold=0.1),
     "relu_slope_max_value": lambda: layers.ReLU(max_value=6.0, negative_slope=0.1),
     "relu_all_options": lambda: layers.ReLU(max_value=0.5, negative_slope=0.2,
@@ -462,7 +464,8 @@ _ATTENTION_OPTIONS = {"attention": {"use_scale": True},
 @pytest.mark.parametrize("name", sorted(_AROUND_AN_RNN))
 def test_layers_around_an_rnn_compile_with_keras_numbers(name):
     """Layers common around RNNs, compiled (no fallback) with Keras's numbers:
-    BatchNormalization at inference (over the features or the steps), ReLU with its
+    BatchNormalization at inference (over the features or the steps),
+    LayerNormalization over the steps and features, ReLU with its
     options and PReLU (through `keras.activations.relu`), UpSampling1D
     (`ops.repeat`), 1-D pooling in windows that neither overlap nor pad, mish, ELU's
     alpha, `ops.flip`, RMSNormalization (`ops.rms_normalization`), and Attention with
@@ -485,6 +488,24 @@ def test_layers_around_an_rnn_compile_with_keras_numbers(name):
     data[1, 4:] = 0
     np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
                                atol=2e-5, rtol=0)
+
+
+def test_layer_norm_over_the_steps_alone_runs_in_keras_with_its_numbers():
+    """A LayerNormalization over the steps alone (not trailing axes) is traced, but
+    the CPU generator refuses it: it runs in Keras, is listed, and the numbers are
+    Keras's."""
+    inputs = keras.Input((6, 5))
+    hidden = layers.GRU(5, return_sequences=True)(inputs)
+    hidden = layers.LayerNormalization(axis=1, name="over_steps")(hidden)
+    model = keras.Model(inputs, layers.LSTM(4)(hidden))
+    randomize(model, 32)
+    data = np.random.default_rng(33).standard_normal((3, 6, 5)).astype("float32")
+    np.testing.assert_allclose(rshop_ir.trace(model)(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)
+    fast = rshop_ir.accelerate(model, target="cpu")
+    assert [name for name, _ in fast.fallbacks] == ["over_steps"]
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)
 
 
 def test_stacked_attention_keeps_the_query_mask():

@@ -237,16 +237,29 @@ def trace_layer_norm(context, layer, args, kwargs):
     if getattr(layer, "rms_scaling", False):
         raise unsupported(layer, "LayerNormalization(rms_scaling=True)")
     value = _single(layer, args)
-    axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
-    if isinstance(axis, tuple):
-        if len(axis) != 1:
-            raise unsupported(layer, "LayerNormalization over several axes")
-        axis = axis[0]
-    if _axis(axis, value.ndim) != value.ndim - 1:
-        raise unsupported(layer, "LayerNormalization over an axis other than the last")
-    gamma = context.param_for(layer.gamma) if layer.scale else 1.0
-    beta = context.param_for(layer.beta) if layer.center else 0.0
-    return context.apply("layer_norm", value, gamma, beta, axis=-1,
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    positions = sorted({_axis(axis, value.ndim) for axis in axes})
+    if 0 in positions:
+        raise unsupported(layer, "LayerNormalization over the batch axis")
+    if positions == [value.ndim - 1]:
+        axis = -1
+    elif any(isinstance(value.shape[position], str) for position in positions):
+        raise unsupported(layer, "LayerNormalization over an axis of unknown size")
+    else:
+        axis = tuple(positions)
+
+    def param(variable):
+        """gamma or beta, shaped to broadcast along the axes (as Keras reshapes them
+        for other axes than the last alone)."""
+        weight = context.param_for(variable)
+        if axis == -1:
+            return weight
+        return context.apply("reshape", weight, shape=tuple(
+            value.shape[index] if index in positions else 1
+            for index in range(1, value.ndim)))
+    gamma = param(layer.gamma) if layer.scale else 1.0
+    beta = param(layer.beta) if layer.center else 0.0
+    return context.apply("layer_norm", value, gamma, beta, axis=axis,
                          epsilon=float(layer.epsilon))
 
 
