@@ -54,8 +54,7 @@ class AcceleratedModel:
         self._requested_target = target
         self.fallbacks = []
         self._parts = []
-        self._structure = structure_of(compat.output_template(model), is_leaf=lambda value:
-                                       not isinstance(value, (list, tuple, dict)))
+        self._structure = structure_of(compat.output_template(model))
         try:
             self._whole = self._compile(model)
         except UnsupportedError as error:

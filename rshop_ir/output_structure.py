@@ -15,16 +15,16 @@ tracer flattens outputs in.
 from __future__ import annotations
 
 
-def structure_of(nested, is_leaf) -> object:
-    """The template of `nested` (lists, tuples and dicts of leaves, `is_leaf(value)`
-    true for a leaf), its leaves numbered in flattening order; None when that is the
-    flat form (see the module docstring), so programs that need no nesting keep none."""
+def structure_of(nested) -> object:
+    """The template of `nested` (lists, tuples and dicts of anything else: the
+    leaves), its leaves numbered in flattening order; None when that is the flat form
+    (see the module docstring), so programs that need no nesting keep none."""
     counter = iter(range(1 << 62))
 
     def template(value):
         if isinstance(value, dict):
             return {key: template(value[key]) for key in sorted(value)}
-        if isinstance(value, (list, tuple)) and not is_leaf(value):
+        if isinstance(value, (list, tuple)):
             return type(value)(template(item) for item in value)
         return next(counter)
 
@@ -134,8 +134,7 @@ def decode_structure(encoded):
 
 
 def format_structure(structure, names) -> str:
-    """The template written with `names[position]` for its leaves: `a, [b, c]`
-    (the outer container's brackets left to the caller)."""
+    """The template written with `names[position]` for its leaves: `(a, [b, c])`."""
     def text(value):
         if isinstance(value, dict):
             return "{" + ", ".join(f"{key!r}: {text(item)}" for key, item in value.items()) + "}"
@@ -145,6 +144,4 @@ def format_structure(structure, names) -> str:
         if isinstance(value, list):
             return "[" + ", ".join(text(item) for item in value) + "]"
         return names[value]
-    if isinstance(structure, (list, tuple)):
-        return ", ".join(text(item) for item in structure)
     return text(structure)

@@ -85,10 +85,10 @@ def _emit_program(program, namer, lines, eqn_lines, indent):
         _emit_eqn(eqn, namer, lines, eqn_lines, indent + INDENT * 2)
     names = [namer.atom(atom) for atom in program.outputs]
     if program.output_structure is None:
-        results = ", ".join(names)
-    else:
+        results = f"({', '.join(names)})"
+    else:   # the nesting, its outer brackets included: `in [a, [b, c]]`
         results = format_structure(program.output_structure, names)
-    lines.append(f"{indent}{INDENT}in ({results}) }}")
+    lines.append(f"{indent}{INDENT}in {results} }}")
 
 
 def format_param(value) -> str:

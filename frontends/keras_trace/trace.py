@@ -150,6 +150,5 @@ def _trace_recurrent_layer(layer):
 
 def _build_nested(builder, outputs):
     """The program returning `outputs` flat, nested as the Keras call returns them."""
-    structure = structure_of(outputs, is_leaf=lambda value: not isinstance(
-        value, (list, tuple, dict)))
+    structure = structure_of(outputs)
     return builder.build(keras.tree.flatten(outputs), output_structure=structure)
