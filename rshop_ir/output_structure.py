@@ -24,8 +24,10 @@ def structure_of(nested) -> object:
     def template(value):
         if isinstance(value, dict):
             return {key: template(value[key]) for key in sorted(value)}
-        if isinstance(value, (list, tuple)):
-            return type(value)(template(item) for item in value)
+        if isinstance(value, tuple):     # a subclass (a named tuple) as a plain one
+            return tuple(template(item) for item in value)
+        if isinstance(value, list):      # ... and a tracking wrapper as a list
+            return [template(item) for item in value]
         return next(counter)
 
     built = template(nested)

@@ -2,6 +2,8 @@
 model returns them (rshop_ir/output_structure.py), for the interpreter, the CPU kernel,
 `accelerate` and a saved program, compared with Keras's own results."""
 
+import collections
+
 import keras
 import numpy as np
 import pytest
@@ -63,6 +65,8 @@ def test_flat_results_need_no_structure():
     assert structure_of([1.0]) is None
     assert structure_of((1.0, [2.0, 3.0])) == (0, [1, 2])
     assert structure_of({"b": 1.0, "a": [2.0]}) == {"a": [0], "b": 1}
+    pair = collections.namedtuple("pair", "first second")
+    assert type(structure_of(pair(1.0, [2.0]))) is tuple    # a plain tuple: it is saved
 
 
 def test_nest_and_flatten_are_inverse():
