@@ -104,26 +104,44 @@ def test_stacked_cells_return_state_nested_like_keras():
     layer(x)
     _randomize(layer)
     expected = layer(x, training=False)
-    expected = [expected[0], *expected[1:]]     # Keras's tuple; ours is a list
+    assert isinstance(expected, tuple)
     bound = rshop_ir.trace(layer)
-    assert bound.program.output_structure == [0, [1, 2], [3], [4]]
-    assert bound.ir.splitlines()[-1].endswith("in [o, [p, q], [r], [s]] }")
+    assert bound.program.output_structure == (0, [1, 2], [3], [4])
+    assert bound.ir.splitlines()[-1].endswith("in (o, [p, q], [r], [s]) }")
     _assert_same_nesting(bound(x), expected)
     compiled = rshop_ir.compile(layer)
     _assert_same_nesting(compiled(x), expected)
-    _assert_same_nesting(compiled(x[:1]), [part[:1] if not isinstance(part, list)
-                                           else [p[:1] for p in part] for part in expected])
+    _assert_same_nesting(compiled(x[:1]), tuple(
+        part[:1] if not isinstance(part, list) else [p[:1] for p in part]
+        for part in expected))
 
 
-def test_plain_return_state_stays_flat():
+def test_a_keras_layer_returns_its_states_in_a_tuple():
+    """`LSTM(return_state=True)` returns the tuple `(output, h, c)`, as Keras does."""
     layer = keras.layers.LSTM(4, return_state=True)
     x = _x()
     layer(x)
+    _randomize(layer, seed=6)
+    bound = rshop_ir.trace(layer)
+    assert bound.program.output_structure == (0, 1, 2)
+    result = rshop_ir.compile(layer)(x)
+    assert isinstance(result, tuple) and len(result) == 3
+    _assert_same_nesting(result, layer(x, training=False))
+
+
+def test_our_layer_returns_its_states_flat_in_a_list():
+    """`RecurrentModel(return_states=True)` returns `[output, *final_states]` (SPEC), so
+    its program needs no nesting."""
+    layer = LSTMCell(4, input_dim=5).get_layer(backend="keras", return_states=True)
+    x = _x()
+    layer(x)
+    _randomize(layer, seed=7)
     bound = rshop_ir.trace(layer)
     assert bound.program.output_structure is None
     result = rshop_ir.compile(layer)(x)
-    assert isinstance(result, list) and len(result) == 3
-    _assert_same_nesting(result, list(layer(x, training=False)))
+    expected = layer(x, training=False)
+    assert isinstance(expected, list) and isinstance(result, list) and len(result) == 3
+    _assert_same_nesting(result, expected)
 
 
 def test_saved_program_keeps_the_nesting(tmp_path):
@@ -131,11 +149,11 @@ def test_saved_program_keeps_the_nesting(tmp_path):
     x = _x(seed=2)
     layer(x)
     _randomize(layer, seed=3)
-    expected = list(layer(x, training=False))
+    expected = layer(x, training=False)
     path = str(tmp_path / "stacked")
     rshop_ir.save(rshop_ir.compile(layer), path)
     loaded = rshop_ir.load(path)
-    assert loaded.program.output_structure == [0, [1, 2], [3], [4]]
+    assert loaded.program.output_structure == (0, [1, 2], [3], [4])
     _assert_same_nesting(loaded(x), expected)
     _assert_same_nesting(rshop_ir.compile(loaded)(x), expected)
 

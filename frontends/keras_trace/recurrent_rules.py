@@ -86,11 +86,14 @@ def emit_scan(context, layer, signature, x, step_function, initial_states, initi
 
 
 def _layer_outputs(context, layer, output, finals, mask, return_states):
-    """A recurrent layer's result; the mask follows a returned sequence, as in Keras."""
+    """A recurrent layer's result; the mask follows a returned sequence, as in Keras.
+    With its states: a list `[output, *final_states]` from our layers (SPEC), a tuple
+    `(output, *states)` from Keras's, as each returns it."""
     if layer.return_sequences and mask is not None:
         context.set_mask(output, mask)
     if return_states:
-        return [output, *finals]
+        return (output, *finals) if isinstance(layer, keras.layers.RNN) else [output,
+                                                                              *finals]
     return output
 
 
