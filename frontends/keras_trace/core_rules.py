@@ -208,6 +208,17 @@ def _l2_normalized(context, value, axis):
     return context.apply("mul", value, inverse_norm)
 
 
+def _broadcast_param(context, variable, value, positions):
+    """A normalisation's weight or statistic over `value`'s axes `positions`, shaped
+    to broadcast against `value` as Keras reshapes it (unchanged over the last axis
+    alone)."""
+    weight = context.param_for(variable)
+    if list(positions) == [value.ndim - 1]:
+        return weight
+    return context.apply("reshape", weight, shape=tuple(
+        value.shape[index] if index in positions else 1 for index in range(1, value.ndim)))
+
+
 @layer_rule(layers.Dot)
 def trace_dot(context, layer, args, kwargs):
     """`Dot` is Keras's batch_dot: contract one axis of each input, keep the batch;
@@ -247,18 +258,8 @@ def trace_layer_norm(context, layer, args, kwargs):
         raise unsupported(layer, "LayerNormalization over an axis of unknown size")
     else:
         axis = tuple(positions)
-
-    def param(variable):
-        """gamma or beta, shaped to broadcast along the axes (as Keras reshapes them
-        for other axes than the last alone)."""
-        weight = context.param_for(variable)
-        if axis == -1:
-            return weight
-        return context.apply("reshape", weight, shape=tuple(
-            value.shape[index] if index in positions else 1
-            for index in range(1, value.ndim)))
-    gamma = param(layer.gamma) if layer.scale else 1.0
-    beta = param(layer.beta) if layer.center else 0.0
+    gamma = _broadcast_param(context, layer.gamma, value, positions) if layer.scale else 1.0
+    beta = _broadcast_param(context, layer.beta, value, positions) if layer.center else 0.0
     return context.apply("layer_norm", value, gamma, beta, axis=axis,
                          epsilon=float(layer.epsilon))
 
@@ -281,14 +282,7 @@ def trace_batch_normalization(context, layer, args, kwargs):
         raise unsupported(layer, "BatchNormalization over an axis of unknown size")
 
     def param(variable):
-        """The statistic or weight, shaped to broadcast along `axis` (Keras reshapes
-        it so for another axis than the last)."""
-        weight = context.param_for(variable)
-        if position == value.ndim - 1:
-            return weight
-        return context.apply("reshape", weight, shape=tuple(
-            value.shape[position] if index == position else 1
-            for index in range(1, value.ndim)))
+        return _broadcast_param(context, variable, value, [position])
     scale = param(layer.gamma) if layer.scale else None
     offset = param(layer.beta) if layer.center else None
     return emit_batch_norm(context, value, param(layer.moving_mean),

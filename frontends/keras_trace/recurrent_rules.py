@@ -91,10 +91,11 @@ def _layer_outputs(context, layer, output, finals, mask, return_states):
     `(output, *states)` from Keras's, as each returns it."""
     if layer.return_sequences and mask is not None:
         context.set_mask(output, mask)
-    if return_states:
-        return (output, *finals) if isinstance(layer, keras.layers.RNN) else [output,
-                                                                              *finals]
-    return output
+    if not return_states:
+        return output
+    if isinstance(layer, keras.layers.RNN):
+        return (output, *finals)
+    return [output, *finals]
 
 
 def _initial_values(context, layer, signature, initial_state, initial_readout, fills):
@@ -290,7 +291,7 @@ def trace_bidirectional(context, layer, args, kwargs):
     backward = trace_layer_call(context, layer.backward_layer, (x,), dict(inner_kwargs))
     states = ()
     if layer.return_state:
-        states = tuple(list(forward[1:]) + list(backward[1:]))
+        states = (*forward[1:], *backward[1:])
         forward, backward = forward[0], backward[0]
     if layer.return_sequences:
         backward = context.apply("reverse", backward, axis=1)
