@@ -8,17 +8,15 @@ without dropout at inference), lowered as Keras's TensorFlow backend computes it
 Grouped query heads (more query heads than key heads) repeat each key and value head
 for its group. Flash attention and a soft cap on the logits are refused.
 
-`keras.layers.Attention` is traced through its own call(); with additive scores
-(`score_mode="concat"`) its `weight * tensor` products are written `tensor * weight`
-(the same numbers), which keras.ops can trace.
+`keras.layers.Attention` needs no rule: its call() is re-traced, additive scores
+(`score_mode="concat"`, whose `weight * tensor` products put the weight first)
+included (variable_operators.py).
 """
 
-import keras
 import numpy as np
-from keras import ops
 
 from rshop_ir.frontends.keras_trace.op_rules import _fail
-from rshop_ir.frontends.keras_trace.walk import layer_rule, op_rule, retrace_layer_call
+from rshop_ir.frontends.keras_trace.walk import op_rule
 
 _ARGUMENTS = ("query", "key", "value", "bias", "mask", "scale")
 
@@ -62,27 +60,3 @@ def trace_dot_product_attention(context, operation, args, kwargs):
         logits = context.apply("where", keep, logits, lowest)
     probabilities = context.apply("softmax", logits, axis=-1)
     return context.apply("einsum", probabilities, value, equation="bnts,bsnh->btnh")
-
-
-@layer_rule(keras.layers.Attention)
-def trace_attention_layer(context, layer, args, kwargs):
-    """Attention through its call(); additive ("concat") scores as `_concat_scores`
-    computes them, where Keras's own would run a TensorFlow op on the traced values."""
-    if layer.score_mode != "concat" or \
-            type(layer)._calculate_scores is not keras.layers.Attention._calculate_scores:
-        return retrace_layer_call(context, layer, args, kwargs)
-    object.__setattr__(layer, "_calculate_scores", lambda query, key: _concat_scores(
-        layer, query, key))
-    try:
-        return retrace_layer_call(context, layer, args, kwargs)
-    finally:
-        object.__delattr__(layer, "_calculate_scores")
-
-
-def _concat_scores(layer, query, key):
-    """Keras's additive scores, sum over depth of tanh(scale * (q + k)) times the
-    score weight, each weight multiplied from the right."""
-    summed = ops.expand_dims(query, axis=-2) + ops.expand_dims(key, axis=-3)
-    if layer.scale is not None:
-        summed = summed * layer.scale
-    return ops.sum(ops.tanh(summed), axis=-1) * layer.concat_score_weight

@@ -15,6 +15,7 @@ from recurrentshop import compat
 from rshop_ir.errors import UnsupportedError
 from rshop_ir.ir import HALF_PRECISION, Var
 from rshop_ir.frontends.keras_trace.context import unsupported
+from rshop_ir.frontends.keras_trace.variable_operators import symbolic_variable_operators
 
 # class -> rule(context, layer, args, kwargs) -> outputs. Filled by the rule modules.
 LAYER_RULES = {}
@@ -134,7 +135,8 @@ def retrace_layer_call(context, layer, args, kwargs=None):
         symbolic_kwargs["training"] = False
 
     def build_graph():
-        symbolic_outputs = layer.call(*symbolic_args, **symbolic_kwargs)
+        with symbolic_variable_operators():   # `self.weight * inputs` traces too
+            symbolic_outputs = layer.call(*symbolic_args, **symbolic_kwargs)
         flat_outputs = keras.tree.flatten(symbolic_outputs)
         output_masks = _output_masks(layer, symbolic_args, symbolic_kwargs, len(flat_outputs))
         graph = keras.Model(inputs, flat_outputs + [mask for mask in output_masks
