@@ -511,6 +511,22 @@ def test_cuda_target_and_bad_objects():
         rshop_ir.compile(42)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_weight_on_the_left_multiplies_every_batch_item(dtype):
+    """`W @ x` with W (4, 6) and x (B, 6, 5): one product per batch item, the
+    interpreter's and numpy's numbers."""
+    builder = rshop_ir.ProgramBuilder()
+    x = builder.input(dtype, ("B", 6, 5))
+    mix = builder.param("mix", dtype, (4, 6))
+    program = builder.build([builder.apply("matmul", mix, x)])
+    rng = np.random.default_rng(5)
+    weights = {"mix": rng.standard_normal((4, 6)).astype(dtype)}
+    bound = BoundProgram(program, weights)
+    data = rng.standard_normal((3, 6, 5)).astype(dtype)
+    got = _check(rshop_ir.compile(bound), bound, [data], dtype)
+    np.testing.assert_allclose(got[0], weights["mix"] @ data, atol=ATOL[dtype], rtol=0)
+
+
 def test_unsupported_op_names_the_op():
     builder = rshop_ir.ProgramBuilder()
     x = builder.input("float32", ("B", 4, 4))

@@ -152,3 +152,28 @@ def test_a_keras_cell_with_a_weight_on_the_left_compiles_to_keras():
     np.testing.assert_allclose(compiled(data), layer(data), atol=1e-5, rtol=0)
     randomize(model, 11)
     np.testing.assert_allclose(compiled(data), layer(data), atol=1e-5, rtol=0)
+
+
+class _MixSteps(layers.Layer):
+    """`self.mix @ inputs`: a learned mixing of a known number of steps."""
+
+    def build(self, shape):
+        self.mix = self.add_weight(shape=(shape[1], shape[1]), name="mix")
+
+    def call(self, inputs):
+        return self.mix @ inputs
+
+
+def test_a_weight_mixing_the_steps_compiles_and_follows_new_weights():
+    """A weight on the left of a matmul over a batch of sequences (the generator runs
+    one product per batch item): compiled, Keras's numbers before and after the
+    weights change."""
+    inputs = keras.Input((STEPS, CHANNELS))
+    hidden = _MixSteps()(layers.LSTM(CHANNELS, return_sequences=True)(inputs))
+    model = keras.Model(inputs, layers.GRU(3)(hidden))
+    randomize(model, 12)
+    data = np.random.default_rng(13).standard_normal((2, STEPS, CHANNELS)).astype("float32")
+    fast = assert_compiled_like_keras(model, data)
+    randomize(model, 14)
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)

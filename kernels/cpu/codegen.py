@@ -1047,17 +1047,24 @@ class CpuGenerator:
             self._run_product(function, f"{a_array}.reshape(({rows}, {a.shape[-1]}))",
                               b, b_array, f"{name}.reshape(({rows}, {b.shape[-1]}))",
                               rows, out, claims)
-        elif a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2]:
-            batch = " * ".join(str(d) for d in a.shape[:-2])
+        elif a.ndim == 2 or (a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2]):
+            # one product per batch item; a 2-D `a` (a weight on the left, `W @ x`)
+            # multiplies every item
+            batch = " * ".join(str(d) for d in b.shape[:-2])
             left, right, result, index = (function.names.fresh(h) for h in
                                           ("left", "right", "result", "n"))
             body = function.body
-            body.line(f"{left} = {a_array}.reshape(({batch}, {a.shape[-2]}, {a.shape[-1]}))")
+            if a.ndim == 2:
+                left_item = a_array
+            else:
+                body.line(f"{left} = {a_array}.reshape(({batch}, {a.shape[-2]}, "
+                          f"{a.shape[-1]}))")
+                left_item = f"{left}[{index}]"
             body.line(f"{right} = {b_array}.reshape(({batch}, {b.shape[-2]}, {b.shape[-1]}))")
             body.line(f"{result} = {name}.reshape(({batch}, {out.shape[-2]}, "
                       f"{out.shape[-1]}))")
             with body.block(f"for {index} in range({batch}):"):
-                self._blas_line(body, f"np.dot({left}[{index}], {right}[{index}], "
+                self._blas_line(body, f"np.dot({left_item}, {right}[{index}], "
                                       f"{result}[{index}])")
         else:
             raise UnsupportedError(f"matmul of {a.type} and {b.type} (broadcast batch "
