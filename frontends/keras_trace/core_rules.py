@@ -256,12 +256,36 @@ def trace_layer_norm(context, layer, args, kwargs):
         axis = -1
     elif any(isinstance(value.shape[position], str) for position in positions):
         raise unsupported(layer, "LayerNormalization over an axis of unknown size")
+    elif positions != list(range(value.ndim - len(positions), value.ndim)):
+        return _layer_norm_moved_last(context, layer, value, positions)
     else:
         axis = tuple(positions)
     gamma = _broadcast_param(context, layer.gamma, value, positions) if layer.scale else 1.0
     beta = _broadcast_param(context, layer.beta, value, positions) if layer.center else 0.0
     return context.apply("layer_norm", value, gamma, beta, axis=axis,
                          epsilon=float(layer.epsilon))
+
+
+def _layer_norm_moved_last(context, layer, value, positions):
+    """A LayerNormalization over axes that are not the trailing ones (the steps
+    alone, say): the normalised axes are moved last, normalised there, and moved back.
+    The weights keep Keras's element order: Keras reshapes them to broadcast, and the
+    axes moved are their size-1 ones."""
+    kept = [position for position in range(value.ndim) if position not in positions]
+    order = kept + list(positions)
+    moved = context.apply("transpose", value, perm=tuple(order))
+    shape = tuple(value.shape[position] for position in positions)
+
+    def weight(variable, enabled, default):
+        if not enabled:
+            return default
+        return context.apply("reshape", context.param_for(variable), shape=shape)
+
+    normalized = context.apply(
+        "layer_norm", moved, weight(layer.gamma, layer.scale, 1.0),
+        weight(layer.beta, layer.center, 0.0),
+        axis=tuple(range(len(kept), value.ndim)), epsilon=float(layer.epsilon))
+    return context.apply("transpose", normalized, perm=tuple(int(i) for i in np.argsort(order)))
 
 
 @layer_rule(layers.BatchNormalization)
