@@ -28,7 +28,7 @@ _ROW_WISE_OPS = frozenset({
     "fused", "scan", "matmul", "einsum", "layer_norm", "reduce_sum", "reduce_mean",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "softmax",
     "log_softmax", "concatenate", "slice", "reshape", "expand_dims", "squeeze",
-    "repeat", "tile", "transpose", "broadcast_to", "reverse", "gather", "constant",
+    "repeat", "tile", "transpose", "broadcast_to", "reverse", "shift", "gather", "constant",
     "fill", "where", "cast", "cumsum", "cumprod",
 })
 
@@ -71,7 +71,7 @@ def _axis_ok(eqn) -> bool:
     params = eqn.params
     if eqn.op == "layer_norm":
         return 0 not in normalize_axes(params["axis"], first.ndim)
-    if eqn.op in ("softmax", "log_softmax", "slice", "reverse", "repeat", "gather",
+    if eqn.op in ("softmax", "log_softmax", "slice", "reverse", "shift", "repeat", "gather",
                   "cumsum", "cumprod"):
         return normalize_axis(params["axis"], first.ndim) != 0
     if eqn.op == "concatenate":
@@ -87,9 +87,10 @@ def _axis_ok(eqn) -> bool:
         return tuple(params["repeats"])[0] == 1
     if eqn.op == "matmul":
         left, right = eqn.inputs
-        # A right operand with batch rows is only row-wise in a batched matmul.
-        return not has_batch_rows(right) or (left.ndim >= 3 and right.ndim >= 3
-                                             and has_batch_rows(left))
+        # A right operand with batch rows is row-wise where each batch item is one
+        # product: a batched matmul, or a 2-D left operand (a weight, `W @ x`).
+        return not has_batch_rows(right) or (left.ndim == 2 and right.ndim >= 3) or (
+            left.ndim >= 3 and right.ndim >= 3 and has_batch_rows(left))
     if eqn.op == "einsum":
         return _einsum_ok(eqn)
     return True

@@ -815,7 +815,16 @@ def test_row_wise_programs_are_independent():
         w = builder.param("w", "float32", (4, 3))
         return builder.apply("einsum", x, w, equation="bi,ij->bj")
 
-    for build in (dense_softmax, per_row_sum, einsum_rows):
+    def weight_on_the_left(builder, x):
+        rows = builder.apply("reshape", x, shape=("B", 2, 2))
+        w = builder.param("w", "float32", (3, 2))
+        return builder.apply("matmul", w, rows)
+
+    def shifted_features(builder, x):
+        return builder.apply("shift", x, axis=1, offset=1)
+
+    for build in (dense_softmax, per_row_sum, einsum_rows, weight_on_the_left,
+                  shifted_features):
         assert rows_independent(_program(build)), build.__name__
 
 
@@ -835,7 +844,15 @@ def test_programs_mixing_rows_are_not_independent():
     def contracted_batch(builder, x):
         return builder.apply("matmul", builder.apply("transpose", x, perm=(1, 0)), x)
 
-    for build in (batch_sum, batch_softmax, batch_gram, reversed_batch, contracted_batch):
+    def shifted_batch(builder, x):
+        return builder.apply("shift", x, axis=0, offset=1)
+
+    def weight_over_the_batch(builder, x):
+        w = builder.param("w", "float32", (3, "B"))
+        return builder.apply("matmul", w, x)
+
+    for build in (batch_sum, batch_softmax, batch_gram, reversed_batch, contracted_batch,
+                  shifted_batch, weight_over_the_batch):
         assert not rows_independent(_program(build)), build.__name__
 
 

@@ -527,6 +527,29 @@ def test_a_weight_on_the_left_multiplies_every_batch_item(dtype):
     np.testing.assert_allclose(got[0], weights["mix"] @ data, atol=ATOL[dtype], rtol=0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_shift_along_the_steps_fills_zeros_at_every_length(dtype):
+    """`shift` by -3..3 along a symbolic number of steps, lengths 1 to 5 (shorter than
+    the offset too), NaN moved like any value: the interpreter's numbers and a
+    hand-written loop's."""
+    builder = rshop_ir.ProgramBuilder()
+    x = builder.input(dtype, ("B", "T", 2))
+    offsets = (-3, -1, 0, 2, 3)
+    bound = BoundProgram(builder.build([builder.apply("shift", x, axis=1, offset=offset)
+                                        for offset in offsets]), {})
+    compiled = rshop_ir.compile(bound)
+    for steps in (1, 2, 5):
+        data = np.random.default_rng(steps).standard_normal((3, steps, 2)).astype(dtype)
+        data[1, 0, 1] = np.nan
+        got = _check(compiled, bound, [data], dtype)
+        for offset, result in zip(offsets, got):
+            expected = np.zeros_like(data)
+            for step in range(steps):
+                if 0 <= step - offset < steps:
+                    expected[:, step] = data[:, step - offset]
+            np.testing.assert_array_equal(result, expected)
+
+
 def test_unsupported_op_names_the_op():
     builder = rshop_ir.ProgramBuilder()
     x = builder.input("float32", ("B", 4, 4))

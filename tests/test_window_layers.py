@@ -73,9 +73,38 @@ def test_raw_pad_and_conv_ops_in_a_lambda():
     assert_compiled_like_keras(model, data)
 
 
-def test_conv1d_over_unknown_steps_runs_in_keras():
+UNKNOWN_STEPS_CONVOLUTIONS = {
+    "causal": dict(filters=4, kernel_size=3, padding="causal"),
+    "causal_dilated_grouped": dict(filters=4, kernel_size=3, padding="causal",
+                                   dilation_rate=2, groups=2),
+    "same_even_taps_dilated": dict(filters=5, kernel_size=4, padding="same",
+                                   dilation_rate=3, activation="relu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNKNOWN_STEPS_CONVOLUTIONS))
+def test_conv1d_over_unknown_steps_compiles_for_every_length(name):
+    """Stride 1, "causal" or "same" padding over `(None, channels)` inputs: each tap is
+    the input shifted along the steps, one compiled program for every length, Keras's
+    numbers at lengths shorter than the kernel's reach too."""
     inputs = keras.Input((None, CHANNELS))
-    hidden = layers.Conv1D(4, 3, padding="causal", name="conv")(inputs)
+    hidden = layers.Conv1D(**UNKNOWN_STEPS_CONVOLUTIONS[name], name="conv")(inputs)
+    model = keras.Model(inputs, layers.LSTM(3, return_sequences=True)(hidden))
+    randomize(model, 7)
+    fast = rshop_ir.accelerate(model)
+    for steps in (1, 2, STEPS):
+        data = np.random.default_rng(steps).standard_normal(
+            (2, steps, CHANNELS)).astype("float32")
+        assert fast.fallbacks == []
+        np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                                   atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("settings", [dict(padding="valid"), dict(strides=2, padding="same")],
+                         ids=["valid", "strided"])
+def test_conv1d_over_unknown_steps_that_changes_their_number_runs_in_keras(settings):
+    inputs = keras.Input((None, CHANNELS))
+    hidden = layers.Conv1D(4, 3, name="conv", **settings)(inputs)
     model = keras.Model(inputs, layers.LSTM(3)(hidden))
     data = np.random.default_rng(7).standard_normal((2, STEPS, CHANNELS)).astype("float32")
     fast = assert_compiled_like_keras(model, data, fallbacks=["conv"])

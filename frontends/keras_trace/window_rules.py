@@ -23,8 +23,10 @@ pooling: lowered to ops the IR already has, so every backend runs them.
 `layers.Conv1D` has a rule of its own: its call() reshapes the bias eagerly, which a
 re-trace would capture as a constant instead of a param.
 
-All need the number of steps (and every padded size) known when tracing: the IR has
-no size computed from a symbolic one. "same" padding pads as TensorFlow does (the
+Over an unknown number of steps, a convolution of stride 1 with "same" or "causal"
+padding keeps the number of steps: tap j is the input moved along the steps (`shift`,
+zeros where it reads the padding). Everything else needs the number of steps (and every
+padded size) known when tracing: the IR has no size computed from a symbolic one. "same" padding pads as TensorFlow does (the
 odd step of padding at the end).
 """
 
@@ -100,13 +102,12 @@ def trace_conv1d_layer(context, layer, args, kwargs):
     def fail(what):
         return unsupported(layer, what)
     padding = layer.padding
-    if padding == "causal":    # zeros before the steps (the last axis, channels first)
+    steps_axis = 2 if layer.data_format == "channels_first" else 1
+    if padding == "causal" and value.ndim == 3 and not isinstance(value.shape[steps_axis],
+                                                                  str):
+        # zeros before the steps (the last axis, channels first); over an unknown
+        # number of steps, emit_conv1d shifts each tap instead
         dilation = _single(layer.dilation_rate, fail, "dilation rate")
-        steps_axis = 2 if layer.data_format == "channels_first" else 1
-        if value.ndim != 3:
-            raise fail("a convolution other than 1-D")
-        if isinstance(value.shape[steps_axis], str):
-            raise fail("a convolution over an unknown number of steps")
         value = pad_axis(context, value, steps_axis, (layer.kernel_size[0] - 1) * dilation,
                          0)
         padding = "valid"
@@ -131,25 +132,15 @@ def emit_conv1d(context, value, kernel, strides, dilation, padding, data_format,
         value = context.apply("transpose", value, perm=(0, 2, 1))
     steps, channels = value.shape[1], value.shape[2]
     taps, group_channels, filters = kernel.shape
-    if isinstance(steps, str):
-        raise fail("a convolution over an unknown number of steps")
     if channels % group_channels or filters % (channels // group_channels):
         raise fail(f"a kernel of {group_channels} channels a group over {channels} "
                    f"input channels and {filters} filters")
     reach = (taps - 1) * dilation + 1           # steps one output step reads
     padding = str(padding).lower()
-    if padding == "same":
-        out_steps = -(-steps // strides)
-        total = max((out_steps - 1) * strides + reach - steps, 0)
-        value = pad_axis(context, value, 1, total // 2, total - total // 2)
-    elif padding == "valid":
-        if steps < reach:
-            raise fail(f"a 'valid' convolution reaching {reach} steps over {steps}")
-        out_steps = (steps - reach) // strides + 1
+    if isinstance(steps, str):
+        windows = _shifted_taps(context, value, taps, dilation, strides, padding, fail)
     else:
-        raise fail(f"padding {padding!r}")
-    windows = [_tap_window(context, value, j * dilation, out_steps, strides)
-               for j in range(taps)]
+        windows = _padded_taps(context, value, taps, dilation, strides, padding, reach, fail)
     groups = channels // group_channels
     group_filters = filters // groups
     results = []
@@ -171,6 +162,38 @@ def emit_conv1d(context, value, kernel, strides, dilation, padding, data_format,
     if channels_first:
         result = context.apply("transpose", result, perm=(0, 2, 1))
     return result
+
+
+def _padded_taps(context, value, taps, dilation, strides, padding, reach, fail):
+    """Over a known number of steps: each tap's window of the padded steps
+    (`_tap_window`)."""
+    steps = value.shape[1]
+    if padding == "same":
+        out_steps = -(-steps // strides)
+        total = max((out_steps - 1) * strides + reach - steps, 0)
+        value = pad_axis(context, value, 1, total // 2, total - total // 2)
+    elif padding == "valid":
+        if steps < reach:
+            raise fail(f"a 'valid' convolution reaching {reach} steps over {steps}")
+        out_steps = (steps - reach) // strides + 1
+    else:
+        raise fail(f"padding {padding!r}")
+    return [_tap_window(context, value, j * dilation, out_steps, strides)
+            for j in range(taps)]
+
+
+def _shifted_taps(context, value, taps, dilation, strides, padding, fail):
+    """Over an unknown number of steps, stride 1 and "same" or "causal" padding: tap j
+    reads step t + j * dilation - before, `value` shifted by `before - j * dilation`
+    (zeros where it reads the padding), as many steps as the input."""
+    if strides != 1 or padding not in ("same", "causal"):
+        raise fail(f"a convolution over an unknown number of steps with stride {strides} "
+                   f"and padding {padding!r} (only stride 1, 'same' or 'causal' padding)")
+    total = (taps - 1) * dilation
+    before = total if padding == "causal" else total // 2
+    return [value if before == j * dilation else
+            context.apply("shift", value, axis=1, offset=before - j * dilation)
+            for j in range(taps)]
 
 
 def _tap_window(context, value, start, out_steps, strides):

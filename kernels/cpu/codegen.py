@@ -595,6 +595,25 @@ class CpuGenerator:
         self._define(function, eqn.outputs[0],
                      f"np.ascontiguousarray({source}[{', '.join(index)}])")
 
+    def _op_shift(self, function, eqn) -> None:
+        """Zeros, then the entries that move in copied as one slice (the size along the
+        axis may be symbolic: the slice bounds are computed in the kernel)."""
+        (x,), (out,) = eqn.inputs, eqn.outputs
+        axis = normalize_axis(eqn.params["axis"], x.ndim)
+        offset = int(eqn.params["offset"])
+        source = self._array(function, x)
+        name = function.alloc(out, self.shape_text(out.shape), "shifted")
+        body, names = function.body, function.names
+        kept, start = names.fresh("kept"), names.fresh("start")
+        body.line(f"{name}[...] = {self.ctx.const(0, out.dtype)}")
+        body.line(f"{kept} = max({x.shape[axis]} - {abs(offset)}, 0)")
+        body.line(f"{start} = {max(offset, 0)}")
+        target, origin = [":"] * x.ndim, [":"] * x.ndim
+        target[axis] = f"{start}:{start} + {kept}"
+        origin[axis] = f"{start} - {offset}:{start} - {offset} + {kept}"
+        body.line(f"{name}[{', '.join(target)}] = {source}[{', '.join(origin)}]")
+        function.values[out] = ArrayValue(name, out.ndim)
+
     def _op_concatenate(self, function, eqn) -> None:
         """One copy loop nest per part into a buffer allocated once before a scan's
         time loop (np.concatenate would allocate at every step)."""

@@ -1,4 +1,5 @@
-"""Ops that move data without arithmetic: concatenate, slice, reshape, transpose, gather...
+"""Ops that move data without arithmetic: concatenate, slice, shift, reshape, transpose,
+gather...
 
 Also the value sources `constant` (a small array held in its params) and `fill` (a
 shape, possibly symbolic, filled with one value). Params named `shape` may contain "B"
@@ -57,6 +58,27 @@ def slice_impl(x, axis, start, stop):
     index = [slice(None)] * x.ndim
     index[axis] = slice(start, stop)
     return x[tuple(index)]
+
+
+def shift_rule(x: TensorType, axis: int, offset: int) -> tuple:
+    normalize_axis(axis, x.ndim)
+    if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool):
+        raise ValueError(f"shift {x}: the offset must be an int. Received {offset!r}.")
+    return (x,)
+
+
+def shift_impl(x, axis, offset):
+    """`x` moved `offset` entries along `axis` (later when positive), zeros where no
+    entry moved in: out[i] = x[i - offset] for 0 <= i - offset < n."""
+    out = np.zeros_like(x)
+    size, offset = x.shape[axis], int(offset)
+    kept = max(size - abs(offset), 0)
+    target, source = [slice(None)] * x.ndim, [slice(None)] * x.ndim
+    start = max(offset, 0)
+    target[axis] = slice(start, start + kept)
+    source[axis] = slice(start - offset, start - offset + kept)
+    out[tuple(target)] = x[tuple(source)]
+    return out
 
 
 def reshape_rule(x: TensorType, shape) -> tuple:
@@ -171,6 +193,8 @@ register("broadcast_to", broadcast_to_rule, lambda x, shape: np.broadcast_to(x, 
          params={"shape": REQUIRED}, num_inputs=1)
 register("reverse", reverse_rule, lambda x, axis: np.flip(x, axis=axis).copy(),
          params={"axis": REQUIRED}, num_inputs=1)
+register("shift", shift_rule, shift_impl, params={"axis": REQUIRED, "offset": REQUIRED},
+         num_inputs=1)
 register("gather", gather_rule, lambda table, ids, axis: np.take(table, ids, axis=axis),
          params={"axis": 0}, num_inputs=2)
 register("constant", constant_rule,
