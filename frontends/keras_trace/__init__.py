@@ -15,6 +15,7 @@ from rshop_ir.frontends.keras_trace import (  # noqa: F401,E402
     composite_rules,
     window_rules,
     core_rules,
+    normalization_rules,
     op_rules,
     recurrent_rules,
 )

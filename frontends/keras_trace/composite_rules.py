@@ -1,5 +1,5 @@
 """Tracing rules for `keras.ops` built from other IR ops: statistics and norms
-(logsumexp, var, std, norm, normalize), index reductions (argmax, argmin), moves of
+(logsumexp, var, std, moments, norm, normalize), index reductions (argmax, argmin), moves of
 elements (tile, moveaxis, roll, take) and the activations Keras composes itself
 (log_sigmoid, hard_tanh, celu, glu, squareplus and the shrinks).
 
@@ -58,6 +58,25 @@ def trace_var(context, operation, args, kwargs):
 @op_rule("Std")
 def trace_std(context, operation, args, kwargs):
     return context.apply("sqrt", _variance(context, operation, args[0]))
+
+
+@op_rule("Moments")
+def trace_moments(context, operation, args, kwargs):
+    """(mean, variance) as tf.nn.moments computes them: the variance is the mean of
+    the squared differences from the mean. Synchronized moments outside a
+    distribution strategy are the same numbers."""
+    value = _float(context, args[0])
+    axes = operation.axes if isinstance(operation.axes, (list, tuple)) else [operation.axes]
+    axes = tuple(sorted({_axis(axis, value.ndim) for axis in axes}))
+    if 0 in axes and value.ndim and value.shape[0] == "B":
+        raise _fail(operation, "moments over the batch axis")
+    mean = _mean(context, value, axes, True)
+    centred = context.apply("sub", value, mean)
+    variance = _mean(context, context.apply("square", centred), axes, True)
+    if not operation.keepdims:
+        mean, variance = (context.apply("squeeze", statistic, axis=axes)
+                          for statistic in (mean, variance))
+    return mean, variance
 
 
 def _vector_norm(context, operation, value, order, axes, keepdims):
