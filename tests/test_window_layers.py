@@ -73,6 +73,50 @@ def test_raw_pad_and_conv_ops_in_a_lambda():
     assert_compiled_like_keras(model, data)
 
 
+DEPTHWISE_CONVOLUTIONS = {
+    "depthwise_same_multiplier": (layers.DepthwiseConv1D, dict(
+        kernel_size=3, depth_multiplier=2, padding="same")),
+    "depthwise_dilated_valid_relu": (layers.DepthwiseConv1D, dict(
+        kernel_size=2, dilation_rate=3, activation="relu")),
+    "separable_same_multiplier": (layers.SeparableConv1D, dict(
+        filters=4, kernel_size=3, depth_multiplier=2, padding="same")),
+    "separable_strided_no_bias": (layers.SeparableConv1D, dict(
+        filters=5, kernel_size=4, strides=2, use_bias=False, activation="tanh")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEPTHWISE_CONVOLUTIONS))
+def test_depthwise_and_separable_conv1d_follow_their_weights(name):
+    """A group a channel (times the depth multiplier), and for SeparableConv1D a
+    one-tap convolution after it: Keras's numbers, also after the kernels and the bias
+    change (params, not constants)."""
+    make, settings = DEPTHWISE_CONVOLUTIONS[name]
+    inputs = keras.Input((STEPS, CHANNELS))
+    hidden = make(**settings)(inputs)
+    model = keras.Model(inputs, layers.GRU(3, return_sequences=True)(hidden))
+    randomize(model, 8)
+    data = np.random.default_rng(9).standard_normal((2, STEPS, CHANNELS)).astype("float32")
+    fast = assert_compiled_like_keras(model, data)
+    randomize(model, 10)
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)
+
+
+def test_raw_depthwise_and_separable_conv_ops_and_unknown_steps():
+    """`ops.depthwise_conv` and `ops.separable_conv` on kernel variables, over an
+    unknown number of steps with "same" padding (taps shifted)."""
+    rng = np.random.default_rng(11)
+    depthwise = keras.Variable(rng.standard_normal((3, CHANNELS, 2)).astype("float32"))
+    pointwise = keras.Variable(rng.standard_normal((1, 2 * CHANNELS, 4)).astype("float32"))
+    inputs = keras.Input((None, CHANNELS))
+    first = layers.Lambda(lambda v: ops.depthwise_conv(v, depthwise, padding="same"))(inputs)
+    second = layers.Lambda(lambda v: ops.separable_conv(v, depthwise, pointwise,
+                                                        padding="same"))(inputs)
+    model = keras.Model(inputs, layers.LSTM(3)(layers.Concatenate()([first, second])))
+    for steps in (2, STEPS):
+        data = rng.standard_normal((2, steps, CHANNELS)).astype("float32")
+        assert_compiled_like_keras(model, data)
+
 UNKNOWN_STEPS_CONVOLUTIONS = {
     "causal": dict(filters=4, kernel_size=3, padding="causal"),
     "causal_dilated_grouped": dict(filters=4, kernel_size=3, padding="causal",

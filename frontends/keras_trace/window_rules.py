@@ -1,6 +1,7 @@
 """Tracing rules for ops over windows of steps: `keras.ops.pad`, 1-D `keras.ops.conv`
-(which `layers.Conv1D` calls, after an `ops.pad` for "causal" padding) and 1-D
-pooling: lowered to ops the IR already has, so every backend runs them.
+(which `layers.Conv1D` calls, after an `ops.pad` for "causal" padding), its depthwise
+and separable forms, and 1-D pooling: lowered to ops the IR already has, so every
+backend runs them.
 
   * pad (constant mode): along each padded axis, the value between two `fill` blocks
     of the pad value (`concatenate`);
@@ -117,6 +118,60 @@ def trace_conv1d_layer(context, layer, args, kwargs):
     return emit_activation(context, layer.activation, result, layer)
 
 
+def _depthwise_kernel(context, kernel):
+    """A depthwise kernel (taps, channels, multiplier) as a grouped one (taps, 1,
+    channels * multiplier), a group a channel: filter c * multiplier + m is channel c's
+    m-th, the order of the reshape."""
+    if kernel.ndim != 3:
+        return kernel
+    taps, channels, multiplier = kernel.shape
+    return context.apply("reshape", kernel, shape=(taps, 1, channels * multiplier))
+
+
+@op_rule("DepthwiseConv")
+def trace_depthwise_conv(context, operation, args, kwargs):
+    def fail(what):
+        return _fail(operation, what)
+    return emit_conv1d(context, args[0], _depthwise_kernel(context, args[1]),
+                       operation.strides, operation.dilation_rate, operation.padding,
+                       operation.data_format, fail)
+
+
+@op_rule("SeparableConv")
+def trace_separable_conv(context, operation, args, kwargs):
+    def fail(what):
+        return _fail(operation, what)
+    depthwise = emit_conv1d(context, args[0], _depthwise_kernel(context, args[1]),
+                            operation.strides, operation.dilation_rate, operation.padding,
+                            operation.data_format, fail)
+    return emit_conv1d(context, depthwise, args[2], 1, 1, "valid", operation.data_format,
+                       fail)
+
+
+@layer_rule(layers.DepthwiseConv1D, layers.SeparableConv1D)
+def trace_depthwise_conv1d_layer(context, layer, args, kwargs):
+    """DepthwiseConv1D (a grouped convolution, a group a channel) and SeparableConv1D
+    (that, then a one-tap convolution mixing the channels), as Keras's ops compute
+    them, with the kernels and the bias as params (their calls reshape the bias outside
+    the traced graph); a subclass with a call() of its own is re-traced."""
+    separable = isinstance(layer, layers.SeparableConv1D)
+    if type(layer).call is not (layers.SeparableConv1D if separable
+                                else layers.DepthwiseConv1D).call:
+        return retrace_layer_call(context, layer, args, kwargs)
+    value = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
+
+    def fail(what):
+        return unsupported(layer, what)
+    kernel = layer.depthwise_kernel if separable else layer.kernel
+    bias = context.param_for(layer.bias) if layer.use_bias else None
+    result = emit_conv1d(context, value, _depthwise_kernel(context, context.param_for(kernel)),
+                         layer.strides, layer.dilation_rate, layer.padding, layer.data_format,
+                         fail, None if separable else bias)
+    if separable:
+        result = emit_conv1d(context, result, context.param_for(layer.pointwise_kernel), 1,
+                             1, "valid", layer.data_format, fail, bias)
+    return emit_activation(context, layer.activation, result, layer)
+
 def emit_conv1d(context, value, kernel, strides, dilation, padding, data_format, fail,
                 bias=None):
     """The IR of a 1-D convolution of `value` (batch, steps, channels; channels first
@@ -183,13 +238,15 @@ def _padded_taps(context, value, taps, dilation, strides, padding, reach, fail):
 
 
 def _shifted_taps(context, value, taps, dilation, strides, padding, fail):
-    """Over an unknown number of steps, stride 1 and "same" or "causal" padding: tap j
-    reads step t + j * dilation - before, `value` shifted by `before - j * dilation`
-    (zeros where it reads the padding), as many steps as the input."""
-    if strides != 1 or padding not in ("same", "causal"):
-        raise fail(f"a convolution over an unknown number of steps with stride {strides} "
-                   f"and padding {padding!r} (only stride 1, 'same' or 'causal' padding)")
+    """Over an unknown number of steps, stride 1 and "same" or "causal" padding (or
+    one tap): tap j reads step t + j * dilation - before, `value` shifted by
+    `before - j * dilation` (zeros where it reads the padding), as many steps as the
+    input."""
     total = (taps - 1) * dilation
+    if strides != 1 or (padding not in ("same", "causal") and total):
+        raise fail(f"a convolution over an unknown number of steps with stride {strides} "
+                   f"and padding {padding!r} (only stride 1, 'same' or 'causal' padding, "
+                   "or one tap)")
     before = total if padding == "causal" else total // 2
     return [value if before == j * dilation else
             context.apply("shift", value, axis=1, offset=before - j * dilation)
