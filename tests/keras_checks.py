@@ -26,3 +26,22 @@ def assert_compiled_like_keras(model, data, fallbacks=()):
     for one, other in zip(got, expected):
         np.testing.assert_allclose(one, other, atol=1e-5, rtol=0)
     return fast
+
+
+def assert_follows_new_weights(fast, model, data, seed, assign=randomize):
+    """New weights (`assign(model, seed)`) given after `fast` was made: its outputs are
+    still within 1e-5 of `model.predict`'s (the weights are params, not constants)."""
+    assign(model, seed)
+    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
+                               atol=1e-5, rtol=0)
+
+
+def assert_compiled_layer_like_keras(layer, model, data, seeds):
+    """`rshop_ir.compile(layer)` after `randomize(model, seeds[0])`, equal to the layer's
+    own call within 1e-5 then and after `randomize(model, seed)` for the other seeds."""
+    randomize(model, seeds[0])
+    compiled = rshop_ir.compile(layer)
+    for seed in seeds:
+        if seed != seeds[0]:
+            randomize(model, seed)
+        np.testing.assert_allclose(compiled(data), layer(data), atol=1e-5, rtol=0)

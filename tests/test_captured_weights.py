@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
-from keras_checks import assert_compiled_like_keras, randomize
+from keras_checks import assert_compiled_like_keras, assert_follows_new_weights, randomize
 from recurrentshop import RecurrentModel
 
 STEPS, CHANNELS = 11, 6
@@ -43,9 +43,7 @@ def test_weights_changed_after_accelerate_give_keras_numbers(make):
     fast = assert_compiled_like_keras(model, data, fallbacks=refused)
     if refused:
         assert "compiled in as a constant" in fast.fallbacks[0][1]
-    randomize(model, 10)
-    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
-                               atol=1e-5, rtol=0)
+    assert_follows_new_weights(fast, model, data, 10)
 
 
 class _ParamAndCaptured(layers.Layer):
@@ -103,9 +101,7 @@ def test_a_weight_read_eagerly_beside_the_graph_is_never_frozen(make, refused, w
     fast = assert_compiled_like_keras(model, data, fallbacks=[refused or layer.name])
     assert "compiled in as a constant" in fast.fallbacks[0][1]
     assert weight in fast.fallbacks[0][1]
-    randomize(model, 16)
-    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
-                               atol=1e-5, rtol=0)
+    assert_follows_new_weights(fast, model, data, 16)
 
 
 class _UnusedWeight(layers.Layer):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
-import rshop_ir
-from keras_checks import assert_compiled_like_keras, randomize
+from keras_checks import (assert_compiled_layer_like_keras, assert_compiled_like_keras,
+                          assert_follows_new_weights, randomize)
 from recurrentshop import RecurrentModel
 from rshop_ir.frontends.keras_trace.variable_operators import symbolic_variable_operators
 
@@ -63,9 +63,7 @@ def test_a_weight_on_the_left_of_an_operator_compiles_and_follows_new_weights(op
     _randomize_positive_bases(model, 3)
     data = np.random.default_rng(4).standard_normal((2, STEPS, CHANNELS)).astype("float32")
     fast = assert_compiled_like_keras(model, data)
-    _randomize_positive_bases(model, 5)
-    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
-                               atol=1e-5, rtol=0)
+    assert_follows_new_weights(fast, model, data, 5, assign=_randomize_positive_bases)
 
 
 class _Decay(layers.Layer):
@@ -88,12 +86,8 @@ def test_a_step_model_with_a_weight_on_the_left_compiles_to_the_reference():
                          final_states=[output], return_sequences=True)
     inputs = keras.Input((STEPS, CHANNELS))
     model = keras.Model(inputs, rnn(inputs))
-    randomize(model, 6)
     data = np.random.default_rng(7).standard_normal((3, STEPS, CHANNELS)).astype("float32")
-    compiled = rshop_ir.compile(rnn)
-    np.testing.assert_allclose(compiled(data), rnn(data), atol=1e-5, rtol=0)
-    randomize(model, 8)
-    np.testing.assert_allclose(compiled(data), rnn(data), atol=1e-5, rtol=0)
+    assert_compiled_layer_like_keras(rnn, model, data, seeds=(6, 8))
     assert_compiled_like_keras(model, data)
 
 
@@ -146,12 +140,8 @@ def test_a_keras_cell_with_a_weight_on_the_left_compiles_to_keras():
     layer = layers.RNN(_DecayCell(4), return_sequences=True)
     inputs = keras.Input((STEPS, CHANNELS))
     model = keras.Model(inputs, layer(inputs))
-    randomize(model, 9)
     data = np.random.default_rng(10).standard_normal((2, STEPS, CHANNELS)).astype("float32")
-    compiled = rshop_ir.compile(layer)
-    np.testing.assert_allclose(compiled(data), layer(data), atol=1e-5, rtol=0)
-    randomize(model, 11)
-    np.testing.assert_allclose(compiled(data), layer(data), atol=1e-5, rtol=0)
+    assert_compiled_layer_like_keras(layer, model, data, seeds=(9, 11))
 
 
 class _MixSteps(layers.Layer):
@@ -174,6 +164,4 @@ def test_a_weight_mixing_the_steps_compiles_and_follows_new_weights():
     randomize(model, 12)
     data = np.random.default_rng(13).standard_normal((2, STEPS, CHANNELS)).astype("float32")
     fast = assert_compiled_like_keras(model, data)
-    randomize(model, 14)
-    np.testing.assert_allclose(fast.predict(data), model.predict(data, verbose=0),
-                               atol=1e-5, rtol=0)
+    assert_follows_new_weights(fast, model, data, 14)
