@@ -51,9 +51,7 @@ def trace_dot_product_attention(context, operation, args, kwargs):
         steps, sources = logits.shape[2], logits.shape[3]
         if isinstance(steps, str) or isinstance(sources, str):
             raise _fail(operation, "causal attention over an unknown number of steps")
-        causal = np.tril(np.ones((steps, sources), dtype=bool))
-        causal = context.apply("constant", value=tuple(causal.ravel().tolist()),
-                               dtype="bool", shape=(1, 1, steps, sources))
+        causal = context.constant(np.tril(np.ones((1, 1, steps, sources), dtype=bool)))
         keep = causal if keep is None else context.apply("logical_and", keep, causal)
     if keep is not None:
         lowest = float(np.dtype(logits.dtype).type(-0.7 * np.finfo(logits.dtype).max))

@@ -43,11 +43,22 @@ def trace_logsumexp(context, operation, args, kwargs):
     return result
 
 
+def emit_moments(context, value, axes):
+    """(mean, variance) of `value` over `axes`, both with the axes kept, as
+    tf.nn.moments computes them: the variance is the mean of the squared differences
+    from the mean."""
+    mean = _mean(context, value, axes, True)
+    centred = context.apply("sub", value, mean)
+    return mean, _mean(context, context.apply("square", centred), axes, True)
+
+
 def _variance(context, operation, value):
     value = _float(context, value)
     axes = reduction_axes(operation, value)
-    centred = context.apply("sub", value, _mean(context, value, axes, True))
-    return _mean(context, context.apply("square", centred), axes, bool(operation.keepdims))
+    variance = emit_moments(context, value, axes)[1]
+    if not operation.keepdims:
+        variance = context.apply("squeeze", variance, axis=axes)
+    return variance
 
 
 @op_rule("Var")
@@ -70,9 +81,7 @@ def trace_moments(context, operation, args, kwargs):
     axes = tuple(sorted({_axis(axis, value.ndim) for axis in axes}))
     if 0 in axes and value.ndim and value.shape[0] == "B":
         raise _fail(operation, "moments over the batch axis")
-    mean = _mean(context, value, axes, True)
-    centred = context.apply("sub", value, mean)
-    variance = _mean(context, context.apply("square", centred), axes, True)
+    mean, variance = emit_moments(context, value, axes)
     if not operation.keepdims:
         mean, variance = (context.apply("squeeze", statistic, axis=axes)
                           for statistic in (mean, variance))

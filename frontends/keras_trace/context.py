@@ -69,6 +69,12 @@ class TraceContext:
     def emit(self, op, inputs, **params):
         return self.builder.emit(op, inputs, **params)
 
+    def constant(self, array):
+        """A numpy array as a `constant` eqn: its values, dtype and shape."""
+        array = np.asarray(array)
+        return self.apply("constant", value=tuple(array.ravel().tolist()),
+                          dtype=array.dtype.name, shape=array.shape)
+
     def mask_of(self, value):
         return self.masks.get(id(value))
 

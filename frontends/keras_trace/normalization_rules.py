@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from rshop_ir.frontends.keras_trace.composite_rules import emit_moments
 from rshop_ir.frontends.keras_trace.context import unsupported
 from rshop_ir.frontends.keras_trace.core_rules import _axis, _single
 from rshop_ir.frontends.keras_trace.op_rules import emit_batch_norm
@@ -116,9 +117,7 @@ def trace_normalization(context, layer, args, kwargs):
 
     def statistic(variable, given):
         if layer.input_mean is not None:
-            array = np.asarray(given, dtype=value.dtype).reshape(shape)
-            return context.apply("constant", value=tuple(array.ravel().tolist()),
-                                 dtype=array.dtype.name, shape=shape)
+            return context.constant(np.asarray(given, dtype=value.dtype).reshape(shape))
         stat = context.apply("reshape", context.param_for(variable), shape=shape)
         return stat if stat.dtype == value.dtype else context.apply(
             "cast", stat, dtype=value.dtype)
@@ -135,8 +134,9 @@ def trace_normalization(context, layer, args, kwargs):
 def trace_group_normalization(context, layer, args, kwargs):
     """GroupNormalization: the channels split into groups (reshaped), each group
     normalised by the mean and variance over its channels and every other axis but the
-    batch's, then scaled and shifted per channel, in Keras's order: x * inv + (-mean *
-    inv + beta), inv = rsqrt(variance + epsilon) * gamma."""
+    batch's (as tf.nn.moments), then scaled and shifted per channel as a batch norm
+    of those statistics: x * inv + (beta - mean * inv), inv = rsqrt(variance + epsilon)
+    * gamma, the same numbers as Keras's -mean * inv + beta."""
     if type(layer).call is not layers.GroupNormalization.call:
         return retrace_layer_call(context, layer, args, kwargs)
     value = _single(layer, args)
@@ -149,22 +149,16 @@ def trace_group_normalization(context, layer, args, kwargs):
     grouped_shape = value.shape[:position] + split + value.shape[position + 1:]
     grouped = context.apply("reshape", value, shape=grouped_shape)
     axes = tuple(axis for axis in range(1, len(grouped_shape)) if axis != position)
-    mean = context.apply("reduce_mean", grouped, axes=axes, keepdims=True)
-    centred = context.apply("sub", grouped, mean)
-    variance = context.apply("reduce_mean", context.apply("square", centred), axes=axes,
-                             keepdims=True)
+    mean, variance = emit_moments(context, grouped, axes)
     broadcast = tuple(size if axis in (position, position + 1) else 1
                       for axis, size in enumerate(grouped_shape) if axis > 0)
 
-    def param(variable):
-        return context.apply("reshape", context.param_for(variable), shape=broadcast)
-    inverse = context.apply("rsqrt", context.apply("add", variance, float(layer.epsilon)))
-    if layer.scale:
-        inverse = context.apply("mul", inverse, param(layer.gamma))
-    shift = context.apply("mul", context.apply("neg", mean), inverse)
-    if layer.center:
-        shift = context.apply("add", shift, param(layer.beta))
-    normalized = context.apply("add", context.apply("mul", grouped, inverse), shift)
+    def param(variable, enabled):
+        return context.apply("reshape", context.param_for(variable),
+                             shape=broadcast) if enabled else None
+    normalized = emit_batch_norm(context, grouped, mean, variance,
+                                 param(layer.beta, layer.center),
+                                 param(layer.gamma, layer.scale), float(layer.epsilon))
     return context.apply("reshape", normalized, shape=value.shape)
 
 
@@ -184,9 +178,6 @@ def trace_rescaling(context, layer, args, kwargs):
         scale = scale.reshape(scale.shape + (1,) * (3 - scale.ndim))
 
     def constant(array):
-        if array.ndim == 0:
-            return float(array)
-        return context.apply("constant", value=tuple(array.ravel().tolist()),
-                             dtype=dtype, shape=array.shape)
+        return float(array) if array.ndim == 0 else context.constant(array)
     return context.apply("add", context.apply("mul", value, constant(scale)),
                          constant(offset))

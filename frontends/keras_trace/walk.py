@@ -272,8 +272,7 @@ def _ir_argument(context, item):
         array = np.asarray(item)
         if array.ndim == 0:
             return array.item()
-        return context.apply("constant", value=tuple(array.ravel().tolist()),
-                             dtype=array.dtype.name, shape=array.shape)
+        return context.constant(array)
     return item
 
 

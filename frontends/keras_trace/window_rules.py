@@ -342,7 +342,5 @@ def _pool_in_taps(context, value, pool, strides, padding, average, operation):
         else np.full(out_steps, pool)
     if np.all(counts == pool):
         return context.apply("div", result, float(pool))
-    divisor = counts.astype(result.dtype).reshape(1, out_steps, 1)
-    divisor = context.apply("constant", value=tuple(divisor.ravel().tolist()),
-                            dtype=divisor.dtype.name, shape=divisor.shape)
+    divisor = context.constant(counts.astype(result.dtype).reshape(1, out_steps, 1))
     return context.apply("div", result, divisor)
